@@ -1,0 +1,142 @@
+"""The wrapper's own entry in ``GXDReset.state_dict()``: packing, checking and restoring.
+
+The entry holds the discovered layer structure, so a checkpoint restores into a fresh model
+and wrapper without a forward pass, and the statistics, budgets, counts and the generator
+state, so training resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .discovery import Edge, LayerInfo, _edge_for, _num_units
+from .tracking import Tracker
+
+__all__ = ["FORMAT_VERSION", "KEY", "check", "layers_from_dict", "layers_to_dict", "load_stats", "pack_stats"]
+
+KEY = "gxd_reset"
+"""Key of the wrapper's entry in the optimizer state dict."""
+
+FORMAT_VERSION = 1
+
+
+def layers_to_dict(layers: Mapping[str, LayerInfo]) -> dict[str, Any]:
+    """Plain-data form of the discovered layers."""
+    return {
+        name: {
+            "num_units": info.num_units,
+            "edges": [[e.consumer, e.columns_per_unit, e.reference, e.note] for e in info.edges],
+            "norms": list(info.norms),
+            "path": list(info.path),
+        }
+        for name, info in layers.items()
+    }
+
+
+def layers_from_dict(data: Mapping[str, Any]) -> dict[str, LayerInfo]:
+    """Inverse of :func:`layers_to_dict`."""
+    return {
+        name: LayerInfo(
+            name,
+            int(d["num_units"]),
+            tuple(Edge(str(c), int(k), str(r), str(n)) for c, k, r, n in d["edges"]),
+            tuple(d["norms"]),
+            tuple(d["path"]),
+        )
+        for name, d in data.items()
+    }
+
+
+def check(
+    saved: Mapping[str, LayerInfo],
+    current: Mapping[str, LayerInfo] | None,
+    modules: Mapping[str, nn.Module],
+    named: Mapping[str, nn.Module],
+    stats: Mapping[str, Any],
+) -> None:
+    """Refuse a checkpoint whose layers do not fit this model.
+
+    Raises:
+        ValueError: naming the first mismatch found.
+    """
+    if current is not None and dict(saved) != dict(current):
+        missing = sorted(set(current) - set(saved))
+        extra = sorted(set(saved) - set(current))
+        differing = sorted(n for n in set(saved) & set(current) if saved[n] != current[n])
+        raise ValueError(
+            "checkpoint is from another architecture: "
+            f"layers only in this model {missing}, only in the checkpoint {extra}, "
+            f"differing {[(n, saved[n], current[n]) for n in differing]}"
+        )
+    for name, info in saved.items():
+        module = modules.get(name)
+        if module is None:
+            raise ValueError(f"checkpoint is from another architecture: no Linear/Conv layer {name!r}")
+        if _num_units(module) != info.num_units:
+            raise ValueError(
+                f"checkpoint is from another architecture: {name!r} has "
+                f"{_num_units(module)} units here, {info.num_units} in the checkpoint"
+            )
+        for edge in info.edges:
+            consumer = modules.get(edge.consumer)
+            if consumer is None:
+                raise ValueError(f"checkpoint is from another architecture: no consumer {edge.consumer!r}")
+            rebuilt = _edge_for(consumer, edge.consumer, info.num_units, edge.reference)
+            if not isinstance(rebuilt, Edge) or rebuilt.columns_per_unit != edge.columns_per_unit:
+                raise ValueError(
+                    f"checkpoint is from another architecture: {name!r} -> {edge.consumer!r} "
+                    f"does not fit ({rebuilt if isinstance(rebuilt, str) else 'column map differs'})"
+                )
+        for norm in info.norms:
+            bn = named.get(norm)
+            if not isinstance(bn, _BatchNorm) or bn.num_features != info.num_units:
+                raise ValueError(
+                    f"checkpoint is from another architecture: no BatchNorm {norm!r} "
+                    f"of {info.num_units} features"
+                )
+        layer_stats = stats.get(name)
+        if layer_stats is None:
+            raise ValueError(f"checkpoint has no statistics for layer {name!r}")
+        shapes = [tuple(layer_stats["utility_ema"].shape), tuple(layer_stats["age"].shape)]
+        shapes += [tuple(m.shape) for m in layer_stats["mean_ema"]]
+        if any(s != (info.num_units,) for s in shapes) or len(layer_stats["mean_ema"]) != len(info.edges):
+            raise ValueError(f"checkpoint statistics of {name!r} do not match its {info.num_units} units")
+
+
+def pack_stats(tracker: Tracker) -> dict[str, Any]:
+    """Copies of every statistic that influences future training."""
+    return {
+        name: {
+            "utility_ema": layer.utility_ema.detach().clone(),
+            "age": layer.age.detach().clone(),
+            "mean_ema": [e.mean_ema.detach().clone() for e in layer.edges],
+            "budget": layer.budget,
+            "resets": layer.resets,
+        }
+        for name, layer in tracker.layers.items()
+    }
+
+
+def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
+    """Restore statistics packed by :func:`pack_stats` (already checked)."""
+    with torch.no_grad():
+        for name, layer in tracker.layers.items():
+            saved = stats[name]
+            _copy(layer.utility_ema, saved["utility_ema"])
+            _copy(layer.age, saved["age"])
+            layer.budget = float(saved["budget"])
+            layer.resets = int(saved["resets"])
+            for edge, mean in zip(layer.edges, saved["mean_ema"], strict=True):
+                _copy(edge.mean_ema, mean)
+                tracker.refresh_reference(layer, edge)
+            tracker._clear_pending(layer)
+            layer.open_batches.clear()
+
+
+def _copy(dst: Tensor, src: Tensor) -> None:
+    dst.copy_(src.to(device=dst.device, dtype=dst.dtype))

@@ -1,0 +1,544 @@
+"""Find the units: which Linear/Conv layers produce them and which layers read them.
+
+Discovery runs one forward pass, records the autograd graph it builds, and walks it upwards
+from every producer's output. The walk may pass through per-unit operations (activations,
+dropout, BatchNorm, pooling, casts, flatten/view); it stops at the first Linear/Conv that reads
+the tensor as its input (a *consumer*). Anything that mixes units (a residual add, a
+concatenation, LayerNorm, attention, a permutation) or hands them to the model's output makes
+the producer ineligible, with the reason recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
+
+__all__ = [
+    "PRODUCER_TYPES",
+    "Edge",
+    "LayerInfo",
+    "discover",
+    "explicit_layers",
+    "producer_modules",
+    "unwrap_model",
+]
+
+PRODUCER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Module types whose output units GXDReset can reset."""
+
+Node = Any  # torch.autograd.graph.Node; its C++ subclasses are not typed
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One consumer reading a producer's units.
+
+    Attributes:
+        consumer: qualified name of the consumer layer.
+        columns_per_unit: ``k``: unit ``i`` is read on consumer input columns
+            ``[i·k, (i+1)·k)`` (``k > 1`` when a conv output is flattened into a Linear).
+        reference: ``"mean"`` or ``"zero"``: the reference this pair realises.
+        note: why the reference differs from the one asked for (empty if it does not).
+    """
+
+    consumer: str
+    columns_per_unit: int
+    reference: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """An eligible producer: its units and the layers that read them.
+
+    Attributes:
+        name: qualified name in ``model.named_modules()`` (wrapper prefixes stripped).
+        num_units: output features (Linear) or output channels (Conv).
+        edges: one :class:`Edge` per consumer.
+        norms: BatchNorm layers between the producer and its consumers.
+        path: the operations found between producer and consumers (autograd node names).
+    """
+
+    name: str
+    num_units: int
+    edges: tuple[Edge, ...]
+    norms: tuple[str, ...] = ()
+    path: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        """Qualified names of the layers that read this layer's units."""
+        return tuple(edge.consumer for edge in self.edges)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """Strip ``DistributedDataParallel``/``DataParallel`` (``.module``) and
+    ``torch.compile`` (``._orig_mod``) wrappers, so names carry no wrapper prefix."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and type(model).__name__ in {"DistributedDataParallel", "DataParallel"}:
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def producer_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """All Linear/Conv{1,2,3}d layers of ``model`` by qualified name."""
+    return {
+        name: module
+        for name, module in unwrap_model(model).named_modules()
+        if type(module) in PRODUCER_TYPES
+    }
+
+
+def requested_reference(consumer: nn.Module, requested: str) -> tuple[str, str]:
+    """The reference a consumer can realise exactly, and why if it differs from ``requested``.
+
+    A mean reference is folded into the consumer's bias; that needs a bias, and for a
+    convolution no zero padding (at the borders the padded zeros, not ``r``, are read).
+    """
+    if requested == "zero":
+        return "zero", ""
+    if getattr(consumer, "bias", None) is None:
+        return "zero", "consumer has no bias to fold the mean into"
+    if isinstance(consumer, nn.modules.conv._ConvNd) and consumer.padding_mode == "zeros":
+        padding = consumer.padding
+        padded = (
+            any(k > 1 for k in consumer.kernel_size)
+            if padding == "same"
+            else isinstance(padding, tuple) and any(p > 0 for p in padding)
+        )
+        if padded:
+            return "zero", "zero-padded convolution: a bias fold differs from the mean at borders"
+    return "mean", ""
+
+
+def _edge_for(
+    consumer: nn.Module, consumer_name: str, num_units: int, reference: str
+) -> Edge | str:
+    """Build the edge from a producer of ``num_units`` to ``consumer``, or say why not."""
+    if parametrize.is_parametrized(consumer):
+        return f"its consumer `{consumer_name}` has parametrized weights"
+    if isinstance(consumer, nn.Linear):
+        if consumer.in_features % num_units:
+            return (
+                f"its consumer `{consumer_name}` has {consumer.in_features} inputs, "
+                f"not a multiple of its {num_units} units"
+            )
+        k = consumer.in_features // num_units
+    else:
+        conv: Any = consumer
+        if conv.groups != 1:
+            return f"its consumer `{consumer_name}` is a grouped convolution (not supported yet)"
+        if conv.in_channels != num_units:
+            return (
+                f"its consumer `{consumer_name}` has {conv.in_channels} input channels, "
+                f"not its {num_units} units"
+            )
+        k = 1
+    ref, note = requested_reference(consumer, reference)
+    return Edge(consumer_name, k, ref, note)
+
+
+def explicit_layers(
+    model: nn.Module, layers: Mapping[str, Sequence[str]], reference: str
+) -> tuple[dict[str, LayerInfo], dict[str, str]]:
+    """Build layer infos from a user's ``{producer: [consumers]}`` map, trusting the paths.
+
+    Raises:
+        ValueError: a name that is not a Linear/Conv layer of the model, a producer without
+            consumers, or shapes that cannot line up.
+    """
+    modules = producer_modules(model)
+    infos: dict[str, LayerInfo] = {}
+    for producer, consumers in layers.items():
+        names = [producer, *consumers]
+        unknown = [n for n in names if n not in modules]
+        if unknown:
+            raise ValueError(
+                f"layers= names {unknown} that are not Linear/Conv layers of the model; "
+                f"known: {sorted(modules)}"
+            )
+        if isinstance(consumers, str) or not consumers:
+            raise ValueError(f"layers[{producer!r}] must be a non-empty list of consumer names")
+        units = _num_units(modules[producer])
+        edges = []
+        for consumer in consumers:
+            edge = _edge_for(modules[consumer], consumer, units, reference)
+            if isinstance(edge, str):
+                raise ValueError(f"layers[{producer!r}]: {edge}")
+            edges.append(edge)
+        infos[producer] = LayerInfo(producer, units, tuple(edges))
+    return infos, {}
+
+
+def _num_units(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else int(module.out_channels)  # type: ignore[arg-type]
+
+
+def _tensors_in(obj: object) -> Iterator[Tensor]:
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for item in obj:
+            yield from _tensors_in(item)
+    elif isinstance(obj, Mapping):
+        for item in obj.values():
+            yield from _tensors_in(item)
+
+
+class _ShapeRecorder(TorchFunctionMode):
+    """Remembers the output shape of every autograd node created by a torch function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[Node, tuple[int, ...]] = {}
+
+    def __torch_function__(
+        self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for tensor in _tensors_in(out):
+            if tensor.grad_fn is not None:
+                self.shapes.setdefault(tensor.grad_fn, tuple(tensor.shape))
+        return out
+
+
+@dataclass
+class _Call:
+    in_node: Node
+    out_node: Node
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    calls: int = 1
+
+
+@dataclass
+class _Trace:
+    calls: dict[str, _Call]
+    norms: dict[Node, str]
+    shapes: dict[Node, tuple[int, ...]]
+    roots: set[Node]
+    keep_alive: Any
+
+
+def _trace(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Trace:
+    calls: dict[str, _Call] = {}
+    norms: dict[Node, str] = {}
+    handles = []
+
+    def on_layer(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if name in calls:
+                calls[name].calls += 1
+                return
+            x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+            calls[name] = _Call(
+                x.grad_fn if x is not None else None,
+                output.grad_fn if isinstance(output, Tensor) else None,
+                tuple(x.shape) if x is not None else (),
+                tuple(output.shape) if isinstance(output, Tensor) else (),
+            )
+
+        return hook
+
+    def on_norm(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if isinstance(output, Tensor) and output.grad_fn is not None:
+                norms[output.grad_fn] = name
+
+        return hook
+
+    for name, module in root.named_modules():
+        if type(module) in PRODUCER_TYPES:
+            handles.append(module.register_forward_hook(on_layer(name)))
+        elif isinstance(module, _BatchNorm):
+            handles.append(module.register_forward_hook(on_norm(name)))
+    recorder = _ShapeRecorder()
+    try:
+        with torch.enable_grad(), recorder:
+            out = root(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    roots = {t.grad_fn for t in _tensors_in(out) if t.grad_fn is not None}
+    for call in calls.values():  # a consumer's input shape is known even for unrecorded nodes
+        if call.in_node is not None:
+            recorder.shapes.setdefault(call.in_node, call.in_shape)
+    return _Trace(calls, norms, recorder.shapes, roots, out)
+
+
+def _parents(roots: set[Node]) -> dict[Node, list[Node]]:
+    parents: dict[Node, list[Node]] = {}
+    seen: set[Node] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                parents.setdefault(child, []).append(node)
+                stack.append(child)
+    return parents
+
+
+def _internal_owner(calls: Mapping[str, _Call]) -> dict[Node, str]:
+    """Map every autograd node created inside a Linear/Conv call to that layer's name."""
+    owner: dict[Node, str] = {}
+    for name, call in calls.items():
+        stack = [call.out_node] if call.out_node is not None else []
+        while stack:
+            node = stack.pop()
+            if node is call.in_node or node in owner or type(node).__name__ == "AccumulateGrad":
+                continue
+            owner[node] = name
+            stack.extend(child for child, _ in node.next_functions if child is not None)
+    return owner
+
+
+_UNARY = frozenset(
+    "Relu Threshold LeakyRelu Tanh Sigmoid Gelu Silu Elu Celu Hardtanh Softplus Mish Hardswish "
+    "Hardsigmoid LogSigmoid RreluWithNoise PreluKernel NativeDropout ToCopy Clone Alias".split()
+)
+_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
+_NORMS = frozenset({"NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"})
+_POOLS = frozenset(
+    "MaxPool2DWithIndices MaxPool3DWithIndices AvgPool2D AvgPool3D AdaptiveAvgPool2D "
+    "AdaptiveAvgPool3D AdaptiveMaxPool2D AdaptiveMaxPool3D".split()
+)
+_REDUCTIONS = frozenset({"Mean", "Sum"})
+_RESHAPES = frozenset({"View", "ReshapeAlias", "UnsafeView", "Squeeze", "Unsqueeze"})
+_HINTS = {
+    "Add": "an addition of two tensors (a residual connection?)",
+    "Sub": "a subtraction of two tensors",
+    "Mul": "a product of two tensors (gating?)",
+    "Div": "a division of two tensors",
+    "Cat": "a concatenation",
+    "Stack": "a stack",
+    "NativeLayerNorm": "LayerNorm",
+    "NativeGroupNorm": "GroupNorm",
+    "Softmax": "a softmax (attention?)",
+    "LogSoftmax": "a log-softmax",
+    "Bmm": "a matrix product (attention?)",
+    "Mm": "a matrix product",
+    "Permute": "a permutation of dimensions",
+    "Transpose": "a transpose",
+}
+
+
+def _op_name(node: Node) -> str:
+    name = type(node).__name__
+    cut = name.rfind("Backward")
+    return name[:cut] if cut > 0 else name
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where the units sit in a tensor: indices ``[i·k, (i+1)·k)`` of ``axis`` are unit ``i``."""
+
+    shape: tuple[int, ...]
+    axis: int
+    k: int = 1
+
+
+def _step(node: Node, layout: _Layout, units: int, shapes: Mapping[Node, Any]) -> _Layout | str:
+    """Follow one operation upwards; return the new layout or why the units are mixed."""
+    op = _op_name(node)
+    out_shape = shapes.get(node)
+    mixed = f"its units are mixed by {_HINTS.get(op, f'`{op}`')} before any consumer"
+    if op in _UNARY:
+        return layout
+    if op in _BINARY:
+        others = [
+            child
+            for child, _ in node.next_functions[1:]
+            if child is not None and type(child).__name__ != "AccumulateGrad"
+        ]
+        if others or (out_shape is not None and out_shape != layout.shape):
+            return mixed
+        return layout
+    if op in _NORMS or op in _POOLS:
+        if layout.axis != 1 or layout.k != 1:
+            return f"{mixed} (it does not act on the unit axis)"
+        if op in _NORMS:
+            return layout
+        return _Layout(out_shape, 1) if out_shape is not None else f"could not follow `{op}`"
+    if op in _REDUCTIONS and hasattr(node, "_saved_dim"):
+        ndim = len(layout.shape)
+        dims = {(d - 2**64 if d >= 2**63 else d) % ndim for d in node._saved_dim}
+        if 0 in dims or layout.axis in dims:
+            return mixed
+        if node._saved_keepdim:
+            return _Layout(tuple(1 if i in dims else s for i, s in enumerate(layout.shape)), layout.axis, layout.k)
+        shape = tuple(s for i, s in enumerate(layout.shape) if i not in dims)
+        return _Layout(shape, layout.axis - sum(d < layout.axis for d in dims), layout.k)
+    if op in _RESHAPES:
+        return _reshape(layout, out_shape, units) if out_shape is not None else f"could not follow `{op}`"
+    return mixed
+
+
+def _prod(values: Sequence[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _reshape(layout: _Layout, new: tuple[int, ...], units: int) -> _Layout | str:
+    """Locate the unit axis after a view: unit ``i`` spans ``k·inner`` consecutive elements."""
+    old = layout.shape
+    outer, span = _prod(old[: layout.axis]), layout.k * _prod(old[layout.axis + 1 :])
+    if new[:1] != old[:1]:
+        return "a view merges the batch dimension with others"
+    for b in range(1, len(new)):
+        inner = _prod(new[b + 1 :])
+        if _prod(new[:b]) == outer and new[b] % units == 0 and (new[b] // units) * inner == span:
+            return _Layout(new, b, new[b] // units)
+    return "a view splits its units across dimensions"
+
+
+def _walk(
+    name: str,
+    module: nn.Module,
+    trace: _Trace,
+    parents: Mapping[Node, list[Node]],
+    owner: Mapping[Node, str],
+) -> tuple[list[tuple[str, _Layout]], list[str], list[str]] | str:
+    """Walk upwards from producer ``name``; return (consumer reads, norms, ops) or a reason."""
+    call = trace.calls[name]
+    units = _num_units(module)
+    axis = len(call.out_shape) - 1 if isinstance(module, nn.Linear) else 1
+    reads: list[tuple[str, _Layout]] = []
+    norms: list[str] = []
+    ops: list[str] = []
+    stack: list[tuple[Node, _Layout]] = [(call.out_node, _Layout(call.out_shape, axis))]
+    seen: set[Node] = set()
+    while stack:
+        node, layout = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node in trace.roots:
+            return "its units are part of the model's output"
+        for parent in parents.get(node, []):
+            consumer = owner.get(parent)
+            if consumer is not None:
+                if trace.calls[consumer].in_node is not node:
+                    return f"its output reaches `{consumer}` other than as that layer's input"
+                reads.append((consumer, layout))
+                continue
+            nxt = _step(parent, layout, units, trace.shapes)
+            if isinstance(nxt, str):
+                return nxt
+            op = _op_name(parent)
+            if op not in ops:
+                ops.append(op)
+            if parent in trace.norms and trace.norms[parent] not in norms:
+                norms.append(trace.norms[parent])
+            stack.append((parent, nxt))
+    return reads, norms, ops
+
+
+def _read_edge(
+    consumer: nn.Module, consumer_name: str, layout: _Layout, units: int, reference: str
+) -> Edge | str:
+    """Check that ``consumer`` reads the units on its feature axis, then build the edge."""
+    feature_axis = len(layout.shape) - 1 if isinstance(consumer, nn.Linear) else 1
+    if layout.axis != feature_axis:
+        return f"its consumer `{consumer_name}` does not read its units on its feature axis"
+    edge = _edge_for(consumer, consumer_name, units, reference)
+    if isinstance(edge, Edge) and edge.columns_per_unit != layout.k:
+        return f"its consumer `{consumer_name}` reads its units in an order that cannot be mapped"
+    return edge
+
+
+def discover(
+    model: nn.Module,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    reference: str,
+    exclude: Sequence[str] = (),
+    trainable: Callable[[nn.Module], bool] = lambda m: True,
+) -> tuple[dict[str, LayerInfo], dict[str, str]]:
+    """Run one forward pass of ``model`` and find every eligible producer and its consumers.
+
+    The caller is responsible for making the pass side-effect free (buffers, RNG).
+
+    Args:
+        model: the model (wrappers are stripped).
+        args, kwargs: one batch of inputs for ``model``.
+        reference: the reference asked for (``"mean"`` or ``"zero"``).
+        exclude: names of layers never to touch.
+        trainable: whether a producer's parameters are in the optimizer.
+
+    Returns:
+        ``(layers, skipped)``: eligible producers by name, and ``{name: reason}`` for every
+        Linear/Conv layer that is not eligible.
+    """
+    root = unwrap_model(model)
+    modules = producer_modules(root)
+    trace = _trace(root, args, kwargs)
+    parents = _parents(trace.roots)
+    owner = _internal_owner(trace.calls)
+    layers: dict[str, LayerInfo] = {}
+    skipped: dict[str, str] = {}
+    for name, module in modules.items():
+        call = trace.calls.get(name)
+        reason = _producer_problem(name, module, call, exclude, trainable)
+        found = reason if reason else _walk(name, module, trace, parents, owner)
+        if isinstance(found, str):
+            skipped[name] = found
+            continue
+        reads, norms, ops = found
+        edges: list[Edge] = []
+        for consumer, layout in reads:
+            problem = _producer_problem(consumer, modules[consumer], trace.calls[consumer], exclude)
+            edge = (
+                f"its consumer `{consumer}` is {problem}"
+                if problem
+                else _read_edge(modules[consumer], consumer, layout, _num_units(module), reference)
+            )
+            if isinstance(edge, str):
+                skipped[name] = edge
+                break
+            edges.append(edge)
+        else:
+            if not edges:
+                skipped[name] = "no layer reads its units"
+            else:
+                layers[name] = LayerInfo(name, _num_units(module), tuple(edges), tuple(norms), tuple(ops))
+    del trace
+    return layers, skipped
+
+
+def _producer_problem(
+    name: str,
+    module: nn.Module,
+    call: _Call | None,
+    exclude: Sequence[str],
+    trainable: Callable[[nn.Module], bool] = lambda m: True,
+) -> str:
+    if name in exclude:
+        return "excluded by the user (exclude=)"
+    if parametrize.is_parametrized(module):
+        return "parametrized (torch.nn.utils.parametrize)"
+    if call is None:
+        return "not called in the forward pass"
+    if call.calls > 1:
+        return f"called {call.calls} times per forward pass (shared weights)"
+    if call.out_node is None:
+        return "without gradient in the forward pass (frozen?)"
+    if not trainable(module):
+        return "not in the optimizer"
+    return ""

@@ -1,0 +1,180 @@
+"""The reset operator as pure, in-place tensor functions.
+
+Every function here writes into existing tensors with ``index_copy_``, ``index_fill_``
+or ``add_``; none replaces a ``Parameter`` and none indexes with a tensor on the left of an
+assignment (``w[idx].uniform_()`` writes into a copy and silently does nothing).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import MutableMapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "SECOND_MOMENT_KEYS",
+    "STATE_POLICIES",
+    "clear_state_slices_",
+    "fold_and_zero_inputs_",
+    "reinit_units_",
+    "reset_norm_entries_",
+    "unit_columns",
+]
+
+STATE_POLICIES = ("zero", "mean_scale")
+"""Names accepted by ``GXDReset(state_policy=...)``."""
+
+SECOND_MOMENT_KEYS = frozenset(
+    {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"}
+)
+"""Optimizer-state keys holding non-negative scale statistics (second moments).
+
+Adam/AdamW/NAdam/RAdam ``exp_avg_sq`` and ``max_exp_avg_sq``, RMSprop ``square_avg``,
+Adagrad ``sum``, Adadelta ``square_avg``/``acc_delta`` and Adamax ``exp_inf``. Under
+``state_policy="mean_scale"`` these are refilled instead of zeroed; every other key is zeroed.
+"""
+
+
+def unit_columns(index: Tensor, columns_per_unit: int) -> Tensor:
+    """Consumer input columns that read the given units.
+
+    Unit ``i`` occupies columns ``[i·k, (i+1)·k)`` of its consumer's input (``k > 1`` after a
+    flatten of ``k`` spatial positions per channel).
+
+    Args:
+        index: unit indices, shape ``[m]``, int64.
+        columns_per_unit: ``k``.
+
+    Returns:
+        Column indices, shape ``[m·k]``, ordered unit by unit.
+    """
+    if columns_per_unit == 1:
+        return index
+    offsets = torch.arange(columns_per_unit, device=index.device)
+    return (index[:, None] * columns_per_unit + offsets).flatten()
+
+
+def reinit_units_(
+    weight: Tensor, bias: Tensor | None, index: Tensor, generator: torch.Generator
+) -> None:
+    """Redraw the incoming weights of the given units from the layer's default init.
+
+    ``nn.Linear`` and ``nn.Conv*d`` initialise weight and bias from
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` with ``fan_in = in_features · prod(kernel)``
+    (``kaiming_uniform_(a=sqrt(5))`` reduces to that bound). Values are drawn on the CPU from
+    ``generator`` in float32 (float64 for float64 weights), so the draw is the same on every
+    device and every process seeded alike, then cast to the parameter's dtype and device.
+
+    Args:
+        weight: producer weight ``[out, in, *kernel]``; rows ``index`` are overwritten.
+        bias: producer bias ``[out]`` or ``None``.
+        index: unit (row) indices, int64, on ``weight``'s device.
+        generator: CPU generator the draw consumes.
+    """
+    fan_in = weight[0].numel()
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    draw_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    count = int(index.numel())
+
+    def draw(shape: tuple[int, ...]) -> Tensor:
+        u = torch.rand(shape, generator=generator, dtype=draw_dtype)
+        return (u * (2 * bound) - bound).to(device=weight.device, dtype=weight.dtype)
+
+    with torch.no_grad():
+        weight.index_copy_(0, index, draw((count, *weight.shape[1:])))
+        if bias is not None:
+            bias.index_copy_(0, index, draw((count,)))
+
+
+def fold_and_zero_inputs_(
+    weight: Tensor, bias: Tensor | None, columns: Tensor, values: Tensor | None
+) -> None:
+    """Make a consumer read the constant ``values`` on ``columns`` instead of its input.
+
+    For a Linear consumer ``y = W x + b`` and a valid (unpadded) convolution alike::
+
+        b  += Σ_{j ∈ columns} (Σ_kernel W[:, j]) · values_j
+        W[:, columns] = 0
+
+    after which ``y`` equals the old layer applied to ``x`` with ``x_j := values_j`` on
+    ``columns`` (exactly: the fold sums the kernel because every output position of an
+    unpadded convolution sees the whole kernel).
+
+    Args:
+        weight: consumer weight ``[out, in, *kernel]``.
+        bias: consumer bias ``[out]``; required when ``values`` is given.
+        columns: input columns (dim 1 of ``weight``) to replace, int64.
+        values: the constants ``r_j`` per column, or ``None`` for the zero reference.
+    """
+    with torch.no_grad():
+        if values is not None:
+            if bias is None:
+                raise ValueError("a bias fold needs a consumer bias")
+            block = weight.index_select(1, columns)
+            per_column = block.flatten(2).sum(2) if block.dim() > 2 else block
+            bias.add_(per_column @ values.to(per_column.dtype))
+        weight.index_fill_(1, columns, 0.0)
+
+
+def reset_norm_entries_(norm: nn.modules.batchnorm._BatchNorm, index: Tensor) -> None:
+    """Restore a BatchNorm's per-channel entries of the given units to their initial values.
+
+    ``weight = 1``, ``bias = 0``, ``running_mean = 0``, ``running_var = 1`` on ``index``;
+    ``num_batches_tracked`` (a scalar) is left alone.
+    """
+    with torch.no_grad():
+        for tensor, value in (
+            (norm.weight, 1.0),
+            (norm.bias, 0.0),
+            (norm.running_mean, 0.0),
+            (norm.running_var, 1.0),
+        ):
+            if tensor is not None:
+                tensor.index_fill_(0, index, value)
+
+
+def clear_state_slices_(
+    state: MutableMapping[str, Any], param: Tensor, dim: int, index: Tensor, policy: str
+) -> None:
+    """Clear the optimizer state of the touched slices of one parameter.
+
+    Every state tensor with ``param``'s shape (momentum, Adam moments, Adagrad sums, ... of any
+    optimizer) has its slices ``index`` along ``dim`` cleared; other state (the scalar ``step``,
+    factored statistics) is left alone, since it cannot be reset per unit.
+
+    Policies:
+        ``"zero"``: every touched slice is zeroed. With Adam late in training this makes the
+        unit's first step ``≈ (1-β1)/sqrt(1-β2) ≈ 3.2×`` the learning rate.
+        ``"mean_scale"``: first-moment (signed) buffers are zeroed; second-moment buffers
+        (:data:`SECOND_MOMENT_KEYS`) are set to the mean of their untouched entries, so the
+        unit's next steps have the layer's usual size.
+
+    Args:
+        state: ``optimizer.state[param]``, modified in place.
+        param: the parameter the state belongs to.
+        dim: the dimension that ``index`` selects along (0 for rows, 1 for input columns).
+        index: touched indices, int64.
+        policy: one of :data:`STATE_POLICIES`.
+    """
+    if policy not in STATE_POLICIES:
+        raise ValueError(f"unknown state_policy {policy!r}; expected one of {STATE_POLICIES}")
+    with torch.no_grad():
+        for key, value in state.items():
+            if not isinstance(value, Tensor) or value.shape != param.shape:
+                continue
+            fill = 0.0
+            if policy == "mean_scale" and key in SECOND_MOMENT_KEYS:
+                fill = _mean_outside(value, dim, index)
+            value.index_fill_(dim, index.to(value.device), fill)
+
+
+def _mean_outside(value: Tensor, dim: int, index: Tensor) -> float:
+    """Mean of ``value`` over the slices along ``dim`` that are not in ``index`` (0 if none)."""
+    keep = torch.ones(value.shape[dim], dtype=torch.bool, device=value.device)
+    keep.index_fill_(0, index.to(value.device), False)
+    if not bool(keep.any()):
+        return 0.0
+    return float(value.index_select(dim, keep.nonzero().flatten()).float().mean())

@@ -1,0 +1,485 @@
+"""GXDReset: the optimizer wrapper that scores units with GXD and resets the cheapest."""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from . import checkpoint
+from .config import Config
+from .discovery import LayerInfo, discover, explicit_layers, producer_modules, unwrap_model
+from .operator import (
+    clear_state_slices_,
+    fold_and_zero_inputs_,
+    reinit_units_,
+    reset_norm_entries_,
+    unit_columns,
+)
+from .selection import accrue, lowest
+from .tracking import Tracker
+from .utilities import UTILITIES, UtilityFn, gxd
+
+__all__ = ["GXDReset"]
+
+ResetHook = Callable[[str, Tensor], None]
+
+
+class GXDReset(torch.optim.Optimizer):
+    r"""Wrap an optimizer; after each ``step()`` reset the units whose reset costs least.
+
+    A *unit* is an output feature of a ``Linear`` or an output channel of a ``Conv{1,2,3}d``
+    whose value reaches the next Linear/Conv layers (its *consumers*) only through per-unit
+    operations. On the first training forward pass the wrapper finds these units by itself
+    (see :attr:`layers` and :attr:`skipped`). For every unit ``i`` and consumer it tracks
+
+    .. math::
+
+        a_i(x) = \sum_{\text{pos}} \frac{\partial \ell(x)}{\partial h_i} (h_i - r_i),
+        \qquad u_i = \mathrm{EMA}_t\big(\operatorname{mean}_x |a_i(x)|\big)
+
+    where ``h_i`` is the unit as the consumer reads it and ``r_i`` the reference the reset
+    substitutes (the running mean of ``h_i``, or 0). Each step adds
+    ``replacement_rate × (units older than maturity)`` to a per-layer budget; whole units are
+    then reset, lowest utility first: incoming weights redrawn from the layer's default init,
+    ``W_out·r`` folded into the consumers' biases and outgoing weights zeroed, BatchNorm
+    entries restored, optimizer state slices cleared.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer`` holding (some of) the model's parameters.
+        model: the model; ``DistributedDataParallel`` and ``torch.compile`` wrappers are fine.
+        utility: ``"gxd"`` or a callable ``fn(h, grad, reference) -> scores`` with ``h, grad``
+            of shape ``[N, U, P]``, ``reference`` ``[U]`` and per-sample ``scores`` ``[N, U]``
+            (see :mod:`gxd_optim.utilities`).
+        reference: ``"mean"`` (running mean of the unit) or ``"zero"``.
+        replacement_rate: fraction of eligible units reset per step; 0 tracks only.
+        maturity: a unit is eligible once it has seen more than this many steps.
+        decay: EMA decay of utilities and running means, in ``[0, 1)``.
+        seed: seed of the wrapper's own generator for the new weights.
+        layers: explicit ``{producer: [consumers]}`` for models discovery cannot read.
+        exclude: names of Linear/Conv layers never to touch.
+        state_policy: ``"mean_scale"`` (default: zero first moments, refill second moments
+            with the mean of the untouched entries) or ``"zero"`` (zero every touched slice).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = GXDReset(torch.optim.Adam(model.parameters(), lr=1e-3), model)
+        >>> loss = model(torch.randn(16, 4)).pow(2).mean()
+        >>> opt.zero_grad(); loss.backward(); opt.step()
+        >>> dict(opt.layers)["0"].consumers
+        ('2',)
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        *,
+        utility: str | UtilityFn = "gxd",
+        reference: str = "mean",
+        replacement_rate: float = 1e-4,
+        maturity: int = 100,
+        decay: float = 0.99,
+        seed: int = 0,
+        layers: Mapping[str, Sequence[str]] | None = None,
+        exclude: Iterable[str] = (),
+        state_policy: str = "mean_scale",
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if isinstance(optimizer, GXDReset):
+            raise TypeError("optimizer is already a GXDReset; wrap the inner optimizer once")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        config = Config(utility, reference, replacement_rate, maturity, decay, seed, state_policy)
+        _refuse_sharded(optimizer, model)
+        modules = producer_modules(model)
+        if not modules:
+            raise ValueError("the model has no Linear or Conv1d/2d/3d layer: GXDReset has no unit to reset")
+        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        if not any(id(p) in owned for p in model.parameters()):
+            raise ValueError("the optimizer holds none of the model's parameters")
+        exclude = tuple(exclude) if not isinstance(exclude, str) else (exclude,)
+        unknown = [n for n in exclude if n not in modules]
+        if unknown:
+            raise ValueError(f"exclude= names {unknown} that are not Linear/Conv layers; known: {sorted(modules)}")
+        explicit = None
+        if layers is not None:
+            explicit = explicit_layers(model, layers, reference)
+            clash = sorted(set(exclude) & set(explicit[0]))
+            if clash:
+                raise ValueError(f"layers {clash} are both in layers= and exclude=")
+
+        # torch.optim.Optimizer.__init__ is skipped on purpose: the inner optimizer owns the
+        # parameter groups and state. Its hook registries are still needed by step().
+        self._optimizer_step_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_step_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._patch_step_function()
+
+        self.optimizer = optimizer
+        self.model = model
+        self.config = config
+        self._exclude = exclude
+        self._explicit = explicit is not None
+        self._modules = modules
+        self._generator = torch.Generator().manual_seed(seed)
+        self._reset_hooks: OrderedDict[int, ResetHook] = OrderedDict()
+        self._tracker: Tracker | None = None
+        self._layers: dict[str, LayerInfo] = {}
+        self._skipped: dict[str, str] = {}
+        self._lazy_handle: RemovableHandle | None = None
+        if explicit is not None:
+            self._install(*explicit)
+        else:
+            self._arm_discovery()
+
+    # -- delegation (load_state_dict of the inner optimizer rebinds these) ------------------
+    @property  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The inner optimizer's parameter groups (LR schedulers act through these)."""
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value: list[dict[str, Any]]) -> None:
+        self.optimizer.param_groups = value
+
+    @property  # type: ignore[override]
+    def state(self) -> Any:
+        """The inner optimizer's per-parameter state."""
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self.optimizer.state = value
+
+    @property  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
+        """The inner optimizer's defaults."""
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value: dict[str, Any]) -> None:
+        self.optimizer.defaults = value
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group to the inner optimizer."""
+        self.optimizer.add_param_group(param_group)
+
+    def __repr__(self) -> str:
+        return f"GXDReset({self.optimizer!r}, {self.config})"
+
+    # -- discovery --------------------------------------------------------------------------
+    def discover(self, *args: Any, **kwargs: Any) -> None:
+        """Find the units now from one example batch instead of at the first forward pass.
+
+        The example forward leaves no trace: buffers (BatchNorm statistics) and random
+        number generators are restored afterwards.
+
+        Raises:
+            ValueError: if no layer is eligible (the message lists why each was skipped).
+        """
+        if self._tracker is not None:
+            return
+        root = unwrap_model(self.model)
+        buffers = [(b, b.detach().clone()) for b in root.buffers()]
+        devices = sorted({p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"})
+        try:
+            with torch.random.fork_rng(devices=devices):
+                found = discover(
+                    root,
+                    args,
+                    kwargs,
+                    reference=self.config.reference,
+                    exclude=self._exclude,
+                    trainable=self._trainable,
+                )
+        finally:
+            with torch.no_grad():
+                for buffer, saved in buffers:
+                    buffer.copy_(saved)
+        if not found[0]:
+            lines = "\n".join(f"  {n}: {why}" for n, why in found[1].items())
+            raise ValueError(
+                "GXDReset found no layer whose units it can reset. Skipped:\n"
+                f"{lines}\nPass layers={{producer: [consumers]}} to name them yourself."
+            )
+        self._install(*found)
+
+    def _trainable(self, module: nn.Module) -> bool:
+        owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        return id(module.weight) in owned
+
+    def _arm_discovery(self) -> None:
+        def first_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if torch.is_grad_enabled() and module.training and self._lazy_handle is not None:
+                handle, self._lazy_handle = self._lazy_handle, None  # the discovery pass re-enters
+                try:
+                    self.discover(*args, **kwargs)
+                except BaseException:
+                    self._lazy_handle = handle
+                    raise
+                handle.remove()
+
+        root = unwrap_model(self.model)
+        self._lazy_handle = root.register_forward_pre_hook(first_forward, with_kwargs=True)
+
+    def _install(self, layers: dict[str, LayerInfo], skipped: dict[str, str]) -> None:
+        utility = self.config.utility
+        fn = None if utility == "gxd" or utility is gxd else (UTILITIES[utility] if isinstance(utility, str) else utility)
+        tracker = Tracker(layers, self._modules, fn, self.config.decay)
+        tracker.attach()
+        if self._lazy_handle is not None:
+            self._lazy_handle.remove()
+            self._lazy_handle = None
+        self._tracker, self._layers, self._skipped = tracker, layers, skipped
+
+    def _require_tracker(self) -> Tracker:
+        if self._tracker is None:
+            raise RuntimeError(
+                "GXDReset has not found the model's units yet: they are found on the first "
+                "training forward pass (or call opt.discover(example_input))"
+            )
+        return self._tracker
+
+    @property
+    def layers(self) -> Mapping[str, LayerInfo]:
+        """Eligible producers by qualified name: ``info.num_units``, ``info.consumers``, ..."""
+        self._require_tracker()
+        return MappingProxyType(self._layers)
+
+    @property
+    def skipped(self) -> Mapping[str, str]:
+        """Linear/Conv layers that are not eligible, and why."""
+        self._require_tracker()
+        return MappingProxyType(self._skipped)
+
+    # -- the optimizer interface ------------------------------------------------------------
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Step the inner optimizer, commit this step's statistics, reset what is due.
+
+        Statistics of the backward passes since the last step count only now; a step that saw
+        no backward pass (e.g. the zero-gradient step of a checkpoint loader) resets nothing.
+        """
+        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        if self._tracker is not None:
+            committed = self._tracker.commit()
+            if self.config.replacement_rate > 0:
+                for name in committed:
+                    self._spend_budget(name)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Zero the inner optimizer's gradients and drop statistics no step has committed."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+        if self._tracker is not None:
+            self._tracker.discard()
+
+    def _spend_budget(self, name: str) -> None:
+        layer = self._require_tracker().layers[name]
+        eligible = layer.age > self.config.maturity
+        layer.budget = accrue(layer.budget, int(eligible.sum()), self.config.replacement_rate)
+        count = int(layer.budget)
+        if count >= 1:
+            index = lowest(self._require_tracker().utilities(name), eligible, count)
+            layer.budget -= count
+            self._reset(name, index)
+
+    # -- queries and manual resets ----------------------------------------------------------
+    def utilities(self) -> dict[str, Tensor]:
+        """Current bias-corrected utilities per layer (units never scored read 0)."""
+        tracker = self._require_tracker()
+        return {name: tracker.utilities(name) for name in self._layers}
+
+    def predicted_cost(self, name: str) -> Tensor:
+        """Signed first-order change of the latest batch's loss if each unit alone were reset.
+
+        ``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h_i · (r_i − h_i)`` with the current reference;
+        costs add over a set of units. "Latest batch" is the backward passes since the last
+        step, or the last committed step's if there were none.
+        """
+        self._check_name(name)
+        return self._require_tracker().predicted_cost(name)
+
+    def reset_units(self, name: str, indices: Tensor | Sequence[int]) -> None:
+        """Apply the reset operator to these units of layer ``name`` now.
+
+        Raises:
+            ValueError: unknown layer, or indices that are not integers in ``[0, num_units)``.
+        """
+        self._check_name(name)
+        units = self._layers[name].num_units
+        index = torch.as_tensor(indices)
+        if index.dtype in (torch.bool,) or index.is_floating_point() or index.is_complex() or index.dim() > 1:
+            raise ValueError(f"indices must be a 1-D sequence of ints, got {index.dtype} of shape {tuple(index.shape)}")
+        index = index.reshape(-1).to(torch.int64)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= units):
+            raise ValueError(f"indices must lie in [0, {units}) for layer {name!r}, got {index.tolist()}")
+        if index.numel():
+            self._reset(name, torch.unique(index))
+
+    @property
+    def reset_counts(self) -> dict[str, int]:
+        """Units reset so far, per layer."""
+        tracker = self._require_tracker()
+        return {name: layer.resets for name, layer in tracker.layers.items()}
+
+    def register_reset_hook(self, hook: ResetHook) -> RemovableHandle:
+        """Call ``hook(name, indices)`` after every reset (e.g. to mirror it into an EMA copy).
+
+        Returns:
+            A handle whose ``remove()`` unregisters the hook.
+        """
+        handle = RemovableHandle(self._reset_hooks)
+        self._reset_hooks[handle.id] = hook
+        return handle
+
+    def _check_name(self, name: str) -> None:
+        self._require_tracker()
+        if name not in self._layers:
+            why = self._skipped.get(name)
+            detail = f"it was skipped: {why}" if why else f"eligible layers: {sorted(self._layers)}"
+            raise ValueError(f"{name!r} is not an eligible layer ({detail})")
+
+    def _reset(self, name: str, index: Tensor) -> None:
+        tracker = self._require_tracker()
+        info, layer = self._layers[name], tracker.layers[name]
+        producer = self._modules[name]
+        index = index.to(producer.weight.device)
+        policy = self.config.state_policy
+        named = dict(unwrap_model(self.model).named_modules())
+        for edge in layer.edges:
+            consumer = self._modules[edge.edge.consumer]
+            k = edge.edge.columns_per_unit
+            columns = unit_columns(index, k).to(consumer.weight.device)
+            values = None
+            if edge.edge.reference == "mean":
+                values = edge.reference.index_select(0, index).repeat_interleave(k).to(consumer.weight.device)
+            fold_and_zero_inputs_(consumer.weight, consumer.bias, columns, values)
+            self._clear_state(consumer.weight, 1, columns, policy)
+        reinit_units_(producer.weight, producer.bias, index, self._generator)
+        touched: list[Tensor | None] = [producer.weight, producer.bias]
+        for norm_name in info.norms:
+            norm = named[norm_name]
+            reset_norm_entries_(norm, index)  # type: ignore[arg-type]
+            touched += [norm.weight, norm.bias]
+        for param in touched:
+            if param is not None:
+                self._clear_state(param, 0, index, policy)
+        tracker.restart(name, index)
+        layer.resets += int(index.numel())
+        for hook in list(self._reset_hooks.values()):
+            hook(name, index.clone())
+
+    def _clear_state(self, param: Tensor, dim: int, index: Tensor, policy: str) -> None:
+        state = self.optimizer.state.get(param)
+        if state:
+            clear_state_slices_(state, param, dim, index, policy)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The inner optimizer's state dict plus the wrapper's entry under ``"gxd_reset"``."""
+        out = self.optimizer.state_dict()
+        tracker = self._tracker
+        out[checkpoint.KEY] = {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "layers": None if tracker is None else checkpoint.layers_to_dict(self._layers),
+            "skipped": dict(self._skipped),
+            "stats": None if tracker is None else checkpoint.pack_stats(tracker),
+            "generator": self._generator.get_state(),
+        }
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`state_dict` (or a plain optimizer's, with a warning).
+
+        Everything is checked before anything changes: a checkpoint from another architecture
+        raises ``ValueError`` and leaves the wrapper and the inner optimizer as they were.
+        """
+        state_dict = dict(state_dict)
+        entry = state_dict.pop(checkpoint.KEY, None)
+        if entry is None:
+            warnings.warn(
+                "loading a plain optimizer state dict into GXDReset: the inner optimizer is "
+                "restored, GXDReset's statistics and budgets are not",
+                stacklevel=2,
+            )
+            self.optimizer.load_state_dict(state_dict)
+            return
+        version = entry.get("format_version")
+        if version != checkpoint.FORMAT_VERSION:
+            raise ValueError(f"unsupported GXDReset checkpoint format {version!r}")
+        saved = None if entry["layers"] is None else checkpoint.layers_from_dict(entry["layers"])
+        if saved is not None:
+            current = self._layers if self._tracker is not None else None
+            named = dict(unwrap_model(self.model).named_modules())
+            checkpoint.check(saved, current, self._modules, named, entry["stats"])
+        changed = {
+            k: (v, getattr(self.config, k) if k != "utility" else self.config.utility_name)
+            for k, v in entry["config"].items()
+            if v != (getattr(self.config, k) if k != "utility" else self.config.utility_name)
+        }
+        self.optimizer.load_state_dict(state_dict)
+        if changed:
+            warnings.warn(
+                f"checkpoint was saved with other GXDReset settings; keeping this wrapper's: "
+                f"{ {k: f'{old} -> {new}' for k, (old, new) in changed.items()} }",
+                stacklevel=2,
+            )
+        if saved is not None:
+            if self._tracker is None:
+                self._install(saved, dict(entry["skipped"]))
+            checkpoint.load_stats(self._require_tracker(), entry["stats"])
+        self._generator.set_state(entry["generator"])
+
+    # -- copies -----------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:  # type: ignore[override]
+        state = self.__dict__.copy()
+        state["_generator"] = self._generator.get_state()
+        state["_lazy_handle"] = None
+        if self._tracker is not None:
+            self._tracker.discard()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator_state = state.pop("_generator")
+        self.__dict__.update(state)
+        self._generator = torch.Generator()
+        self._generator.set_state(generator_state)
+        if self._tracker is not None:
+            self._tracker.attach()
+        else:
+            self._arm_discovery()
+
+
+def _refuse_sharded(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """FSDP, DTensor and ZeroRedundancyOptimizer shard parameters: not supported yet."""
+    if type(optimizer).__name__ == "ZeroRedundancyOptimizer":
+        raise NotImplementedError(
+            "GXDReset does not support ZeroRedundancyOptimizer yet (it shards optimizer state); "
+            "wrap a plain optimizer under DistributedDataParallel instead"
+        )
+    for module in model.modules():
+        if type(module).__name__ in {"FullyShardedDataParallel", "FSDPModule"} or any(
+            base.__name__ == "FSDPModule" for base in type(module).__mro__
+        ):
+            raise NotImplementedError(
+                "GXDReset does not support FSDP yet (fully_shard / FullyShardedDataParallel); "
+                "use DistributedDataParallel, or leave resets off for sharded models"
+            )
+    for param in model.parameters():
+        if type(param).__name__ == "DTensor" or type(param.data).__name__ == "DTensor":
+            raise NotImplementedError(
+                "GXDReset does not support DTensor (sharded) parameters yet; "
+                "use DistributedDataParallel with regular tensors"
+            )

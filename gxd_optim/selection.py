@@ -1,0 +1,31 @@
+"""Which units to reset: a fractional per-layer budget spent lowest utility first."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["accrue", "lowest"]
+
+
+def accrue(budget: float, eligible: int, rate: float) -> float:
+    """Add ``rate × eligible`` to a layer's fractional budget (continual-backprop style).
+
+    Nothing accrues while no unit is eligible, so a young layer does not save up a burst of
+    resets for the moment its units mature.
+    """
+    return budget + rate * eligible if eligible > 0 else budget
+
+
+def lowest(utility: Tensor, eligible: Tensor, count: int) -> Tensor:
+    """Indices of the ``count`` eligible units of lowest utility, ascending.
+
+    Ties are broken by unit index, so the choice is deterministic.
+
+    Example:
+        >>> lowest(torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.tensor([True, True, True, False]), 2)
+        tensor([1, 2])
+    """
+    masked = torch.where(eligible, utility, torch.full_like(utility, float("inf")))
+    order = torch.argsort(masked, stable=True)
+    return order[: min(count, int(eligible.sum()))].sort().values
