@@ -1,4 +1,4 @@
-"""Validated hyperparameters of :class:`~gxd_optim.GXDReset`."""
+"""Validated hyperparameters of `gxd_optim.GXDReset`."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ the producer ineligible, with the reason recorded.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -61,7 +61,7 @@ class LayerInfo:
     Attributes:
         name: qualified name in ``model.named_modules()`` (wrapper prefixes stripped).
         num_units: output features (Linear) or output channels (Conv).
-        edges: one :class:`Edge` per consumer.
+        edges: one `Edge` per consumer.
         norms: BatchNorm layers between the producer and its consumers.
         path: the operations found between producer and consumers (autograd node names).
     """
@@ -219,6 +219,7 @@ class _Call:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     calls: int = 1
+    more: list[tuple[Node, Node]] = field(default_factory=list)  # (in, out) of later calls
 
 
 @dataclass
@@ -237,10 +238,13 @@ def _trace(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T
 
     def on_layer(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
             if name in calls:
                 calls[name].calls += 1
+                calls[name].more.append(
+                    (x.grad_fn if x is not None else None, getattr(output, "grad_fn", None))
+                )
                 return
-            x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
             calls[name] = _Call(
                 x.grad_fn if x is not None else None,
                 output.grad_fn if isinstance(output, Tensor) else None,
@@ -296,19 +300,21 @@ def _internal_owner(calls: Mapping[str, _Call]) -> dict[Node, str]:
     """Map every autograd node created inside a Linear/Conv call to that layer's name."""
     owner: dict[Node, str] = {}
     for name, call in calls.items():
-        stack = [call.out_node] if call.out_node is not None else []
-        while stack:
-            node = stack.pop()
-            if node is call.in_node or node in owner or type(node).__name__ == "AccumulateGrad":
-                continue
-            owner[node] = name
-            stack.extend(child for child, _ in node.next_functions if child is not None)
+        for in_node, out_node in [(call.in_node, call.out_node), *call.more]:
+            stack = [out_node] if out_node is not None else []
+            while stack:
+                node = stack.pop()
+                if node is in_node or node in owner or type(node).__name__ == "AccumulateGrad":
+                    continue
+                owner[node] = name
+                stack.extend(child for child, _ in node.next_functions if child is not None)
     return owner
 
 
 _UNARY = frozenset(
     "Relu Threshold LeakyRelu Tanh Sigmoid Gelu Silu Elu Celu Hardtanh Softplus Mish Hardswish "
-    "Hardsigmoid LogSigmoid RreluWithNoise PreluKernel NativeDropout ToCopy Clone Alias".split()
+    "Hardsigmoid LogSigmoid RreluWithNoise PreluKernel NativeDropout ToCopy Clone Alias "
+    "_Probe".split()  # _Probe: another GXDReset's identity probe on the same model
 )
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
 _NORMS = frozenset({"NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"})
@@ -349,6 +355,7 @@ class _Layout:
     shape: tuple[int, ...]
     axis: int
     k: int = 1
+    stale: bool = False  # inside a composite op whose inner shapes were not recorded
 
 
 def _step(node: Node, layout: _Layout, units: int, shapes: Mapping[Node, Any]) -> _Layout | str:
@@ -372,18 +379,28 @@ def _step(node: Node, layout: _Layout, units: int, shapes: Mapping[Node, Any]) -
             return f"{mixed} (it does not act on the unit axis)"
         if op in _NORMS:
             return layout
-        return _Layout(out_shape, 1) if out_shape is not None else f"could not follow `{op}`"
+        return _Layout(out_shape, 1) if out_shape is not None else replace(layout, stale=True)
     if op in _REDUCTIONS and hasattr(node, "_saved_dim"):
-        ndim = len(layout.shape)
-        dims = {(d - 2**64 if d >= 2**63 else d) % ndim for d in node._saved_dim}
+        shape = tuple(getattr(node, "_saved_self_sym_sizes", layout.shape))
+        if shape[: layout.axis + 1] != layout.shape[: layout.axis + 1]:
+            return f"could not follow `{op}`"
+        dims = {(d - 2**64 if d >= 2**63 else d) % len(shape) for d in node._saved_dim}
         if 0 in dims or layout.axis in dims:
             return mixed
         if node._saved_keepdim:
-            return _Layout(tuple(1 if i in dims else s for i, s in enumerate(layout.shape)), layout.axis, layout.k)
-        shape = tuple(s for i, s in enumerate(layout.shape) if i not in dims)
-        return _Layout(shape, layout.axis - sum(d < layout.axis for d in dims), layout.k)
+            kept = tuple(1 if i in dims else size for i, size in enumerate(shape))
+            return _Layout(kept, layout.axis, layout.k, layout.stale)
+        shape = tuple(size for i, size in enumerate(shape) if i not in dims)
+        axis = layout.axis - sum(d < layout.axis for d in dims)
+        return _Layout(shape, axis, layout.k, layout.stale)
     if op in _RESHAPES:
-        return _reshape(layout, out_shape, units) if out_shape is not None else f"could not follow `{op}`"
+        if out_shape is None:  # e.g. the unsqueeze inside a 1-d pooling
+            return replace(layout, stale=True)
+        if layout.stale:
+            if out_shape[: layout.axis + 1] == layout.shape[: layout.axis + 1]:
+                return _Layout(out_shape, layout.axis, layout.k)
+            return f"could not follow `{op}`"
+        return _reshape(layout, out_shape, units)
     return mixed
 
 
@@ -433,7 +450,8 @@ def _walk(
         for parent in parents.get(node, []):
             consumer = owner.get(parent)
             if consumer is not None:
-                if trace.calls[consumer].in_node is not node:
+                entered = trace.calls[consumer]
+                if all(node is not n for n in (entered.in_node, *(i for i, _ in entered.more))):
                     return f"its output reaches `{consumer}` other than as that layer's input"
                 reads.append((consumer, layout))
                 continue
@@ -492,7 +510,11 @@ def discover(
     parents = _parents(trace.roots)
     owner = _internal_owner(trace.calls)
     layers: dict[str, LayerInfo] = {}
-    skipped: dict[str, str] = {}
+    skipped: dict[str, str] = {
+        name: f"a subclass of a Linear/Conv layer (`{type(module).__name__}`), not handled"
+        for name, module in root.named_modules()
+        if isinstance(module, PRODUCER_TYPES) and name not in modules
+    }
     for name, module in modules.items():
         call = trace.calls.get(name)
         reason = _producer_problem(name, module, call, exclude, trainable)

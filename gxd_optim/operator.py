@@ -94,10 +94,12 @@ def fold_and_zero_inputs_(
 ) -> None:
     """Make a consumer read the constant ``values`` on ``columns`` instead of its input.
 
-    For a Linear consumer ``y = W x + b`` and a valid (unpadded) convolution alike::
+    For a Linear consumer `y = W x + b` and a valid (unpadded) convolution alike:
 
-        b  += Σ_{j ∈ columns} (Σ_kernel W[:, j]) · values_j
-        W[:, columns] = 0
+    ```text
+    b  += Σ_{j ∈ columns} (Σ_kernel W[:, j]) · values_j
+    W[:, columns] = 0
+    ```
 
     after which ``y`` equals the old layer applied to ``x`` with ``x_j := values_j`` on
     ``columns`` (exactly: the fold sums the kernel because every output position of an
@@ -149,7 +151,7 @@ def clear_state_slices_(
         ``"zero"``: every touched slice is zeroed. With Adam late in training this makes the
         unit's first step ``≈ (1-β1)/sqrt(1-β2) ≈ 3.2×`` the learning rate.
         ``"mean_scale"``: first-moment (signed) buffers are zeroed; second-moment buffers
-        (:data:`SECOND_MOMENT_KEYS`) are set to the mean of their untouched entries, so the
+        (`SECOND_MOMENT_KEYS`) are set to the mean of their untouched entries, so the
         unit's next steps have the layer's usual size.
 
     Args:
@@ -157,7 +159,7 @@ def clear_state_slices_(
         param: the parameter the state belongs to.
         dim: the dimension that ``index`` selects along (0 for rows, 1 for input columns).
         index: touched indices, int64.
-        policy: one of :data:`STATE_POLICIES`.
+        policy: one of `STATE_POLICIES`.
     """
     if policy not in STATE_POLICIES:
         raise ValueError(f"unknown state_policy {policy!r}; expected one of {STATE_POLICIES}")

@@ -32,17 +32,17 @@ ResetHook = Callable[[str, Tensor], None]
 
 
 class GXDReset(torch.optim.Optimizer):
-    r"""Wrap an optimizer; after each ``step()`` reset the units whose reset costs least.
+    r"""Wrap an optimizer; after each `step()` reset the units whose reset costs least.
 
-    A *unit* is an output feature of a ``Linear`` or an output channel of a ``Conv{1,2,3}d``
+    A *unit* is an output feature of a `Linear` or an output channel of a `Conv{1,2,3}d`
     whose value reaches the next Linear/Conv layers (its *consumers*) only through per-unit
     operations. On the first training forward pass the wrapper finds these units by itself
-    (see :attr:`layers` and :attr:`skipped`). For every unit ``i`` and consumer it tracks
+    (see `layers` and `skipped`). For every unit $i$ and consumer it tracks
 
-    .. math::
-
-        a_i(x) = \sum_{\text{pos}} \frac{\partial \ell(x)}{\partial h_i} (h_i - r_i),
-        \qquad u_i = \mathrm{EMA}_t\big(\operatorname{mean}_x |a_i(x)|\big)
+    $$
+    a_i(x) = \sum_{\text{pos}} \frac{\partial \ell(x)}{\partial h_i} (h_i - r_i),
+    \qquad u_i = \mathrm{EMA}_t\big(\operatorname{mean}_x |a_i(x)|\big)
+    $$
 
     where ``h_i`` is the unit as the consumer reads it and ``r_i`` the reference the reset
     substitutes (the running mean of ``h_i``, or 0). Each step adds
@@ -56,7 +56,7 @@ class GXDReset(torch.optim.Optimizer):
         model: the model; ``DistributedDataParallel`` and ``torch.compile`` wrappers are fine.
         utility: ``"gxd"`` or a callable ``fn(h, grad, reference) -> scores`` with ``h, grad``
             of shape ``[N, U, P]``, ``reference`` ``[U]`` and per-sample ``scores`` ``[N, U]``
-            (see :mod:`gxd_optim.utilities`).
+            (see `gxd_optim.utilities`).
         reference: ``"mean"`` (running mean of the unit) or ``"zero"``.
         replacement_rate: fraction of eligible units reset per step; 0 tracks only.
         maturity: a unit is eligible once it has seen more than this many steps.
@@ -190,6 +190,16 @@ class GXDReset(torch.optim.Optimizer):
         """
         if self._tracker is not None:
             return
+        armed, self._lazy_handle = self._lazy_handle, None  # the example pass must not re-enter
+        try:
+            self._discover_now(args, kwargs)
+        except BaseException:
+            self._lazy_handle = armed
+            raise
+        if armed is not None:
+            armed.remove()
+
+    def _discover_now(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         root = unwrap_model(self.model)
         buffers = [(b, b.detach().clone()) for b in root.buffers()]
         devices = sorted({p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"})
@@ -215,6 +225,18 @@ class GXDReset(torch.optim.Optimizer):
             )
         self._install(*found)
 
+    def close(self) -> None:
+        """Remove every hook from the model; the wrapper then only steps the inner optimizer.
+
+        Call this before wrapping the same model again (e.g. a new optimizer per task).
+        """
+        if self._lazy_handle is not None:
+            self._lazy_handle.remove()
+            self._lazy_handle = None
+        if self._tracker is not None:
+            self._tracker.detach()
+            self._tracker.discard()
+
     def _trainable(self, module: nn.Module) -> bool:
         owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         return id(module.weight) in owned
@@ -222,13 +244,7 @@ class GXDReset(torch.optim.Optimizer):
     def _arm_discovery(self) -> None:
         def first_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if torch.is_grad_enabled() and module.training and self._lazy_handle is not None:
-                handle, self._lazy_handle = self._lazy_handle, None  # the discovery pass re-enters
-                try:
-                    self.discover(*args, **kwargs)
-                except BaseException:
-                    self._lazy_handle = handle
-                    raise
-                handle.remove()
+                self.discover(*args, **kwargs)
 
         root = unwrap_model(self.model)
         self._lazy_handle = root.register_forward_pre_hook(first_forward, with_kwargs=True)
@@ -401,7 +417,7 @@ class GXDReset(torch.optim.Optimizer):
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict from :meth:`state_dict` (or a plain optimizer's, with a warning).
+        """Load a state dict from `state_dict()` (or a plain optimizer's, with a warning).
 
         Everything is checked before anything changes: a checkpoint from another architecture
         raises ``ValueError`` and leaves the wrapper and the inner optimizer as they were.
@@ -445,6 +461,7 @@ class GXDReset(torch.optim.Optimizer):
     # -- copies -----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:  # type: ignore[override]
         state = self.__dict__.copy()
+        state.pop("step", None)  # an LR scheduler's per-instance wrapper of the original's step
         state["_generator"] = self._generator.get_state()
         state["_lazy_handle"] = None
         if self._tracker is not None:

@@ -18,7 +18,7 @@ def accrue(budget: float, eligible: int, rate: float) -> float:
 
 
 def lowest(utility: Tensor, eligible: Tensor, count: int) -> Tensor:
-    """Indices of the ``count`` eligible units of lowest utility, ascending.
+    """Indices of the ``count`` eligible units of lowest utility, sorted by index.
 
     Ties are broken by unit index, so the choice is deterministic.
 

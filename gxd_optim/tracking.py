@@ -1,10 +1,10 @@
 """Per-unit statistics collected by hooks, committed only when the optimizer steps.
 
-Each consumer's input passes through :class:`_Probe`, an identity autograd function that saves
+Each consumer's input passes through `_Probe`, an identity autograd function that saves
 the (already saved) input and, when the gradient arrives, reduces ``(h, ∂ℓ/∂h)`` at once to a
 few ``[U]`` and ``[N, U]`` tensors. Nothing is kept beyond the backward pass; statistics wait in
-``pending`` buffers until :meth:`Tracker.commit` (the optimizer stepped) or
-:meth:`Tracker.discard` (``zero_grad`` without a step).
+``pending`` buffers until `Tracker.commit` (the optimizer stepped) or
+`Tracker.discard` (``zero_grad`` without a step).
 """
 
 from __future__ import annotations

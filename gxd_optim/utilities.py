@@ -28,9 +28,9 @@ UtilityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 def gxd(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
     """Gradient times difference from reference, per sample.
 
-    .. math::
-
-        a_i(x) = \\sum_{p} \\frac{\\partial \\ell(x)}{\\partial h_{i,p}} \\, (h_{i,p}(x) - r_i)
+    $$
+    a_i(x) = \\sum_{p} \\frac{\\partial \\ell(x)}{\\partial h_{i,p}} \\, (h_{i,p}(x) - r_i)
+    $$
 
     Replacing unit ``i`` by ``r_i`` changes the loss of sample ``x`` by ``-a_i(x)`` to first
     order, so ``mean_x |a_i(x)|`` is the expected functional cost of the reset.
