@@ -17,7 +17,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .discovery import Edge, LayerInfo, _edge_for, _num_units
 from .tracking import Tracker
 
-__all__ = ["FORMAT_VERSION", "KEY", "check", "layers_from_dict", "layers_to_dict", "load_stats", "pack_stats"]
+__all__ = [
+    "FORMAT_VERSION",
+    "KEY",
+    "check",
+    "layers_from_dict",
+    "layers_to_dict",
+    "load_stats",
+    "pack_stats",
+]
 
 KEY = "gxd_reset"
 """Key of the wrapper's entry in the optimizer state dict."""
@@ -76,7 +84,9 @@ def check(
     for name, info in saved.items():
         module = modules.get(name)
         if module is None:
-            raise ValueError(f"checkpoint is from another architecture: no Linear/Conv layer {name!r}")
+            raise ValueError(
+                f"checkpoint is from another architecture: no Linear/Conv layer {name!r}"
+            )
         if _num_units(module) != info.num_units:
             raise ValueError(
                 f"checkpoint is from another architecture: {name!r} has "
@@ -85,12 +95,15 @@ def check(
         for edge in info.edges:
             consumer = modules.get(edge.consumer)
             if consumer is None:
-                raise ValueError(f"checkpoint is from another architecture: no consumer {edge.consumer!r}")
+                raise ValueError(
+                    f"checkpoint is from another architecture: no consumer {edge.consumer!r}"
+                )
             rebuilt = _edge_for(consumer, edge.consumer, info.num_units, edge.reference)
             if not isinstance(rebuilt, Edge) or rebuilt.columns_per_unit != edge.columns_per_unit:
+                why = rebuilt if isinstance(rebuilt, str) else "the column map differs"
                 raise ValueError(
                     f"checkpoint is from another architecture: {name!r} -> {edge.consumer!r} "
-                    f"does not fit ({rebuilt if isinstance(rebuilt, str) else 'column map differs'})"
+                    f"does not fit ({why})"
                 )
         for norm in info.norms:
             bn = named.get(norm)
@@ -104,8 +117,12 @@ def check(
             raise ValueError(f"checkpoint has no statistics for layer {name!r}")
         shapes = [tuple(layer_stats["utility_ema"].shape), tuple(layer_stats["age"].shape)]
         shapes += [tuple(m.shape) for m in layer_stats["mean_ema"]]
-        if any(s != (info.num_units,) for s in shapes) or len(layer_stats["mean_ema"]) != len(info.edges):
-            raise ValueError(f"checkpoint statistics of {name!r} do not match its {info.num_units} units")
+        if any(s != (info.num_units,) for s in shapes) or len(layer_stats["mean_ema"]) != len(
+            info.edges
+        ):
+            raise ValueError(
+                f"checkpoint statistics of {name!r} do not match its {info.num_units} units"
+            )
 
 
 def pack_stats(tracker: Tracker) -> dict[str, Any]:

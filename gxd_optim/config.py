@@ -40,7 +40,9 @@ class Config:
                     "or a callable fn(h, grad, reference) -> scores"
                 )
         elif not callable(self.utility):
-            raise TypeError(f"utility must be a name or a callable, got {type(self.utility).__name__}")
+            raise TypeError(
+                f"utility must be a name or a callable, got {type(self.utility).__name__}"
+            )
         if self.reference not in REFERENCES:
             raise ValueError(f"unknown reference {self.reference!r}; expected one of {REFERENCES}")
         if self.state_policy not in STATE_POLICIES:

@@ -91,12 +91,20 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def producer_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """All Linear/Conv{1,2,3}d layers of ``model`` by qualified name."""
+    """All Linear/Conv{1,2,3}d layers of ``model`` by qualified name (parametrized ones too;
+    subclasses with their own forward are not included)."""
     return {
         name: module
         for name, module in unwrap_model(model).named_modules()
-        if type(module) in PRODUCER_TYPES
+        if _base_type(module) in PRODUCER_TYPES
     }
+
+
+def _base_type(module: nn.Module) -> type[nn.Module]:
+    """The layer's class; for a parametrized layer, the class it was before."""
+    if parametrize.is_parametrized(module):
+        return type(module).__bases__[0]
+    return type(module)
 
 
 def requested_reference(consumer: nn.Module, requested: str) -> tuple[str, str]:
@@ -178,6 +186,13 @@ def explicit_layers(
             edges.append(edge)
         infos[producer] = LayerInfo(producer, units, tuple(edges))
     return infos, {}
+
+
+def layer_params(module: nn.Module) -> tuple[Tensor, Tensor | None]:
+    """A Linear/Conv layer's weight and bias, typed."""
+    weight, bias = module.weight, module.bias
+    assert isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor))
+    return weight, bias
 
 
 def _num_units(module: nn.Module) -> int:
@@ -262,7 +277,7 @@ def _trace(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T
         return hook
 
     for name, module in root.named_modules():
-        if type(module) in PRODUCER_TYPES:
+        if isinstance(module, PRODUCER_TYPES):
             handles.append(module.register_forward_hook(on_layer(name)))
         elif isinstance(module, _BatchNorm):
             handles.append(module.register_forward_hook(on_norm(name)))
@@ -312,15 +327,20 @@ def _internal_owner(calls: Mapping[str, _Call]) -> dict[Node, str]:
 
 
 _UNARY = frozenset(
-    "Relu Threshold LeakyRelu Tanh Sigmoid Gelu Silu Elu Celu Hardtanh Softplus Mish Hardswish "
-    "Hardsigmoid LogSigmoid RreluWithNoise PreluKernel NativeDropout ToCopy Clone Alias "
-    "_Probe".split()  # _Probe: another GXDReset's identity probe on the same model
+    {
+        *("Relu", "Threshold", "LeakyRelu", "Tanh", "Sigmoid", "Gelu", "Silu", "Elu", "Celu"),
+        *("Hardtanh", "Softplus", "Mish", "Hardswish", "Hardsigmoid", "LogSigmoid"),
+        *("RreluWithNoise", "PreluKernel", "NativeDropout", "ToCopy", "Clone", "Alias"),
+        "_Probe",  # another GXDReset's identity probe on the same model
+    }
 )
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
 _NORMS = frozenset({"NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"})
 _POOLS = frozenset(
-    "MaxPool2DWithIndices MaxPool3DWithIndices AvgPool2D AvgPool3D AdaptiveAvgPool2D "
-    "AdaptiveAvgPool3D AdaptiveMaxPool2D AdaptiveMaxPool3D".split()
+    {
+        *("MaxPool2DWithIndices", "MaxPool3DWithIndices", "AvgPool2D", "AvgPool3D"),
+        *("AdaptiveAvgPool2D", "AdaptiveAvgPool3D", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D"),
+    }
 )
 _REDUCTIONS = frozenset({"Mean", "Sum"})
 _RESHAPES = frozenset({"View", "ReshapeAlias", "UnsafeView", "Squeeze", "Unsqueeze"})
@@ -339,6 +359,7 @@ _HINTS = {
     "Mm": "a matrix product",
     "Permute": "a permutation of dimensions",
     "Transpose": "a transpose",
+    "Expand": "a broadcast (inside a batched matrix product?)",
 }
 
 
@@ -525,6 +546,9 @@ def discover(
         reads, norms, ops = found
         edges: list[Edge] = []
         for consumer, layout in reads:
+            if consumer not in modules:
+                skipped[name] = f"its consumer `{consumer}` is {skipped[consumer]}"
+                break
             problem = _producer_problem(consumer, modules[consumer], trace.calls[consumer], exclude)
             edge = (
                 f"its consumer `{consumer}` is {problem}"
@@ -539,7 +563,9 @@ def discover(
             if not edges:
                 skipped[name] = "no layer reads its units"
             else:
-                layers[name] = LayerInfo(name, _num_units(module), tuple(edges), tuple(norms), tuple(ops))
+                layers[name] = LayerInfo(
+                    name, _num_units(module), tuple(edges), tuple(norms), tuple(ops)
+                )
     del trace
     return layers, skipped
 
@@ -554,7 +580,7 @@ def _producer_problem(
     if name in exclude:
         return "excluded by the user (exclude=)"
     if parametrize.is_parametrized(module):
-        return "parametrized (torch.nn.utils.parametrize)"
+        return "parametrized (torch.nn.utils.parametrize): not supported yet"
     if call is None:
         return "not called in the forward pass"
     if call.calls > 1:

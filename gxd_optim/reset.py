@@ -6,15 +6,23 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 from . import checkpoint
 from .config import Config
-from .discovery import LayerInfo, discover, explicit_layers, producer_modules, unwrap_model
+from .discovery import (
+    LayerInfo,
+    discover,
+    explicit_layers,
+    layer_params,
+    producer_modules,
+    unwrap_model,
+)
 from .operator import (
     clear_state_slices_,
     fold_and_zero_inputs_,
@@ -92,7 +100,9 @@ class GXDReset(torch.optim.Optimizer):
         state_policy: str = "mean_scale",
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            )
         if isinstance(optimizer, GXDReset):
             raise TypeError("optimizer is already a GXDReset; wrap the inner optimizer once")
         if not isinstance(model, nn.Module):
@@ -101,14 +111,19 @@ class GXDReset(torch.optim.Optimizer):
         _refuse_sharded(optimizer, model)
         modules = producer_modules(model)
         if not modules:
-            raise ValueError("the model has no Linear or Conv1d/2d/3d layer: GXDReset has no unit to reset")
+            raise ValueError(
+                "the model has no Linear or Conv1d/2d/3d layer: GXDReset has no unit to reset"
+            )
         owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
         if not any(id(p) in owned for p in model.parameters()):
             raise ValueError("the optimizer holds none of the model's parameters")
         exclude = tuple(exclude) if not isinstance(exclude, str) else (exclude,)
         unknown = [n for n in exclude if n not in modules]
         if unknown:
-            raise ValueError(f"exclude= names {unknown} that are not Linear/Conv layers; known: {sorted(modules)}")
+            raise ValueError(
+                f"exclude= names {unknown} that are not Linear/Conv layers; "
+                f"known: {sorted(modules)}"
+            )
         explicit = None
         if layers is not None:
             explicit = explicit_layers(model, layers, reference)
@@ -122,8 +137,12 @@ class GXDReset(torch.optim.Optimizer):
         self._optimizer_step_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._optimizer_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
         self._optimizer_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
-        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
-        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks: OrderedDict[int, Callable[..., Any]] = (
+            OrderedDict()
+        )
+        self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = (
+            OrderedDict()
+        )
         self._patch_step_function()
 
         self.optimizer = optimizer
@@ -202,7 +221,9 @@ class GXDReset(torch.optim.Optimizer):
     def _discover_now(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         root = unwrap_model(self.model)
         buffers = [(b, b.detach().clone()) for b in root.buffers()]
-        devices = sorted({p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"})
+        devices = sorted(
+            {p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"}
+        )
         try:
             with torch.random.fork_rng(devices=devices):
                 found = discover(
@@ -251,7 +272,11 @@ class GXDReset(torch.optim.Optimizer):
 
     def _install(self, layers: dict[str, LayerInfo], skipped: dict[str, str]) -> None:
         utility = self.config.utility
-        fn = None if utility == "gxd" or utility is gxd else (UTILITIES[utility] if isinstance(utility, str) else utility)
+        fn = (
+            None
+            if utility == "gxd" or utility is gxd
+            else (UTILITIES[utility] if isinstance(utility, str) else utility)
+        )
         tracker = Tracker(layers, self._modules, fn, self.config.decay)
         tracker.attach()
         if self._lazy_handle is not None:
@@ -335,11 +360,21 @@ class GXDReset(torch.optim.Optimizer):
         self._check_name(name)
         units = self._layers[name].num_units
         index = torch.as_tensor(indices)
-        if index.dtype in (torch.bool,) or index.is_floating_point() or index.is_complex() or index.dim() > 1:
-            raise ValueError(f"indices must be a 1-D sequence of ints, got {index.dtype} of shape {tuple(index.shape)}")
+        if (
+            index.dtype in (torch.bool,)
+            or index.is_floating_point()
+            or index.is_complex()
+            or index.dim() > 1
+        ):
+            raise ValueError(
+                "indices must be a 1-D sequence of ints, "
+                f"got {index.dtype} of shape {tuple(index.shape)}"
+            )
         index = index.reshape(-1).to(torch.int64)
         if index.numel() and (int(index.min()) < 0 or int(index.max()) >= units):
-            raise ValueError(f"indices must lie in [0, {units}) for layer {name!r}, got {index.tolist()}")
+            raise ValueError(
+                f"indices must lie in [0, {units}) for layer {name!r}, got {index.tolist()}"
+            )
         if index.numel():
             self._reset(name, torch.unique(index))
 
@@ -368,25 +403,23 @@ class GXDReset(torch.optim.Optimizer):
 
     def _reset(self, name: str, index: Tensor) -> None:
         tracker = self._require_tracker()
-        info, layer = self._layers[name], tracker.layers[name]
-        producer = self._modules[name]
-        index = index.to(producer.weight.device)
+        layer = tracker.layers[name]
+        weight, bias = layer_params(self._modules[name])
+        index = index.to(weight.device)
         policy = self.config.state_policy
-        named = dict(unwrap_model(self.model).named_modules())
         for edge in layer.edges:
-            consumer = self._modules[edge.edge.consumer]
+            consumer_weight, consumer_bias = layer_params(self._modules[edge.edge.consumer])
             k = edge.edge.columns_per_unit
-            columns = unit_columns(index, k).to(consumer.weight.device)
+            columns = unit_columns(index, k).to(consumer_weight.device)
             values = None
             if edge.edge.reference == "mean":
-                values = edge.reference.index_select(0, index).repeat_interleave(k).to(consumer.weight.device)
-            fold_and_zero_inputs_(consumer.weight, consumer.bias, columns, values)
-            self._clear_state(consumer.weight, 1, columns, policy)
-        reinit_units_(producer.weight, producer.bias, index, self._generator)
-        touched: list[Tensor | None] = [producer.weight, producer.bias]
-        for norm_name in info.norms:
-            norm = named[norm_name]
-            reset_norm_entries_(norm, index)  # type: ignore[arg-type]
+                values = edge.reference.index_select(0, index).repeat_interleave(k)
+            fold_and_zero_inputs_(consumer_weight, consumer_bias, columns, values)
+            self._clear_state(consumer_weight, 1, columns, policy)
+        reinit_units_(weight, bias, index, self._generator)
+        touched: list[Tensor | None] = [weight, bias]
+        for norm in self._norms(name):
+            reset_norm_entries_(norm, index)
             touched += [norm.weight, norm.bias]
         for param in touched:
             if param is not None:
@@ -395,6 +428,10 @@ class GXDReset(torch.optim.Optimizer):
         layer.resets += int(index.numel())
         for hook in list(self._reset_hooks.values()):
             hook(name, index.clone())
+
+    def _norms(self, name: str) -> list[_BatchNorm]:
+        named = dict(unwrap_model(self.model).named_modules())
+        return [cast(_BatchNorm, named[norm]) for norm in self._layers[name].norms]
 
     def _clear_state(self, param: Tensor, dim: int, index: Tensor, policy: str) -> None:
         state = self.optimizer.state.get(param)

@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .discovery import Edge, LayerInfo
-from .utilities import UtilityFn, gxd
+from .discovery import Edge, LayerInfo, layer_params
+from .utilities import UtilityFn
 
 __all__ = ["EdgeStats", "LayerStats", "Tracker", "bias_corrected"]
 
@@ -152,17 +152,19 @@ class Tracker:
         self._current: dict[str, _Batch] = {}
         self._handles: list[RemovableHandle] = []
         for name, info in layers.items():
-            weight = modules[name].weight
-            dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-
-            def zeros(dtype: torch.dtype = dtype, device: torch.device = weight.device) -> Tensor:
-                return torch.zeros(info.num_units, dtype=dtype, device=device)
-
+            weight, _ = layer_params(modules[name])
+            float_type = torch.float64 if weight.dtype == torch.float64 else torch.float32
+            zeros = partial(torch.zeros, info.num_units, dtype=float_type, device=weight.device)
             edges = [
-                EdgeStats(e, isinstance(modules[e.consumer], nn.Linear), *(zeros() for _ in range(7)))
+                EdgeStats(
+                    e,
+                    isinstance(modules[e.consumer], nn.Linear),
+                    *(zeros() for _ in range(7)),  # type: ignore[arg-type]
+                )
                 for e in info.edges
             ]
-            stats = LayerStats(info, zeros(), zeros(torch.int64), edges, zeros())
+            ages = torch.zeros(info.num_units, dtype=torch.int64, device=weight.device)
+            stats = LayerStats(info, zeros(), ages, edges, zeros())
             self.layers[name] = stats
             for edge in edges:
                 self._readers[edge.edge.consumer] = (stats, edge)
@@ -173,7 +175,9 @@ class Tracker:
         self.detach()
         for name in self.layers:
             module = self.modules[name]
-            self._handles.append(module.register_forward_hook(_Hook(self, module, "_on_produce", name)))
+            self._handles.append(
+                module.register_forward_hook(_Hook(self, module, "_on_produce", name))
+            )
         for consumer in self._readers:
             module = self.modules[consumer]
             self._handles.append(
@@ -201,7 +205,8 @@ class Tracker:
         if batch is None or not isinstance(x, Tensor) or not x.requires_grad:
             return None
         batch.expected += 1
-        return (_Probe.apply(x, partial(self._on_grad, edge, batch)), *args[1:])
+        probed = _Probe.apply(x, partial(self._on_grad, edge, batch))  # type: ignore[no-untyped-call]
+        return (probed, *args[1:])
 
     def _on_grad(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
         layer = batch.layer

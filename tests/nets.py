@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ACTIVATIONS = ("relu", "relu_inplace", "functional_relu", "tanh", "gelu", "silu", "leaky", "sigmoid")
+ACTIVATIONS = (
+    "relu",
+    "relu_inplace",
+    "functional_relu",
+    "tanh",
+    "gelu",
+    "silu",
+    "leaky",
+    "sigmoid",
+)
 
 
 def activation(name: str) -> nn.Module:
@@ -42,7 +52,7 @@ class MLP(nn.Module):
         super().__init__()
         self.spec = spec
         sizes = (spec.inputs, *spec.widths)
-        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.norms = nn.ModuleList(
             nn.BatchNorm1d(b) if spec.norm else nn.Identity() for b in spec.widths
         )
@@ -51,7 +61,7 @@ class MLP(nn.Module):
         self.head2 = nn.Linear(sizes[-1], spec.outputs) if spec.two_heads else None
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer, norm, act in zip(self.hidden, self.norms, self.acts):
+        for layer, norm, act in zip(self.hidden, self.norms, self.acts, strict=False):
             x = act(norm(layer(x)))
             if self.spec.act == "functional_relu":
                 x = F.relu(x)
@@ -85,7 +95,7 @@ class CNN(nn.Module):
         sizes = (spec.in_channels, *spec.channels)
         self.convs = nn.ModuleList(
             nn.Conv2d(a, b, 3, padding=spec.padding, bias=spec.bias)
-            for a, b in zip(sizes, sizes[1:])
+            for a, b in itertools.pairwise(sizes)
         )
         self.norms = nn.ModuleList(
             nn.BatchNorm2d(b) if spec.norm else nn.Identity() for b in spec.channels
@@ -105,7 +115,7 @@ class CNN(nn.Module):
         self.head = nn.Linear(spec.hidden or features, spec.outputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        for conv, norm, act in zip(self.convs, self.norms, self.acts):
+        for conv, norm, act in zip(self.convs, self.norms, self.acts, strict=False):
             x = act(norm(conv(x)))
             if self.spec.act == "functional_relu":
                 x = F.relu(x)

@@ -41,7 +41,9 @@ def test_reinit_writes_in_place_within_the_default_bound_and_only_the_chosen_row
 def test_reinit_is_reproducible_from_the_generator() -> None:
     a, b = nn.Linear(5, 3), nn.Linear(5, 3)
     for layer in (a, b):
-        reinit_units_(layer.weight, layer.bias, torch.tensor([0, 2]), torch.Generator().manual_seed(7))
+        reinit_units_(
+            layer.weight, layer.bias, torch.tensor([0, 2]), torch.Generator().manual_seed(7)
+        )
     assert torch.equal(a.weight[[0, 2]], b.weight[[0, 2]])
     assert torch.equal(a.bias[[0, 2]], b.bias[[0, 2]])
 
