@@ -407,3 +407,15 @@ def test_warnings_free_normal_use() -> None:
         opt = _wrap(model)
         _train(model, opt, range(5))
         opt.load_state_dict(opt.state_dict())
+
+
+def test_close_removes_every_hook() -> None:
+    model = _model()
+    counts = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+    opt = _wrap(model, replacement_rate=0.0)
+    _train(model, opt, range(2))
+    before = _stats(opt)
+    opt.close()
+    assert counts == [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+    _train(model, opt, range(2, 4))  # still steps the inner optimizer, records nothing
+    assert all(torch.equal(before[k], v) for k, v in opt.utilities().items())

@@ -224,3 +224,30 @@ def test_weight_sharing_and_frozen_layers_are_skipped() -> None:
         opt.discover(torch.randn(2, 3))
     assert "called 2 times" in str(info.value)
     assert "frozen" in str(info.value) or "not in the optimizer" in str(info.value)
+
+
+def test_one_dimensional_pooling_is_followed() -> None:
+    class Seq(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1 = nn.Conv1d(2, 4, 3)
+            self.c2 = nn.Conv1d(4, 3, 2)
+            self.head = nn.Linear(3, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            x = F.avg_pool1d(F.relu(self.c2(F.max_pool1d(F.relu(self.c1(x)), 2))), 2)
+            return self.head(F.adaptive_avg_pool1d(x, 1).flatten(1))
+
+    opt = _discovered(Seq(), torch.randn(2, 2, 14))
+    assert _edges(opt) == {"c1": [("c2", 1, "mean")], "c2": [("head", 1, "mean")]}
+
+
+def test_subclasses_are_listed_with_the_layers_feeding_them() -> None:
+    class Custom(nn.Linear):
+        pass
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), Custom(4, 1))
+    opt = _discovered(model, torch.randn(2, 3))
+    assert "subclass" in opt.skipped["4"]
+    assert "its consumer `4` is a subclass" in opt.skipped["2"]
+    assert set(opt.layers) == {"0"}
