@@ -115,7 +115,7 @@ def check(
         layer_stats = stats.get(name)
         if layer_stats is None:
             raise ValueError(f"checkpoint has no statistics for layer {name!r}")
-        shapes = [tuple(layer_stats["utility_ema"].shape), tuple(layer_stats["age"].shape)]
+        shapes = [tuple(layer_stats[k].shape) for k in ("utility_ema", "weight_ema", "age")]
         shapes += [tuple(m.shape) for m in layer_stats["mean_ema"]]
         if any(s != (info.num_units,) for s in shapes) or len(layer_stats["mean_ema"]) != len(
             info.edges
@@ -130,6 +130,7 @@ def pack_stats(tracker: Tracker) -> dict[str, Any]:
     return {
         name: {
             "utility_ema": layer.utility_ema.detach().clone(),
+            "weight_ema": layer.weight_ema.detach().clone(),
             "age": layer.age.detach().clone(),
             "mean_ema": [e.mean_ema.detach().clone() for e in layer.edges],
             "budget": layer.budget,
@@ -144,15 +145,14 @@ def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
     with torch.no_grad():
         for name, layer in tracker.layers.items():
             saved = stats[name]
-            _copy(layer.utility_ema, saved["utility_ema"])
-            _copy(layer.age, saved["age"])
+            for key in ("utility_ema", "weight_ema", "age"):
+                _copy(getattr(layer, key), saved[key])
             layer.budget = float(saved["budget"])
             layer.resets = int(saved["resets"])
             for edge, mean in zip(layer.edges, saved["mean_ema"], strict=True):
                 _copy(edge.mean_ema, mean)
-                tracker.refresh_reference(layer, edge)
-            tracker._clear_pending(layer)
-            layer.open_batches.clear()
+            tracker.refresh_references(layer)
+        tracker.discard()
 
 
 def _copy(dst: Tensor, src: Tensor) -> None:

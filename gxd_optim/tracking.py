@@ -1,10 +1,15 @@
 """Per-unit statistics collected by hooks, committed only when the optimizer steps.
 
 Each consumer's input passes through `_Probe`, an identity autograd function that saves
-the (already saved) input and, when the gradient arrives, reduces ``(h, ∂ℓ/∂h)`` at once to a
-few ``[U]`` and ``[N, U]`` tensors. Nothing is kept beyond the backward pass; statistics wait in
-``pending`` buffers until `Tracker.commit` (the optimizer stepped) or
-`Tracker.discard` (``zero_grad`` without a step).
+the (already saved) input and, when the gradient arrives, reduces ``(h, ∂ℓ/∂h)`` at once to
+``[U]`` and ``[N, U]`` tensors. Nothing is kept beyond the backward pass; statistics wait in
+``pending`` buffers until `Tracker.commit` (the optimizer stepped) or `Tracker.discard`
+(``zero_grad`` without a step).
+
+Per backward pass and consumer the hot path makes four passes over the ``[N, U]`` activation:
+``h - r``, the product with the gradient, ``Σ_x |a(x)|`` and ``Σ_x h``. The signed sums that
+`predicted_cost` needs are not collected at all: they follow from the consumer's gradients
+(see `gxd_optim.utilities.predicted_cost`).
 """
 
 from __future__ import annotations
@@ -20,43 +25,50 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .discovery import Edge, LayerInfo, layer_params
-from .utilities import UtilityFn
+from .utilities import UtilityFn, predicted_cost
 
-__all__ = ["EdgeStats", "LayerStats", "Tracker", "bias_corrected"]
+__all__ = ["EdgeStats", "LayerStats", "Tracker"]
 
-
-def bias_corrected(ema: Tensor, age: Tensor, decay: float) -> Tensor:
-    """Adam-style bias correction ``ema / (1 - decay**age)``; 0 where ``age == 0``."""
-    correction = 1.0 - torch.pow(torch.full_like(ema, decay), age.to(ema.dtype))
-    return torch.where(age > 0, ema / correction.clamp_min(1e-30), torch.zeros_like(ema))
+_TINY = 1e-30
 
 
 @dataclass
 class EdgeStats:
-    """Statistics of one (producer, consumer) pair, all ``[U]``.
+    """Statistics of one (producer, consumer) pair.
 
-    ``mean_ema`` feeds the reference ``r``; ``sum_g``/``sum_gh`` are ``Σ ∂ℓ/∂h`` and
-    ``Σ ∂ℓ/∂h · h`` over the latest batch (``pending_*`` while it accumulates).
+    ``mean_ema`` is the EMA of the batch means of ``h``; ``reference`` the ``r`` it implies
+    (``mean_ema`` bias-corrected, or 0 for a zero-reference pair); ``pending_h`` and
+    ``pending_count`` sum ``h`` over the backward passes since the last commit.
     """
 
     edge: Edge
     linear: bool
     mean_ema: Tensor
     reference: Tensor
-    sum_g: Tensor
-    sum_gh: Tensor
     pending_h: Tensor
-    pending_g: Tensor
-    pending_gh: Tensor
     pending_count: int = 0
+
+    @property
+    def mean(self) -> bool:
+        """Whether this pair substitutes the running mean (else zero)."""
+        return self.edge.reference == "mean"
 
 
 @dataclass
 class LayerStats:
-    """Statistics of one producer: utility EMA, ages, budget, reset count, its edges."""
+    """Statistics of one producer.
+
+    Attributes:
+        utility_ema: EMA of ``mean_x |a_i(x)|`` (not bias-corrected).
+        weight_ema: EMA of 1 over the same steps, ``1 - decay**age``: the Adam-style bias
+            correction of every EMA of the layer, kept on the statistics' device.
+        age: committed steps since each unit's last reset, on the host (eligibility is
+            counted there, so the step never waits for the device).
+    """
 
     info: LayerInfo
     utility_ema: Tensor
+    weight_ema: Tensor
     age: Tensor
     edges: list[EdgeStats]
     pending_abs: Tensor
@@ -67,7 +79,10 @@ class LayerStats:
 
 
 class _Batch:
-    """Per-sample attributions of one producer call, summed over its consumers."""
+    """Per-sample attributions of one producer call, summed over its consumers.
+
+    With one consumer (the common case) the batch closes as soon as its gradient arrives.
+    """
 
     __slots__ = ("acc", "expected", "got", "layer")
 
@@ -76,6 +91,25 @@ class _Batch:
         self.expected = 0
         self.got = 0
         self.acc: Tensor | None = None
+
+    def add(self, scores: Tensor) -> None:
+        """Add one consumer's per-sample scores ``[N, U]``; close once all have reported."""
+        self.acc = scores if self.acc is None else self.acc + scores
+        if self.got == 0 and self.expected > 1:
+            self.layer.open_batches.append(self)
+        self.got += 1
+        if self.got >= self.expected:
+            self.close()
+
+    def close(self) -> None:
+        """Move ``Σ_x |a(x)|`` into the layer's pending sums."""
+        layer = self.layer
+        if self.acc is not None:
+            layer.pending_abs += self.acc.abs().sum(0, dtype=layer.pending_abs.dtype)
+            layer.pending_samples += self.acc.shape[0]
+            self.acc = None
+        if self in layer.open_batches:
+            layer.open_batches.remove(self)
 
 
 class _Probe(torch.autograd.Function):
@@ -156,15 +190,11 @@ class Tracker:
             float_type = torch.float64 if weight.dtype == torch.float64 else torch.float32
             zeros = partial(torch.zeros, info.num_units, dtype=float_type, device=weight.device)
             edges = [
-                EdgeStats(
-                    e,
-                    isinstance(modules[e.consumer], nn.Linear),
-                    *(zeros() for _ in range(7)),  # type: ignore[arg-type]
-                )
+                EdgeStats(e, isinstance(modules[e.consumer], nn.Linear), zeros(), zeros(), zeros())
                 for e in info.edges
             ]
-            ages = torch.zeros(info.num_units, dtype=torch.int64, device=weight.device)
-            stats = LayerStats(info, zeros(), ages, edges, zeros())
+            ages = torch.zeros(info.num_units, dtype=torch.int64)
+            stats = LayerStats(info, zeros(), zeros(), ages, edges, zeros())
             self.layers[name] = stats
             for edge in edges:
                 self._readers[edge.edge.consumer] = (stats, edge)
@@ -175,14 +205,12 @@ class Tracker:
         self.detach()
         for name in self.layers:
             module = self.modules[name]
-            self._handles.append(
-                module.register_forward_hook(_Hook(self, module, "_on_produce", name))
-            )
+            hook = _Hook(self, module, "_on_produce", name)
+            self._handles.append(module.register_forward_hook(hook))
         for consumer in self._readers:
             module = self.modules[consumer]
-            self._handles.append(
-                module.register_forward_pre_hook(_Hook(self, module, "_on_read", consumer))
-            )
+            hook = _Hook(self, module, "_on_read", consumer)
+            self._handles.append(module.register_forward_pre_hook(hook))
 
     def detach(self) -> None:
         """Remove every hook this tracker registered."""
@@ -209,122 +237,133 @@ class Tracker:
         return (probed, *args[1:])
 
     def _on_grad(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
-        layer = batch.layer
-        units = layer.info.num_units
+        units = batch.layer.info.num_units
         dtype = edge.mean_ema.dtype
         with torch.no_grad():
-            h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
-            gh = (g4 * h4).sum((1, 3), dtype=dtype)
-            gs = g4.sum((1, 3), dtype=dtype)
-            edge.pending_h += h4.sum((0, 1, 3), dtype=dtype)
-            edge.pending_g += gs.sum(0)
-            edge.pending_gh += gh.sum(0)
-            edge.pending_count += h4.numel() // units
-            if self.utility is None:
-                scores = gh - edge.reference * gs
+            if h.dim() == 2 and edge.linear and edge.edge.columns_per_unit == 1:
+                centred = h - edge.reference if edge.mean else h
+                scores = grad * centred if self.utility is None else None
+                h_sum = h.sum(0, dtype=dtype)
             else:
-                flat = [t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4)]
-                scores = self.utility(flat[0], flat[1], edge.reference).to(dtype)
-            batch.acc = scores if batch.acc is None else batch.acc + scores
-            if batch.got == 0:
-                layer.open_batches.append(batch)
-            batch.got += 1
-            if batch.got >= batch.expected:
-                self._close(batch)
-
-    @staticmethod
-    def _close(batch: _Batch) -> None:
-        layer = batch.layer
-        if batch.acc is not None:
-            layer.pending_abs += batch.acc.abs().sum(0)
-            layer.pending_samples += batch.acc.shape[0]
-        batch.acc = None
-        layer.open_batches.remove(batch)
+                h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
+                centred = h4 - edge.reference[:, None] if edge.mean else h4
+                scores = (g4 * centred).sum((1, 3)) if self.utility is None else None
+                h_sum = h4.sum((0, 1, 3), dtype=dtype)
+            if scores is None:
+                assert self.utility is not None
+                h3, g3 = (_as_units(t, units, edge.linear) for t in (h, grad))
+                flat = [t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h3, g3)]
+                scores = self.utility(flat[0], flat[1], edge.reference)
+            edge.pending_h += h_sum
+            edge.pending_count += h.numel() // units
+            batch.add(scores)
 
     # -- commit / discard -------------------------------------------------------------------
-    def has_pending(self) -> bool:
-        """Whether a backward pass left statistics that no step has committed yet."""
-        return any(layer.open_batches or layer.pending_samples for layer in self.layers.values())
-
     def commit(self) -> list[str]:
-        """Fold the pending statistics into the EMAs; return the layers that had any."""
-        committed = []
-        decay = self.decay
+        """Fold the pending statistics into the EMAs; return the layers that had any.
+
+        All layers are updated together with ``torch._foreach_*`` kernels.
+        """
+        for layer in self.layers.values():
+            for batch in list(layer.open_batches):
+                batch.close()
+        done = [(n, layer) for n, layer in self.layers.items() if layer.pending_samples]
+        if not done:
+            return []
+        weight = 1.0 - self.decay
         with torch.no_grad():
-            for name, layer in self.layers.items():
-                for batch in list(layer.open_batches):
-                    self._close(batch)
-                if not layer.pending_samples:
-                    continue
-                committed.append(name)
-                batch_utility = layer.pending_abs / layer.pending_samples
-                layer.utility_ema.mul_(decay).add_(batch_utility, alpha=1 - decay)
+            layers = [layer for _, layer in done]
+            torch._foreach_mul_(
+                [lay.pending_abs for lay in layers], [1.0 / lay.pending_samples for lay in layers]
+            )
+            torch._foreach_lerp_(
+                [lay.utility_ema for lay in layers], [lay.pending_abs for lay in layers], weight
+            )
+            norms = [lay.weight_ema for lay in layers]
+            torch._foreach_mul_(norms, self.decay)
+            torch._foreach_add_(norms, weight)
+            edges = [e for lay in layers for e in lay.edges if e.pending_count]
+            if edges:
+                torch._foreach_mul_(
+                    [e.pending_h for e in edges], [1.0 / e.pending_count for e in edges]
+                )
+                torch._foreach_lerp_(
+                    [e.mean_ema for e in edges], [e.pending_h for e in edges], weight
+                )
+            for layer in layers:
                 layer.age += 1
-                for edge in layer.edges:
-                    if edge.pending_count:
-                        batch_mean = edge.pending_h / edge.pending_count
-                        edge.mean_ema.mul_(decay).add_(batch_mean, alpha=1 - decay)
-                    edge.sum_g.copy_(edge.pending_g)
-                    edge.sum_gh.copy_(edge.pending_gh)
-                    self.refresh_reference(layer, edge)
-                self._clear_pending(layer)
-        return committed
+                self.refresh_references(layer)
+            self._clear_pending(layers)
+        return [name for name, _ in done]
 
     def discard(self) -> None:
         """Drop statistics of backward passes that no step committed."""
-        for layer in self.layers.values():
+        dirty = [
+            layer for layer in self.layers.values() if layer.pending_samples or layer.open_batches
+        ]
+        for layer in dirty:
             layer.open_batches.clear()
-            self._clear_pending(layer)
+        self._clear_pending(dirty)
 
     @staticmethod
-    def _clear_pending(layer: LayerStats) -> None:
-        layer.pending_abs.zero_()
-        layer.pending_samples = 0
-        for edge in layer.edges:
-            for t in (edge.pending_h, edge.pending_g, edge.pending_gh):
-                t.zero_()
+    def _clear_pending(layers: list[LayerStats]) -> None:
+        if not layers:
+            return
+        edges = [edge for layer in layers for edge in layer.edges]
+        torch._foreach_zero_([layer.pending_abs for layer in layers] + [e.pending_h for e in edges])
+        for layer in layers:
+            layer.pending_samples = 0
+        for edge in edges:
             edge.pending_count = 0
 
-    def refresh_reference(self, layer: LayerStats, edge: EdgeStats) -> None:
-        """Recompute ``r`` from the running mean (zero for zero-reference edges)."""
-        if edge.edge.reference == "mean":
-            edge.reference.copy_(bias_corrected(edge.mean_ema, layer.age, self.decay))
-        else:
-            edge.reference.zero_()
+    @staticmethod
+    def refresh_references(layer: LayerStats) -> None:
+        """Recompute every ``r`` of a layer from its running means (0 for zero references)."""
+        norm = layer.weight_ema.clamp_min(_TINY)
+        for edge in layer.edges:
+            if edge.mean:
+                torch.div(edge.mean_ema, norm, out=edge.reference)
 
     # -- queries ----------------------------------------------------------------------------
     def utilities(self, name: str) -> Tensor:
-        """Bias-corrected utilities of one layer."""
+        """Bias-corrected utilities of one layer (0 for units never scored)."""
         layer = self.layers[name]
-        return bias_corrected(layer.utility_ema, layer.age, self.decay)
+        return layer.utility_ema / layer.weight_ema.clamp_min(_TINY)
 
     def predicted_cost(self, name: str) -> Tensor:
-        """``c_i = Σ_consumers Σ_x,p ∂ℓ/∂h · (r_i − h)`` over the latest batch."""
+        """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` from the consumers' gradients.
+
+        Raises:
+            RuntimeError: a consumer has no gradient (before ``backward()``, or after
+                ``zero_grad()``).
+        """
         layer = self.layers[name]
-        pending = any(e.pending_count for e in layer.edges)
         cost = torch.zeros_like(layer.utility_ema)
         for edge in layer.edges:
-            g, gh = (edge.pending_g, edge.pending_gh) if pending else (edge.sum_g, edge.sum_gh)
-            cost += edge.reference * g - gh
+            weight, bias = layer_params(self.modules[edge.edge.consumer])
+            weight_grad = weight.grad
+            bias_grad = bias.grad if bias is not None else None
+            if weight_grad is None or (edge.mean and bias_grad is None):
+                raise RuntimeError(
+                    f"predicted_cost({name!r}) needs the gradients of its consumer "
+                    f"`{edge.edge.consumer}`: call it after backward() and before zero_grad()"
+                )
+            reference = edge.reference if edge.mean else None
+            cost += predicted_cost(
+                weight, weight_grad, bias_grad, reference, edge.edge.columns_per_unit
+            ).to(cost.dtype)
         return cost
 
     def restart(self, name: str, index: Tensor) -> None:
         """Start the statistics of the given units again (after their reset)."""
         layer = self.layers[name]
         with torch.no_grad():
-            for t in (layer.utility_ema, layer.age, layer.pending_abs):
-                t.index_fill_(0, index, 0)
+            layer.age.index_fill_(0, index.cpu(), 0)
+            for t in (layer.utility_ema, layer.weight_ema, layer.pending_abs):
+                t.index_fill_(0, index, 0.0)
             for batch in layer.open_batches:
                 if batch.acc is not None:
                     batch.acc.index_fill_(1, index, 0.0)
             for edge in layer.edges:
-                for t in (
-                    edge.mean_ema,
-                    edge.reference,
-                    edge.sum_g,
-                    edge.sum_gh,
-                    edge.pending_h,
-                    edge.pending_g,
-                    edge.pending_gh,
-                ):
+                for t in (edge.mean_ema, edge.reference, edge.pending_h):
                     t.index_fill_(0, index, 0.0)

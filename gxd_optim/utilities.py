@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from torch import Tensor
 
-__all__ = ["UTILITIES", "UtilityFn", "gxd"]
+__all__ = ["UTILITIES", "UtilityFn", "gxd", "predicted_cost"]
 
 UtilityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 """``fn(h, grad, reference) -> scores``: ``[N,U,P], [N,U,P], [U] -> [N,U]``."""
@@ -46,3 +46,59 @@ def gxd(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
 
 UTILITIES: dict[str, UtilityFn] = {"gxd": gxd}
 """Built-in utilities by the name ``GXDReset(utility=...)`` accepts."""
+
+
+def predicted_cost(
+    weight: Tensor,
+    weight_grad: Tensor,
+    bias_grad: Tensor | None,
+    reference: Tensor | None,
+    columns_per_unit: int,
+) -> Tensor:
+    """Predicted cost of resetting each unit, from one consumer's parameters and gradients.
+
+    $$
+    c_i = \\sum_{x,p} \\frac{\\partial L}{\\partial h_{i,p}} (r_i - h_{i,p})
+        = r_i \\sum_{x,p} \\frac{\\partial L}{\\partial h_{i,p}}
+          - \\sum_{x,p} \\frac{\\partial L}{\\partial h_{i,p}} h_{i,p}
+    $$
+
+    Both sums are already in the consumer's gradients. For ``z = W h + b`` (a Linear, or a
+    convolution with kernel taps ``κ``), ``∇W[o,j,κ] = Σ ∂L/∂z[o] · h_j`` at the matching
+    positions and ``∇b[o] = Σ ∂L/∂z[o]``, so per input column ``j``
+
+    $$
+    \\sum \\frac{\\partial L}{\\partial h_j} h_j
+        = \\sum_{o,\\kappa} W[o,j,\\kappa]\\,\\nabla W[o,j,\\kappa],
+    \\qquad
+    \\sum \\frac{\\partial L}{\\partial h_j}
+        = \\sum_{o} \\Big(\\sum_\\kappa W[o,j,\\kappa]\\Big) \\nabla b[o]
+    $$
+
+    (the second for unpadded convolutions, the only ones with a mean reference). Unit ``i``
+    owns columns ``[i·k, (i+1)·k)``.
+
+    Args:
+        weight: consumer weight ``[out, in, *kernel]``.
+        weight_grad: its gradient.
+        bias_grad: the consumer bias's gradient (needed only with a reference).
+        reference: ``r`` per unit ``[U]``, or ``None`` for the zero reference.
+        columns_per_unit: ``k``.
+
+    Returns:
+        ``[U]``: the first-order change of the loss if each unit alone were reset.
+
+    Example:
+        >>> import torch
+        >>> w = torch.tensor([[1.0, 2.0]]); gw = torch.tensor([[0.5, -1.0]])
+        >>> predicted_cost(w, gw, torch.tensor([2.0]), torch.tensor([1.0, 0.0]), 1)
+        tensor([1.5000, 2.0000])
+    """
+    products = (weight * weight_grad).reshape(weight.shape[0], weight.shape[1], -1)
+    cost = -products.sum((0, 2))
+    if reference is not None:
+        assert bias_grad is not None, "a mean reference needs the consumer's bias gradient"
+        per_column = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(2)
+        grad_sum = per_column.t() @ bias_grad
+        cost = cost + grad_sum * reference.repeat_interleave(columns_per_unit)
+    return cost.reshape(-1, columns_per_unit).sum(1)

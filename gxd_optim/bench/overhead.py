@@ -1,0 +1,1001 @@
+"""What `GXDReset` costs: step time and peak memory against the bare optimizer.
+
+Every case compares two *arms* on the same problem: a model and a pool of batches built from
+fixed seeds (nothing is downloaded), an optimizer and a loss. Usually the baseline arm is the
+bare optimizer and the candidate is the same optimizer wrapped in `GXDReset` with its default
+settings, except ``maturity`` set so high that no unit becomes eligible: the timed steps pay for
+the hooks, the statistics and the budget bookkeeping, never for a reset. Two cases measure the
+rest: the cost of a step on which resets happen (against the wrapped step without resets) and
+the cost of `GXDReset.predicted_cost` for all layers (against a bare step).
+
+Timing:
+    each arm has its own copy of the model (same seed, so the same weights) and the two read
+    the same batches. After ``warmup`` untimed calls of each, ``repeats`` pairs are timed with
+    `time.perf_counter`, interleaved, the order alternating from pair to pair
+    (A B, B A, A B, ...) so neither arm always runs first; on CUDA the device is synchronised
+    before and after every timed call. A training step is ``zero_grad`` + forward + loss +
+    backward + ``step``. The reported ratio is the median of the per-pair ratios
+    candidate / baseline, the reported times the medians of each arm. The garbage collector
+    stays on: collections caused by the wrapper's allocations are part of its cost.
+
+Peak memory: see `MEMORY_METHOD`.
+
+Example:
+    >>> from gxd_optim.bench.overhead import GOALS, select_cases
+    >>> select_cases("a,cnn-b64-sgdm")
+    ('mlp-b256-adam', 'cnn-b64-sgdm')
+    >>> GOALS["mlp-b1-sgd"].max_ratio
+    1.1
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from itertools import pairwise
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, cast
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import __version__
+from ..reset import GXDReset
+
+__all__ = [
+    "ARMS",
+    "CASES",
+    "GOALS",
+    "MEMORY_METHOD",
+    "TIMING_METHOD",
+    "Arm",
+    "Case",
+    "Goal",
+    "Problem",
+    "Settings",
+    "failed_goals",
+    "machine_info",
+    "make_batches",
+    "markdown_table",
+    "measure_case",
+    "peak_live_bytes",
+    "peak_memory_bytes",
+    "run_overhead",
+    "select_cases",
+    "summarise_memory",
+    "summarise_times",
+    "summary_text",
+    "time_interleaved",
+    "write_report",
+]
+
+Batch = tuple[Tensor, Tensor]
+Tick = Callable[[int], None]
+"""Progress callback: ``tick(n)`` after ``n`` more calls of an arm."""
+
+SEED = 0
+"""Seed of every model and data pool."""
+POOL_SIZE = 4
+"""Batches per case; call ``i`` of an arm reads batch ``i % POOL_SIZE``."""
+NO_RESET_MATURITY = 10**9
+"""``maturity`` of the arms that must not reset: no unit gets old enough during a run."""
+MLP_SIZES = (784, 2000, 2000, 2000, 10)
+"""The permuted-MNIST MLP of the continual-backprop paper."""
+FFN_WIDTH = 256
+"""Model width ``d`` of the transformer MLP block ``Linear(d, 4d)-GELU-Linear(4d, d)``."""
+RESET_RATE = 1.0 / MLP_SIZES[1]
+"""``replacement_rate`` of the resetting arm: one unit per 2000-unit layer on every step."""
+
+DEFAULT_REPEATS = 100
+"""Timed pairs per case (times the case's ``repeat_scale``)."""
+DEFAULT_WARMUP = 5
+"""Untimed calls of each arm before timing."""
+DEFAULT_MEMORY_STEPS = 3
+"""Calls of each arm inside the peak-memory window."""
+
+TIMING_METHOD = (
+    "Each arm has its own copy of the model (same seed) and reads the same batches. After "
+    "`warmup` untimed calls of each arm, `repeats` pairs are timed with time.perf_counter, "
+    "interleaved with the order alternating per pair (A B, B A, ...); on CUDA the device is "
+    "synchronised before and after each timed call. A training step is zero_grad + forward + "
+    "loss + backward + step. ratio = median over pairs of candidate time / baseline time; "
+    "times are per-arm medians. The garbage collector stays enabled."
+)
+MEMORY_METHOD: Mapping[str, str] = MappingProxyType(
+    {
+        "cpu": (
+            "Peak of the bytes live in PyTorch's CPU allocator, from the allocation and free "
+            "events recorded by torch.profiler (profile_memory=True), over a window that starts "
+            "before the arm builds its data, model, optimizer and wrapper and ends after "
+            "`memory_steps` calls of the arm. It counts parameters, gradients, optimizer state, "
+            "activations saved for backward, the wrapper's statistics and every temporary "
+            "tensor, including the one-time discovery pass and the optimizer's lazily created "
+            "state; it does not count Python objects or memory that kernels allocate outside "
+            "PyTorch's allocator. The figure is deterministic for a given build. Increase = "
+            "(candidate peak - baseline peak) / baseline peak."
+        ),
+        "cuda": (
+            "torch.cuda.max_memory_allocated after torch.cuda.reset_peak_memory_stats, minus "
+            "torch.cuda.memory_allocated before, over a window that starts before the arm builds "
+            "its data, model, optimizer and wrapper and ends after `memory_steps` calls of the "
+            "arm. Increase = (candidate peak - baseline peak) / baseline peak."
+        ),
+    }
+)
+
+
+# -- goals (issue 6) ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Goal:
+    """The most a case may cost: a step-time ratio and a peak-memory increase.
+
+    Attributes:
+        max_ratio: largest acceptable median step-time ratio candidate / baseline.
+        max_memory_percent: largest acceptable peak-memory increase, in % of the baseline.
+    """
+
+    max_ratio: float
+    max_memory_percent: float = 2.0
+
+    def describe(self) -> str:
+        """The goal as a table cell, e.g. ``ratio ≤ 1.03, memory ≤ +2%``."""
+        return f"ratio ≤ {self.max_ratio:.2f}, memory ≤ +{self.max_memory_percent:g}%"
+
+
+GOALS: Mapping[str, Goal] = MappingProxyType(
+    {
+        "mlp-b256-adam": Goal(1.03),
+        "mlp-b256-sgd": Goal(1.03),
+        "mlp-b1-adam": Goal(1.10),
+        "mlp-b1-sgd": Goal(1.10),
+        "cnn-b64-sgdm": Goal(1.05),
+        "ffn-t4096-adam": Goal(1.05),
+    }
+)
+"""Issue 6's goals per case; cases without an entry are reported for information."""
+
+
+def failed_goals(goal: Goal | None, ratio: float, memory_percent: float) -> list[str] | None:
+    """Which parts of a goal a measurement misses.
+
+    Args:
+        goal: the case's goal, or ``None`` if it has none.
+        ratio: the measured median step-time ratio.
+        memory_percent: the measured peak-memory increase in %.
+
+    Returns:
+        ``None`` without a goal; else the missed criteria (``"ratio"``, ``"memory"``), empty
+        when the measurement is within the goal.
+
+    Example:
+        >>> failed_goals(Goal(1.03), 1.05, 0.5)
+        ['ratio']
+    """
+    if goal is None:
+        return None
+    failed = []
+    if not ratio <= goal.max_ratio:
+        failed.append("ratio")
+    if not memory_percent <= goal.max_memory_percent:
+        failed.append("memory")
+    return failed
+
+
+# -- problems ----------------------------------------------------------------------------------
+def mlp(sizes: Sequence[int] = MLP_SIZES) -> nn.Sequential:
+    """A ReLU MLP with the given layer sizes (input, hidden..., output)."""
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in pairwise(sizes):
+        layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def cnn(channels: Sequence[int] = (32, 32, 64, 64, 128), classes: int = 10) -> nn.Sequential:
+    """Conv3x3+BatchNorm+ReLU blocks with max-pooling after the 2nd, 4th and 5th, a linear head.
+
+    Built for 3×32×32 inputs: three poolings leave 4×4 positions per channel.
+    """
+    layers: list[nn.Module] = []
+    fan_in = 3
+    for i, width in enumerate(channels):
+        layers += [nn.Conv2d(fan_in, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        if i in (1, 3, 4):
+            layers.append(nn.MaxPool2d(2))
+        fan_in = width
+    layers += [nn.Flatten(), nn.Linear(fan_in * 4 * 4, classes)]
+    return nn.Sequential(*layers)
+
+
+def ffn(width: int = FFN_WIDTH) -> nn.Sequential:
+    """A transformer MLP block ``Linear(d, 4d)-GELU-Linear(4d, d)``."""
+    return nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+
+OptimizerFactory = Callable[[Iterable[Tensor]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One training problem: model, optimizer, data shapes and loss.
+
+    Attributes:
+        description: what it is, for the report.
+        model: builds the model (called under a fixed seed).
+        optimizer: builds the optimizer from the model's parameters.
+        input_shape: shape of one input batch.
+        target_shape: shape of one target batch.
+        classes: number of classes for a cross-entropy loss with random labels, or ``None``
+            for a mean-squared error against a Gaussian target.
+    """
+
+    description: str
+    model: Callable[[], nn.Module]
+    optimizer: OptimizerFactory
+    input_shape: tuple[int, ...]
+    target_shape: tuple[int, ...]
+    classes: int | None = None
+
+    def loss(self, output: Tensor, target: Tensor) -> Tensor:
+        """The training loss of a batch."""
+        if self.classes is None:
+            return F.mse_loss(output, target)
+        return F.cross_entropy(output, target)
+
+
+def _adam(params: Iterable[Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-4)
+
+
+def _sgd(params: Iterable[Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=1e-2)
+
+
+def _sgd_momentum(params: Iterable[Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=1e-2, momentum=0.9)
+
+
+def _mlp_problem(batch: int, optimizer: OptimizerFactory, label: str) -> Problem:
+    return Problem(
+        f"MLP {'-'.join(map(str, MLP_SIZES))} (ReLU), batch {batch}, {label}, "
+        "cross-entropy on random labels",
+        mlp,
+        optimizer,
+        (batch, MLP_SIZES[0]),
+        (batch,),
+        classes=MLP_SIZES[-1],
+    )
+
+
+MLP_B256_ADAM = _mlp_problem(256, _adam, "Adam(lr=1e-4)")
+MLP_B256_SGD = _mlp_problem(256, _sgd, "SGD(lr=1e-2)")
+MLP_B1_ADAM = _mlp_problem(1, _adam, "Adam(lr=1e-4)")
+MLP_B1_SGD = _mlp_problem(1, _sgd, "SGD(lr=1e-2)")
+CNN_B64_SGDM = Problem(
+    "CNN: 5 blocks Conv3x3-BatchNorm-ReLU (32-32-64-64-128 channels), max-pooling after "
+    "blocks 2, 4 and 5, Linear(2048, 10); batch 64 of 3x32x32; SGD(lr=1e-2, momentum=0.9), "
+    "cross-entropy on random labels",
+    cnn,
+    _sgd_momentum,
+    (64, 3, 32, 32),
+    (64,),
+    classes=10,
+)
+FFN_T4096_ADAM = Problem(
+    f"transformer MLP block Linear({FFN_WIDTH}, {4 * FFN_WIDTH})-GELU-"
+    f"Linear({4 * FFN_WIDTH}, {FFN_WIDTH}) on [16, 256, {FFN_WIDTH}] (batch x tokens = 4096); "
+    "Adam(lr=1e-4), mean-squared error to a Gaussian target",
+    ffn,
+    _adam,
+    (16, 256, FFN_WIDTH),
+    (16, 256, FFN_WIDTH),
+)
+
+
+def make_batches(problem: Problem, device: torch.device, count: int = POOL_SIZE) -> list[Batch]:
+    """The problem's pool of batches, drawn from a generator seeded with `SEED`.
+
+    Args:
+        problem: what to draw batches for.
+        device: where the batches go.
+        count: number of batches.
+
+    Returns:
+        ``count`` pairs ``(input, target)``; the same values on every call.
+    """
+    generator = torch.Generator().manual_seed(SEED)
+    batches = []
+    for _ in range(count):
+        x = torch.randn(problem.input_shape, generator=generator)
+        if problem.classes is None:
+            y = torch.randn(problem.target_shape, generator=generator)
+        else:
+            y = torch.randint(problem.classes, problem.target_shape, generator=generator)
+        batches.append((x.to(device), y.to(device)))
+    return batches
+
+
+# -- arms --------------------------------------------------------------------------------------
+ARMS: Mapping[str, str] = MappingProxyType(
+    {
+        "bare": "the plain optimizer: one training step per call",
+        "wrapped": (
+            "GXDReset(optimizer, model) with default settings except "
+            f"maturity={NO_RESET_MATURITY} (no reset can happen): one training step per call"
+        ),
+        "resetting": (
+            f"GXDReset(optimizer, model, maturity=0, replacement_rate=1/{MLP_SIZES[1]}): one "
+            "training step per call, each resetting about one unit per 2000-unit layer"
+        ),
+        "predicted-cost": (
+            f"GXDReset(optimizer, model, maturity={NO_RESET_MATURITY}) after one training step: "
+            "one opt.predicted_cost(name) for every layer per call, no step"
+        ),
+    }
+)
+"""What each kind of arm does per call."""
+
+_WRAPPER_SETTINGS: Mapping[str, dict[str, Any]] = MappingProxyType(
+    {
+        "wrapped": {"maturity": NO_RESET_MATURITY},
+        "resetting": {"maturity": 0, "replacement_rate": RESET_RATE},
+        "predicted-cost": {"maturity": NO_RESET_MATURITY},
+    }
+)
+
+
+class Arm:
+    """One side of a comparison, on its own copy of the problem's model.
+
+    Args:
+        kind: a key of `ARMS`.
+        problem: the problem.
+        batches: the batches to train on (call ``i`` reads ``batches[i % len(batches)]``).
+        device: where the model lives.
+    """
+
+    def __init__(
+        self, kind: str, problem: Problem, batches: Sequence[Batch], device: torch.device
+    ) -> None:
+        if kind not in ARMS:
+            raise ValueError(f"unknown arm {kind!r}; expected one of {sorted(ARMS)}")
+        self.kind = kind
+        self.problem = problem
+        self.batches = batches
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED)
+            self.model = problem.model().to(device)
+        inner = problem.optimizer(self.model.parameters())
+        self.wrapper = (
+            GXDReset(inner, self.model, **_WRAPPER_SETTINGS[kind]) if kind != "bare" else None
+        )
+        self.optimizer: torch.optim.Optimizer = inner if self.wrapper is None else self.wrapper
+        self.steps = 0
+        self._names: list[str] = []
+        if kind == "predicted-cost":
+            self.train_step(0)
+            self._names = list(self._require_wrapper().layers)
+
+    def _require_wrapper(self) -> GXDReset:
+        if self.wrapper is None:
+            raise RuntimeError(f"arm {self.kind!r} has no GXDReset")
+        return self.wrapper
+
+    def train_step(self, i: int) -> None:
+        """One training step (zero_grad, forward, loss, backward, step) on batch ``i``."""
+        x, y = self.batches[i % len(self.batches)]
+        self.optimizer.zero_grad()
+        loss = self.problem.loss(self.model(x), y)
+        loss.backward()  # type: ignore[no-untyped-call]
+        self.optimizer.step()
+        self.steps += 1
+
+    def predicted_costs(self) -> list[Tensor]:
+        """``predicted_cost`` of every layer the wrapper tracks."""
+        wrapper = self._require_wrapper()
+        return [wrapper.predicted_cost(name) for name in self._names]
+
+    def __call__(self, i: int) -> None:
+        """The arm's unit of work: a training step, or the predicted-cost queries."""
+        if self.kind == "predicted-cost":
+            self.predicted_costs()
+        else:
+            self.train_step(i)
+
+    def report(self) -> dict[str, Any]:
+        """What the arm is and what its wrapper saw: layers, skipped layers, resets."""
+        out: dict[str, Any] = {
+            "arm": self.kind,
+            "description": ARMS[self.kind],
+            "training_steps": self.steps,
+        }
+        if self.wrapper is not None:
+            resets = self.wrapper.reset_counts
+            out |= {
+                "layers": list(self.wrapper.layers),
+                "skipped": dict(self.wrapper.skipped),
+                "resets": resets,
+                "resets_per_step": sum(resets.values()) / max(self.steps, 1),
+            }
+        return out
+
+    def check(self) -> None:
+        """Refuse a run whose arm did not do what it stands for.
+
+        Raises:
+            RuntimeError: a non-resetting arm reset units, or the resetting arm reset none.
+        """
+        if self.wrapper is None:
+            return
+        resets = sum(self.wrapper.reset_counts.values())
+        if self.kind == "resetting" and resets == 0:
+            raise RuntimeError("the resetting arm reset no unit: its timings measure nothing")
+        if self.kind != "resetting" and resets:
+            raise RuntimeError(
+                f"the {self.kind!r} arm reset {resets} units: its timings include resets"
+            )
+
+
+# -- cases -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Case:
+    """One comparison of the benchmark.
+
+    Attributes:
+        key: one-letter alias (issue 6's list: ``a`` … ``h``).
+        name: readable name, e.g. ``mlp-b256-adam``.
+        problem: the problem both arms train on.
+        baseline: the arm the candidate is measured against (a key of `ARMS`).
+        candidate: the arm measured.
+        repeat_scale: timed pairs are ``repeats × repeat_scale`` (cheap, noisy steps get more).
+    """
+
+    key: str
+    name: str
+    problem: Problem
+    baseline: str = "bare"
+    candidate: str = "wrapped"
+    repeat_scale: int = 1
+
+    @property
+    def goal(self) -> Goal | None:
+        """Issue 6's goal for this case, if it has one."""
+        return GOALS.get(self.name)
+
+    @property
+    def compares(self) -> str:
+        """``candidate / baseline``, for the table."""
+        return f"{self.candidate} / {self.baseline}"
+
+
+CASES: tuple[Case, ...] = (
+    Case("a", "mlp-b256-adam", MLP_B256_ADAM),
+    Case("b", "mlp-b256-sgd", MLP_B256_SGD),
+    Case("c", "mlp-b1-adam", MLP_B1_ADAM, repeat_scale=4),
+    Case("d", "mlp-b1-sgd", MLP_B1_SGD, repeat_scale=4),
+    Case("e", "cnn-b64-sgdm", CNN_B64_SGDM),
+    Case("f", "ffn-t4096-adam", FFN_T4096_ADAM),
+    Case("g", "reset-step-mlp-b256-adam", MLP_B256_ADAM, "wrapped", "resetting"),
+    Case("h", "predicted-cost-mlp-b256-adam", MLP_B256_ADAM, "bare", "predicted-cost"),
+)
+"""Every case, in issue 6's order."""
+
+_BY_NAME = {case.name: case for case in CASES}
+_BY_KEY = {case.key: case for case in CASES}
+
+
+def select_cases(spec: str) -> tuple[str, ...]:
+    """Case names from a comma-separated list of names or one-letter keys.
+
+    Args:
+        spec: e.g. ``"a,b"`` or ``"mlp-b1-sgd,h"``; ``"all"`` for every case.
+
+    Returns:
+        The names, in the order given, without duplicates.
+
+    Raises:
+        ValueError: an unknown name or an empty list.
+    """
+    if spec.strip() == "all":
+        return tuple(case.name for case in CASES)
+    names: list[str] = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        case = _BY_KEY.get(item) or _BY_NAME.get(item)
+        if case is None:
+            known = ", ".join(f"{c.key}={c.name}" for c in CASES)
+            raise ValueError(f"unknown case {item!r}; known cases: {known}")
+        if case.name not in names:
+            names.append(case.name)
+    if not names:
+        raise ValueError("no case selected")
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to run the overhead benchmark.
+
+    Attributes:
+        cases: names of the cases to run (see `select_cases`).
+        repeats: timed pairs per case (times the case's ``repeat_scale``).
+        warmup: untimed calls of each arm before timing.
+        memory_steps: calls of each arm inside the peak-memory window.
+        device: ``"cpu"`` or ``"cuda"``.
+        threads: ``torch.set_num_threads`` for the run; ``None`` keeps the current setting.
+        quick: whether this is the tiny ``--quick`` configuration (recorded in the report).
+
+    Raises:
+        ValueError: a value out of range, an unknown case or device.
+    """
+
+    cases: tuple[str, ...] = tuple(case.name for case in CASES)
+    repeats: int = DEFAULT_REPEATS
+    warmup: int = DEFAULT_WARMUP
+    memory_steps: int = DEFAULT_MEMORY_STEPS
+    device: str = "cpu"
+    threads: int | None = None
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.cases if name not in _BY_NAME]
+        if unknown or not self.cases:
+            raise ValueError(f"unknown or no cases {unknown}; known: {sorted(_BY_NAME)}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.memory_steps < 1:
+            raise ValueError(f"memory_steps must be >= 1, got {self.memory_steps}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+
+    def pairs(self, case: Case) -> int:
+        """Timed pairs of a case."""
+        return self.repeats * case.repeat_scale
+
+    def calls(self, case: Case) -> int:
+        """Calls of both arms a case makes (warm-up, timed and memory): the progress total."""
+        return 2 * (self.warmup + self.pairs(case) + self.memory_steps)
+
+
+QUICK = Settings(repeats=3, warmup=1, memory_steps=2, quick=True)
+"""The ``--quick`` configuration: seconds per case, for tests of the command itself."""
+
+
+# -- timing ------------------------------------------------------------------------------------
+def _timed(work: Callable[[int], None], i: int, sync: bool) -> float:
+    if sync:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    work(i)
+    if sync:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def time_interleaved(
+    baseline: Callable[[int], None],
+    candidate: Callable[[int], None],
+    repeats: int,
+    warmup: int = DEFAULT_WARMUP,
+    *,
+    sync: bool = False,
+    tick: Tick | None = None,
+) -> tuple[list[float], list[float]]:
+    """Time two workloads in interleaved pairs, the order alternating from pair to pair.
+
+    Args:
+        baseline: ``baseline(i)`` does call ``i`` of the baseline.
+        candidate: ``candidate(i)`` does call ``i`` of the candidate (same ``i`` in a pair).
+        repeats: timed pairs.
+        warmup: untimed calls of each before timing.
+        sync: synchronise CUDA before and after each timed call.
+        tick: progress callback, called with the number of calls just made.
+
+    Returns:
+        Seconds per call of the baseline and of the candidate, pair by pair.
+    """
+    for i in range(warmup):
+        baseline(i)
+        candidate(i)
+        if tick is not None:
+            tick(2)
+    gc.collect()
+    base: list[float] = []
+    cand: list[float] = []
+    for r in range(repeats):
+        i = warmup + r
+        if r % 2 == 0:
+            base.append(_timed(baseline, i, sync))
+            cand.append(_timed(candidate, i, sync))
+        else:
+            cand.append(_timed(candidate, i, sync))
+            base.append(_timed(baseline, i, sync))
+        if tick is not None:
+            tick(2)
+    return base, cand
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "median": float(np.median(a)),
+        "p25": float(np.percentile(a, 25)),
+        "p75": float(np.percentile(a, 75)),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def summarise_times(baseline_s: Sequence[float], candidate_s: Sequence[float]) -> dict[str, Any]:
+    """Medians, quartiles and per-pair ratios of two interleaved timing series.
+
+    Args:
+        baseline_s: seconds per baseline call, pair by pair.
+        candidate_s: seconds per candidate call, pair by pair.
+
+    Returns:
+        ``baseline_ms`` / ``candidate_ms`` / ``ratio`` spreads (``median``, ``p25``, ``p75``,
+        ``min``, ``max``), ``ratio_of_medians``, ``pairs`` and the raw ``samples`` in ms.
+
+    Example:
+        >>> summarise_times([0.010, 0.012, 0.011], [0.011, 0.012, 0.0121])["ratio"]["median"]
+        1.1
+    """
+    if len(baseline_s) != len(candidate_s) or not baseline_s:
+        raise ValueError("need two non-empty series of the same length")
+    base_ms = [1e3 * t for t in baseline_s]
+    cand_ms = [1e3 * t for t in candidate_s]
+    ratios = [c / b for b, c in zip(base_ms, cand_ms, strict=True)]
+    base, cand = _spread(base_ms), _spread(cand_ms)
+    return {
+        "pairs": len(ratios),
+        "baseline_ms": base,
+        "candidate_ms": cand,
+        "ratio": _spread(ratios),
+        "ratio_of_medians": cand["median"] / base["median"],
+        "samples": {"baseline_ms": base_ms, "candidate_ms": cand_ms},
+    }
+
+
+# -- memory ------------------------------------------------------------------------------------
+def peak_live_bytes(deltas: Iterable[int]) -> int:
+    """Highest running total of allocation (+) and free (−) sizes, from 0; at least 0.
+
+    Example:
+        >>> peak_live_bytes([100, 50, -100, 200, -250])
+        250
+    """
+    live = peak = 0
+    for delta in deltas:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 (the profiler's C++ start/stop log lines) for a moment."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _cpu_peak_bytes(work: Callable[[], None]) -> int:
+    profiler = torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    )
+    with _native_stderr_silenced():
+        profiler.start()
+    try:
+        work()
+    finally:
+        with _native_stderr_silenced():
+            profiler.stop()
+    results = None if profiler.profiler is None else profiler.profiler.kineto_results
+    if results is None:
+        raise RuntimeError("torch.profiler recorded no results; cannot measure CPU memory")
+    events = [  # allocations (+bytes) and frees (-bytes); _KinetoEvent.nbytes is not in the stubs
+        (event.start_ns(), int(cast(Any, event).nbytes()))
+        for event in results.events()
+        if event.name() == "[memory]" and event.device_type().name == "CPU"
+    ]
+    events.sort(key=lambda event: event[0])  # stable: same-time events keep their order
+    return peak_live_bytes(nbytes for _, nbytes in events)
+
+
+def peak_memory_bytes(work: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes of tensors allocated on ``device`` while ``work()`` runs, above the start.
+
+    See `MEMORY_METHOD` for what is counted on each device.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        work()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device)) - int(start)
+    return _cpu_peak_bytes(work)
+
+
+def arm_peak_memory(
+    kind: str, problem: Problem, device: torch.device, steps: int, tick: Tick | None = None
+) -> int:
+    """Peak memory of building an arm (data included) and calling it ``steps`` times."""
+
+    def work() -> None:
+        arm = Arm(kind, problem, make_batches(problem, device), device)
+        for i in range(steps):
+            arm(i)
+            if tick is not None:
+                tick(1)
+
+    gc.collect()
+    return peak_memory_bytes(work, device)
+
+
+def summarise_memory(baseline_bytes: int, candidate_bytes: int) -> dict[str, Any]:
+    """Peaks of both arms and the candidate's increase in bytes and in % of the baseline.
+
+    Example:
+        >>> summarise_memory(1000, 1015)["increase_percent"]
+        1.5
+    """
+    increase = candidate_bytes - baseline_bytes
+    return {
+        "baseline_peak_bytes": baseline_bytes,
+        "candidate_peak_bytes": candidate_bytes,
+        "increase_bytes": increase,
+        "increase_percent": 100.0 * increase / baseline_bytes if baseline_bytes else float("nan"),
+    }
+
+
+# -- one case, the whole run -------------------------------------------------------------------
+def measure_case(case: Case, settings: Settings, tick: Tick | None = None) -> dict[str, Any]:
+    """Time and measure the memory of one case.
+
+    Args:
+        case: the case.
+        settings: repeats, warm-up, memory steps and device.
+        tick: progress callback (see `Settings.calls` for the total it reaches).
+
+    Returns:
+        The case's record for the report: identity, timing, memory, goal and verdict.
+
+    Raises:
+        RuntimeError: an arm did not do what it stands for (see `Arm.check`).
+    """
+    device = torch.device(settings.device)
+    problem = case.problem
+    batches = make_batches(problem, device)
+    baseline = Arm(case.baseline, problem, batches, device)
+    candidate = Arm(case.candidate, problem, batches, device)
+    base_s, cand_s = time_interleaved(
+        baseline,
+        candidate,
+        settings.pairs(case),
+        settings.warmup,
+        sync=device.type == "cuda",
+        tick=tick,
+    )
+    for arm in (baseline, candidate):
+        arm.check()
+    arms = {"baseline": baseline.report(), "candidate": candidate.report()}
+    del baseline, candidate, batches
+    timing = summarise_times(base_s, cand_s)
+    memory = summarise_memory(
+        arm_peak_memory(case.baseline, problem, device, settings.memory_steps, tick),
+        arm_peak_memory(case.candidate, problem, device, settings.memory_steps, tick),
+    )
+    goal = case.goal
+    failed = failed_goals(goal, timing["ratio"]["median"], memory["increase_percent"])
+    return {
+        "key": case.key,
+        "name": case.name,
+        "problem": problem.description,
+        "compares": case.compares,
+        "arms": arms,
+        "timing": timing,
+        "memory": memory,
+        "goal": None if goal is None else asdict(goal),
+        "within_goal": None if failed is None else not failed,
+        "failed": failed,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The machine and software a run measured, with the current torch thread settings."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "device": str(device),
+        "gpu": None,
+        "cuda": torch.version.cuda,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def source_info() -> dict[str, Any]:
+    """The measured library: version, git commit and whether the tree had local changes."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "gxd_optim": __version__,
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+    }
+
+
+def run_overhead(settings: Settings, *, progress: bool = True) -> dict[str, Any]:
+    """Run the selected cases and return the full report.
+
+    Args:
+        settings: what to run and how.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The report: settings, machine, source, methods, goals, one record per case, seconds.
+
+    Raises:
+        ValueError: ``device="cuda"`` without CUDA.
+    """
+    from tqdm import tqdm
+
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    cases = [_BY_NAME[name] for name in settings.cases]
+    threads = torch.get_num_threads()
+    start = time.perf_counter()
+    try:
+        if settings.threads is not None:
+            torch.set_num_threads(settings.threads)
+        machine = machine_info(device)
+        records = []
+        total = sum(settings.calls(case) for case in cases)
+        with tqdm(total=total, unit="call", disable=not progress, file=sys.stderr) as bar:
+            for case in cases:
+                bar.set_description(case.name)
+                records.append(measure_case(case, settings, bar.update))
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "benchmark": "overhead",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": asdict(settings),
+        "machine": machine,
+        "source": source_info(),
+        "method": {"timing": TIMING_METHOD, "memory": MEMORY_METHOD[device.type]},
+        "arms": dict(ARMS),
+        "goals": {name: asdict(goal) for name, goal in GOALS.items()},
+        "cases": records,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """The cases of a report as a Markdown table.
+
+    Args:
+        records: the report's ``"cases"``.
+
+    Returns:
+        One header, one separator and one row per case.
+    """
+    header = (
+        "| case | compares | pairs | baseline ms | candidate ms | ratio (median) | ratio IQR "
+        "| peak memory | goal | within goal |"
+    )
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in records:
+        t, m = r["timing"], r["memory"]
+        goal = r["goal"]
+        goal_cell = "—" if goal is None else Goal(**goal).describe()
+        if r["within_goal"] is None:
+            verdict = "—"
+        elif r["within_goal"]:
+            verdict = "yes"
+        else:
+            verdict = f"no ({', '.join(r['failed'])})"
+        rows.append(
+            f"| {r['key']}: {r['name']} | {r['compares']} | {t['pairs']} "
+            f"| {t['baseline_ms']['median']:.2f} | {t['candidate_ms']['median']:.2f} "
+            f"| {t['ratio']['median']:.3f} "
+            f"| {t['ratio']['p25']:.3f}–{t['ratio']['p75']:.3f} "
+            f"| {m['increase_percent']:+.2f}% | {goal_cell} | {verdict} |"
+        )
+    return "\n".join(rows)
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
+    """Write the report as ``overhead.json`` in ``out_dir`` (created if needed).
+
+    Returns:
+        The file written.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "overhead.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def summary_text(report: Mapping[str, Any]) -> str:
+    """The table plus the lines that say what was measured, where and how."""
+    machine = report["machine"]
+    settings = report["settings"]
+    where = f"{machine['cpu']}, {machine['usable_cores']} cores, {machine['threads']} threads"
+    if machine["gpu"]:
+        where = f"{machine['gpu']} ({where})"
+    source = report["source"]
+    commit = (source["git_commit"] or "unknown commit")[:12]
+    if source["git_dirty"]:
+        commit += " + local changes"
+    return "\n".join(
+        [
+            markdown_table(report["cases"]),
+            "",
+            f"device {machine['device']}: {where}; torch {machine['torch']}; "
+            f"gxd_optim {source['gxd_optim']} ({commit})",
+            f"{settings['warmup']} warm-up calls per arm, {settings['memory_steps']} calls in "
+            f"each memory window, {report['seconds']:.0f} s in all"
+            + (" (--quick: not a measurement)" if settings["quick"] else ""),
+            f"timing: {report['method']['timing']}",
+            f"memory: {report['method']['memory']}",
+        ]
+    )

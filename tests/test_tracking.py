@@ -1,0 +1,162 @@
+"""The optimised statistics against a brute-force oracle.
+
+The oracle captures every consumer's input ``h`` and gradient ``∂L/∂h`` with plain hooks and
+recomputes, naively and per layer, what GXDReset keeps: running means (the references),
+bias-corrected utilities and predicted costs. This checks the fused per-backward reduction,
+the batched (foreach) commit across layers and the gradient-derived predicted cost.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from gxd_optim import Edge, GXDReset, LayerInfo
+from tests.nets import CNN, MLP, CNNSpec, MLPSpec
+
+
+class Tokens(nn.Module):
+    """A Linear producer read by a Linear consumer on ``[batch, tokens, features]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(4, 6)
+        self.down = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(x))).mean(1)
+
+
+CASES = {
+    "mlp": (lambda: MLP(MLPSpec(4, (6, 5), 2, two_heads=True)), (7, 4)),
+    "cnn-flatten": (lambda: CNN(CNNSpec(2, (3, 2), 8, 2, pool="max", hidden=4)), (5, 2, 8, 8)),
+    "tokens": (Tokens, (3, 5, 4)),
+}
+
+
+def _capture(
+    model: nn.Module, consumers: list[str]
+) -> tuple[dict[str, list[Tensor]], list[RemovableHandle]]:
+    seen: dict[str, list[Tensor]] = {name: [] for name in consumers}
+    handles = []
+    modules = dict(model.named_modules())
+    for name in consumers:
+
+        def pre(module: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:
+            x = args[0]
+            if x.requires_grad:
+                seen[name].append(x.detach().clone())
+                x.register_hook(lambda g, name=name: seen[name].append(g.detach().clone()))
+
+        handles.append(modules[name].register_forward_pre_hook(pre))
+    return seen, handles
+
+
+def _per_unit(t: Tensor, units: int, linear: bool) -> Tensor:
+    """``[N, U, P]`` by plain indexing."""
+    if linear:
+        k = t.shape[-1] // units
+        return (
+            t.reshape(t.shape[0], -1, units, k).permute(0, 2, 1, 3).reshape(t.shape[0], units, -1)
+        )
+    return t.reshape(t.shape[0], units, -1)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_statistics_match_a_brute_force_oracle(case: str) -> None:
+    make, shape = CASES[case]
+    model = make().double()
+    decay = 0.8
+    opt = GXDReset(
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        model,
+        replacement_rate=0.0,
+        decay=decay,
+    )
+    opt.discover(torch.randn(shape, dtype=torch.float64))
+    layers = {name: info for name, info in opt.layers.items()}
+    consumers = [e.consumer for info in layers.values() for e in info.edges]
+    modules = dict(model.named_modules())
+    seen, handles = _capture(model, consumers)
+
+    ema_u = {n: torch.zeros(i.num_units, dtype=torch.float64) for n, i in layers.items()}
+    ema_h = {c: torch.zeros(layers_of(layers, c).num_units, dtype=torch.float64) for c in consumers}
+    reference = {c: torch.zeros_like(ema_h[c]) for c in consumers}
+    for step in range(1, 5):
+        for c in consumers:
+            seen[c].clear()
+        opt.zero_grad()
+        for _ in range(2):  # gradient accumulation: two backward passes, one step
+            model(torch.randn(shape, dtype=torch.float64)).pow(2).sum().backward()
+        # predicted cost from activations, before the step changes anything
+        for name, info in layers.items():
+            expected_cost = torch.zeros(info.num_units, dtype=torch.float64)
+            for edge in info.edges:
+                linear = isinstance(modules[edge.consumer], nn.Linear)
+                pairs = zip(seen[edge.consumer][0::2], seen[edge.consumer][1::2], strict=True)
+                for h, g in pairs:
+                    h3, g3 = (_per_unit(t, info.num_units, linear) for t in (h, g))
+                    r = _reference(reference, edge)
+                    expected_cost += (g3 * (r[:, None] - h3)).sum((0, 2))
+            torch.testing.assert_close(opt.predicted_cost(name), expected_cost)
+        opt.step()
+        for name, info in layers.items():
+            accumulated: list[Tensor] = []
+            for edge in info.edges:
+                linear = isinstance(modules[edge.consumer], nn.Linear)
+                records = seen[edge.consumer]
+                for i, (h, g) in enumerate(zip(records[0::2], records[1::2], strict=True)):
+                    h3, g3 = (_per_unit(t, info.num_units, linear) for t in (h, g))
+                    r = _reference(reference, edge)
+                    a = (g3 * (h3 - r[:, None])).sum(2)
+                    if len(accumulated) <= i:
+                        accumulated.append(a)
+                    else:
+                        accumulated[i] = accumulated[i] + a
+            batch_utility = sum(a.abs().sum(0) for a in accumulated) / sum(
+                a.shape[0] for a in accumulated
+            )
+            ema_u[name] = decay * ema_u[name] + (1 - decay) * batch_utility
+            torch.testing.assert_close(opt.utilities()[name], ema_u[name] / (1 - decay**step))
+            for edge in info.edges:
+                linear = isinstance(modules[edge.consumer], nn.Linear)
+                hs = [_per_unit(h, info.num_units, linear) for h in seen[edge.consumer][0::2]]
+                mean = torch.cat(
+                    [h.transpose(0, 1).reshape(info.num_units, -1) for h in hs], 1
+                ).mean(1)
+                ema_h[edge.consumer] = decay * ema_h[edge.consumer] + (1 - decay) * mean
+                reference[edge.consumer] = ema_h[edge.consumer] / (1 - decay**step)
+    for handle in handles:
+        handle.remove()
+
+
+def layers_of(layers: dict[str, LayerInfo], consumer: str) -> LayerInfo:
+    return next(info for info in layers.values() if consumer in info.consumers)
+
+
+def _reference(reference: dict[str, Tensor], edge: Edge) -> Tensor:
+    r = reference[edge.consumer]
+    return r if edge.reference == "mean" else torch.zeros_like(r)
+
+
+def test_fused_and_general_reductions_agree() -> None:
+    """The flat fast path (2-D Linear input) equals the general ``[N, pre, U, k·post]`` path."""
+    model = MLP(MLPSpec(4, (6,), 2)).double()
+    twin = copy.deepcopy(model)
+    a = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+    b = GXDReset(torch.optim.SGD(twin.parameters(), lr=0.1), twin, replacement_rate=0.0)
+    x = torch.randn(9, 4, dtype=torch.float64)
+    for _ in range(3):
+        for net, opt, inputs in (
+            (model, a, x),
+            (twin, b, x[:, None, :]),
+        ):  # [N, 1, F]: general path
+            opt.zero_grad()
+            net(inputs).pow(2).sum().backward()
+            opt.step()
+    torch.testing.assert_close(a.utilities(), b.utilities())
