@@ -7,7 +7,7 @@ state, so training resumes bit for bit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -66,8 +66,15 @@ def check(
     modules: Mapping[str, nn.Module],
     named: Mapping[str, nn.Module],
     stats: Mapping[str, Any],
+    reference: str,
+    exclude: Sequence[str],
 ) -> None:
-    """Refuse a checkpoint whose layers do not fit this model.
+    """Refuse a checkpoint whose layers do not fit this model and these settings.
+
+    When the wrapper has not discovered the model yet, the checkpoint's layers are taken as
+    they are after these checks (names, sizes, column maps, references, ``exclude=``): the
+    paths between layers are trusted. Call ``opt.discover(example)`` before loading to
+    have them compared with the model's own.
 
     Raises:
         ValueError: naming the first mismatch found.
@@ -92,13 +99,25 @@ def check(
                 f"checkpoint is from another architecture: {name!r} has "
                 f"{_num_units(module)} units here, {info.num_units} in the checkpoint"
             )
+        touched = [name, *info.consumers]
+        if any(n in exclude for n in touched):
+            raise ValueError(
+                f"checkpoint resets layer {name!r} (consumers {list(info.consumers)}), "
+                f"but this wrapper excludes {sorted(set(touched) & set(exclude))}"
+            )
         for edge in info.edges:
             consumer = modules.get(edge.consumer)
             if consumer is None:
                 raise ValueError(
                     f"checkpoint is from another architecture: no consumer {edge.consumer!r}"
                 )
-            rebuilt = _edge_for(consumer, edge.consumer, info.num_units, edge.reference)
+            rebuilt = _edge_for(consumer, edge.consumer, info.num_units, reference)
+            if isinstance(rebuilt, Edge) and rebuilt.reference != edge.reference:
+                raise ValueError(
+                    f"checkpoint uses a {edge.reference!r} reference for {name!r} -> "
+                    f"{edge.consumer!r}, this wrapper a {rebuilt.reference!r} one "
+                    f"(reference={reference!r})"
+                )
             if not isinstance(rebuilt, Edge) or rebuilt.columns_per_unit != edge.columns_per_unit:
                 why = rebuilt if isinstance(rebuilt, str) else "the column map differs"
                 raise ValueError(
@@ -116,10 +135,9 @@ def check(
         if layer_stats is None:
             raise ValueError(f"checkpoint has no statistics for layer {name!r}")
         shapes = [tuple(layer_stats[k].shape) for k in ("utility_ema", "weight_ema", "age")]
-        shapes += [tuple(m.shape) for m in layer_stats["mean_ema"]]
-        if any(s != (info.num_units,) for s in shapes) or len(layer_stats["mean_ema"]) != len(
-            info.edges
-        ):
+        per_edge = [*layer_stats["mean_ema"], *layer_stats["edge_weight_ema"]]
+        shapes += [tuple(m.shape) for m in per_edge]
+        if any(s != (info.num_units,) for s in shapes) or len(per_edge) != 2 * len(info.edges):
             raise ValueError(
                 f"checkpoint statistics of {name!r} do not match its {info.num_units} units"
             )
@@ -133,6 +151,7 @@ def pack_stats(tracker: Tracker) -> dict[str, Any]:
             "weight_ema": layer.weight_ema.detach().clone(),
             "age": layer.age.detach().clone(),
             "mean_ema": [e.mean_ema.detach().clone() for e in layer.edges],
+            "edge_weight_ema": [e.weight_ema.detach().clone() for e in layer.edges],
             "budget": layer.budget,
             "resets": layer.resets,
         }
@@ -149,8 +168,11 @@ def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
                 _copy(getattr(layer, key), saved[key])
             layer.budget = float(saved["budget"])
             layer.resets = int(saved["resets"])
-            for edge, mean in zip(layer.edges, saved["mean_ema"], strict=True):
+            for edge, mean, norm in zip(
+                layer.edges, saved["mean_ema"], saved["edge_weight_ema"], strict=True
+            ):
                 _copy(edge.mean_ema, mean)
+                _copy(edge.weight_ema, norm)
             tracker.refresh_references(layer)
         tracker.discard()
 

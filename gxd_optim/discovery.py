@@ -129,12 +129,22 @@ def requested_reference(consumer: nn.Module, requested: str) -> tuple[str, str]:
     return "mean", ""
 
 
+def weight_problem(module: nn.Module) -> str:
+    """Why the reset cannot write into this layer's weights ('' if it can)."""
+    if parametrize.is_parametrized(module):
+        return "parametrized (torch.nn.utils.parametrize): not supported yet"
+    if not isinstance(module._parameters.get("weight"), nn.Parameter):
+        return "holding a weight that is not a Parameter (pruned?): not supported"
+    return ""
+
+
 def _edge_for(
     consumer: nn.Module, consumer_name: str, num_units: int, reference: str
 ) -> Edge | str:
     """Build the edge from a producer of ``num_units`` to ``consumer``, or say why not."""
-    if parametrize.is_parametrized(consumer):
-        return f"its consumer `{consumer_name}` has parametrized weights"
+    problem = weight_problem(consumer)
+    if problem:
+        return f"its consumer `{consumer_name}` is {problem}"
     if isinstance(consumer, nn.Linear):
         if consumer.in_features % num_units:
             return (
@@ -167,6 +177,7 @@ def explicit_layers(
     """
     modules = producer_modules(model)
     infos: dict[str, LayerInfo] = {}
+    claimed: dict[str, str] = {}
     for producer, consumers in layers.items():
         names = [producer, *consumers]
         unknown = [n for n in names if n not in modules]
@@ -177,12 +188,26 @@ def explicit_layers(
             )
         if isinstance(consumers, str) or not consumers:
             raise ValueError(f"layers[{producer!r}] must be a non-empty list of consumer names")
+        problem = weight_problem(modules[producer])
+        if problem:
+            raise ValueError(f"layers[{producer!r}]: the producer is {problem}")
         units = _num_units(modules[producer])
         edges = []
         for consumer in consumers:
+            if consumer in claimed:
+                raise ValueError(
+                    f"layers: `{consumer}` is listed as a consumer of both "
+                    f"`{claimed[consumer]}` and `{producer}`; a consumer reads one producer"
+                )
+            claimed[consumer] = producer
             edge = _edge_for(modules[consumer], consumer, units, reference)
             if isinstance(edge, str):
                 raise ValueError(f"layers[{producer!r}]: {edge}")
+            if edge.columns_per_unit > 1 and isinstance(modules[producer], nn.Linear):
+                raise ValueError(
+                    f"layers[{producer!r}]: `{consumer}` has {edge.columns_per_unit}x more "
+                    "inputs than the producer has units; a Linear producer must feed it alone"
+                )
             edges.append(edge)
         infos[producer] = LayerInfo(producer, units, tuple(edges))
     return infos, {}
@@ -243,6 +268,7 @@ class _Trace:
     norms: dict[Node, str]
     shapes: dict[Node, tuple[int, ...]]
     roots: set[Node]
+    hidden: set[Node]  # computed in forward() but not returned: auxiliary losses, stored tensors
     keep_alive: Any
 
 
@@ -289,10 +315,23 @@ def _trace(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T
         for handle in handles:
             handle.remove()
     roots = {t.grad_fn for t in _tensors_in(out) if t.grad_fn is not None}
+    returned = _reachable(roots)
+    hidden = {node for node in recorder.shapes if node not in returned}
     for call in calls.values():  # a consumer's input shape is known even for unrecorded nodes
         if call.in_node is not None:
             recorder.shapes.setdefault(call.in_node, call.in_shape)
-    return _Trace(calls, norms, recorder.shapes, roots, out)
+    return _Trace(calls, norms, recorder.shapes, roots, hidden, out)
+
+
+def _reachable(roots: set[Node]) -> set[Node]:
+    seen: set[Node] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(child for child, _ in node.next_functions if child is not None)
+    return seen
 
 
 def _parents(roots: set[Node]) -> dict[Node, list[Node]]:
@@ -468,6 +507,8 @@ def _walk(
         seen.add(node)
         if node in trace.roots:
             return "its units are part of the model's output"
+        if node in trace.hidden and not parents.get(node):
+            return "its units reach a tensor forward() does not return (an auxiliary loss?)"
         for parent in parents.get(node, []):
             consumer = owner.get(parent)
             if consumer is not None:
@@ -528,7 +569,7 @@ def discover(
     root = unwrap_model(model)
     modules = producer_modules(root)
     trace = _trace(root, args, kwargs)
-    parents = _parents(trace.roots)
+    parents = _parents(trace.roots | trace.hidden)
     owner = _internal_owner(trace.calls)
     layers: dict[str, LayerInfo] = {}
     skipped: dict[str, str] = {
@@ -549,7 +590,9 @@ def discover(
             if consumer not in modules:
                 skipped[name] = f"its consumer `{consumer}` is {skipped[consumer]}"
                 break
-            problem = _producer_problem(consumer, modules[consumer], trace.calls[consumer], exclude)
+            problem = _producer_problem(
+                consumer, modules[consumer], trace.calls[consumer], exclude, trainable
+            )
             edge = (
                 f"its consumer `{consumer}` is {problem}"
                 if problem
@@ -579,8 +622,9 @@ def _producer_problem(
 ) -> str:
     if name in exclude:
         return "excluded by the user (exclude=)"
-    if parametrize.is_parametrized(module):
-        return "parametrized (torch.nn.utils.parametrize): not supported yet"
+    problem = weight_problem(module)
+    if problem:
+        return problem
     if call is None:
         return "not called in the forward pass"
     if call.calls > 1:

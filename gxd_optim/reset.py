@@ -23,6 +23,7 @@ from .discovery import (
     producer_modules,
     unwrap_model,
 )
+from .hooks import OwnedHook
 from .operator import (
     clear_state_slices_,
     fold_and_zero_inputs_,
@@ -157,6 +158,8 @@ class GXDReset(torch.optim.Optimizer):
         self._layers: dict[str, LayerInfo] = {}
         self._skipped: dict[str, str] = {}
         self._lazy_handle: RemovableHandle | None = None
+        self._late_handles: list[RemovableHandle] = []
+        self._warned: set[str] = set()
         if explicit is not None:
             self._install(*explicit)
         else:
@@ -254,6 +257,9 @@ class GXDReset(torch.optim.Optimizer):
         if self._lazy_handle is not None:
             self._lazy_handle.remove()
             self._lazy_handle = None
+        for handle in self._late_handles:
+            handle.remove()
+        self._late_handles.clear()
         if self._tracker is not None:
             self._tracker.detach()
             self._tracker.discard()
@@ -263,12 +269,26 @@ class GXDReset(torch.optim.Optimizer):
         return id(module.weight) in owned
 
     def _arm_discovery(self) -> None:
-        def first_forward(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            if torch.is_grad_enabled() and module.training and self._lazy_handle is not None:
-                self.discover(*args, **kwargs)
-
         root = unwrap_model(self.model)
-        self._lazy_handle = root.register_forward_pre_hook(first_forward, with_kwargs=True)
+        hook = OwnedHook(self, root, "_first_forward", "")
+        self._lazy_handle = root.register_forward_pre_hook(hook, with_kwargs=True)
+
+    def _first_forward(
+        self, _: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        if torch.is_grad_enabled() and module.training and self._lazy_handle is not None:
+            self.discover(*args, **kwargs)
+
+    def _warn_late_call(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
+        if not (torch.is_grad_enabled() and module.training) or name in self._warned:
+            return
+        self._warned.add(name)
+        warnings.warn(
+            f"GXDReset: layer `{name}` was not called when the units were discovered, so "
+            "the units it reads are not known to be safe to reset. Call opt.discover(...) "
+            "with a batch that runs every layer before training, or pass layers=.",
+            stacklevel=3,
+        )
 
     def _install(self, layers: dict[str, LayerInfo], skipped: dict[str, str]) -> None:
         utility = self.config.utility
@@ -279,6 +299,10 @@ class GXDReset(torch.optim.Optimizer):
         )
         tracker = Tracker(layers, self._modules, fn, self.config.decay)
         tracker.attach()
+        for name, reason in skipped.items():
+            if reason == "not called in the forward pass":
+                hook = OwnedHook(self, self._modules[name], "_warn_late_call", name)
+                self._late_handles.append(self._modules[name].register_forward_pre_hook(hook))
         if self._lazy_handle is not None:
             self._lazy_handle.remove()
             self._lazy_handle = None
@@ -326,12 +350,14 @@ class GXDReset(torch.optim.Optimizer):
             self._tracker.discard()
 
     def _spend_budget(self, name: str) -> None:
-        layer = self._require_tracker().layers[name]
-        eligible = layer.age > self.config.maturity
+        tracker = self._require_tracker()
+        layer = tracker.layers[name]
+        eligible = layer.age > self.config.maturity  # on the host: no device sync per step
         layer.budget = accrue(layer.budget, int(eligible.sum()), self.config.replacement_rate)
         count = int(layer.budget)
         if count >= 1:
-            index = lowest(self._require_tracker().utilities(name), eligible, count)
+            utility = tracker.utilities(name)
+            index = lowest(utility, eligible.to(utility.device), count)
             layer.budget -= count
             self._reset(name, index)
 
@@ -345,8 +371,14 @@ class GXDReset(torch.optim.Optimizer):
         """Signed first-order change of the latest batch's loss if each unit alone were reset.
 
         ``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h_i · (r_i − h_i)`` with the current reference;
-        costs add over a set of units. "Latest batch" is the backward passes since the last
-        step, or the last committed step's if there were none.
+        costs add over a set of units. The sums are read from the consumers' gradients
+        (see `gxd_optim.utilities.predicted_cost`), so the "latest batch" is whatever the
+        gradients hold: call it after ``backward()`` and before the optimizer step (after the
+        step the parameters have moved) and before ``zero_grad()``.
+
+        Raises:
+            ValueError: ``name`` is not an eligible layer.
+            RuntimeError: a consumer has no gradient yet.
         """
         self._check_name(name)
         return self._require_tracker().predicted_cost(name)
@@ -360,6 +392,8 @@ class GXDReset(torch.optim.Optimizer):
         self._check_name(name)
         units = self._layers[name].num_units
         index = torch.as_tensor(indices)
+        if index.numel() == 0 and index.dim() <= 1:
+            return
         if (
             index.dtype in (torch.bool,)
             or index.is_floating_point()
@@ -476,7 +510,15 @@ class GXDReset(torch.optim.Optimizer):
         if saved is not None:
             current = self._layers if self._tracker is not None else None
             named = dict(unwrap_model(self.model).named_modules())
-            checkpoint.check(saved, current, self._modules, named, entry["stats"])
+            checkpoint.check(
+                saved,
+                current,
+                self._modules,
+                named,
+                entry["stats"],
+                self.config.reference,
+                self._exclude,
+            )
         changed = {
             k: (v, getattr(self.config, k) if k != "utility" else self.config.utility_name)
             for k, v in entry["config"].items()
@@ -501,8 +543,7 @@ class GXDReset(torch.optim.Optimizer):
         state.pop("step", None)  # an LR scheduler's per-instance wrapper of the original's step
         state["_generator"] = self._generator.get_state()
         state["_lazy_handle"] = None
-        if self._tracker is not None:
-            self._tracker.discard()
+        state["_late_handles"] = []
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -511,6 +552,7 @@ class GXDReset(torch.optim.Optimizer):
         self._generator = torch.Generator()
         self._generator.set_state(generator_state)
         if self._tracker is not None:
+            self._tracker.discard()  # the copy starts between steps
             self._tracker.attach()
         else:
             self._arm_discovery()

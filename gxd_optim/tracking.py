@@ -14,7 +14,6 @@ Per backward pass and consumer the hot path makes four passes over the ``[N, U]`
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from .discovery import Edge, LayerInfo, layer_params
+from .hooks import OwnedHook
 from .utilities import UtilityFn, predicted_cost
 
 __all__ = ["EdgeStats", "LayerStats", "Tracker"]
@@ -36,17 +36,20 @@ _TINY = 1e-30
 class EdgeStats:
     """Statistics of one (producer, consumer) pair.
 
-    ``mean_ema`` is the EMA of the batch means of ``h``; ``reference`` the ``r`` it implies
-    (``mean_ema`` bias-corrected, or 0 for a zero-reference pair); ``pending_h`` and
-    ``pending_count`` sum ``h`` over the backward passes since the last commit.
+    ``mean_ema`` is the EMA of the batch means of ``h`` and ``weight_ema`` its bias
+    correction (the EMA of 1 over the steps this consumer saw data); ``reference`` is the ``r``
+    they imply (0 for a zero-reference pair); ``pending_h`` and ``pending_count`` sum ``h``
+    over the backward passes since the last commit.
     """
 
     edge: Edge
     linear: bool
     mean_ema: Tensor
+    weight_ema: Tensor
     reference: Tensor
     pending_h: Tensor
     pending_count: int = 0
+    grad_version: int | None = None  # the consumer weight's version at the last backward
 
     @property
     def mean(self) -> bool:
@@ -84,16 +87,20 @@ class _Batch:
     With one consumer (the common case) the batch closes as soon as its gradient arrives.
     """
 
-    __slots__ = ("acc", "expected", "got", "layer")
+    __slots__ = ("acc", "expected", "got", "layer", "read", "reported", "samples")
 
-    def __init__(self, layer: LayerStats) -> None:
+    def __init__(self, layer: LayerStats, samples: int) -> None:
         self.layer = layer
+        self.samples = samples
         self.expected = 0
         self.got = 0
         self.acc: Tensor | None = None
+        self.read: set[str] = set()  # consumers that read this call's output
+        self.reported: set[str] = set()  # consumers whose gradient has arrived
 
-    def add(self, scores: Tensor) -> None:
+    def add(self, consumer: str, scores: Tensor) -> None:
         """Add one consumer's per-sample scores ``[N, U]``; close once all have reported."""
+        self.reported.add(consumer)
         self.acc = scores if self.acc is None else self.acc + scores
         if self.got == 0 and self.expected > 1:
             self.layer.open_batches.append(self)
@@ -126,32 +133,6 @@ class _Probe(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         ctx.sink(x, grad)
         return grad, None
-
-
-class _Inert:
-    """What a hook becomes in a pickled or deep-copied model: nothing."""
-
-    def __call__(self, *args: Any) -> None:
-        return None
-
-
-class _Hook:
-    """A module hook that only serves the module it was registered on, and pickles inert."""
-
-    def __init__(self, tracker: Tracker, module: nn.Module, method: str, key: str) -> None:
-        self._tracker = weakref.ref(tracker)
-        self._module = weakref.ref(module)
-        self._method = method
-        self._key = key
-
-    def __call__(self, module: nn.Module, *args: Any) -> Any:
-        tracker = self._tracker()
-        if tracker is None or module is not self._module():
-            return None
-        return getattr(tracker, self._method)(self._key, module, *args)
-
-    def __reduce__(self) -> tuple[type[_Inert], tuple[()]]:
-        return (_Inert, ())
 
 
 def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
@@ -190,7 +171,14 @@ class Tracker:
             float_type = torch.float64 if weight.dtype == torch.float64 else torch.float32
             zeros = partial(torch.zeros, info.num_units, dtype=float_type, device=weight.device)
             edges = [
-                EdgeStats(e, isinstance(modules[e.consumer], nn.Linear), zeros(), zeros(), zeros())
+                EdgeStats(
+                    e,
+                    isinstance(modules[e.consumer], nn.Linear),
+                    zeros(),
+                    zeros(),
+                    zeros(),
+                    zeros(),
+                )
                 for e in info.edges
             ]
             ages = torch.zeros(info.num_units, dtype=torch.int64)
@@ -205,11 +193,11 @@ class Tracker:
         self.detach()
         for name in self.layers:
             module = self.modules[name]
-            hook = _Hook(self, module, "_on_produce", name)
+            hook = OwnedHook(self, module, "_on_produce", name)
             self._handles.append(module.register_forward_hook(hook))
         for consumer in self._readers:
             module = self.modules[consumer]
-            hook = _Hook(self, module, "_on_read", consumer)
+            hook = OwnedHook(self, module, "_on_read", consumer)
             self._handles.append(module.register_forward_pre_hook(hook))
 
     def detach(self) -> None:
@@ -219,8 +207,8 @@ class Tracker:
         self._handles.clear()
 
     def _on_produce(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
-        if torch.is_grad_enabled() and module.training:
-            self._current[name] = _Batch(self.layers[name])
+        if torch.is_grad_enabled() and module.training and isinstance(output, Tensor):
+            self._current[name] = _Batch(self.layers[name], output.shape[0])
         else:
             self._current.pop(name, None)
 
@@ -232,11 +220,16 @@ class Tracker:
         batch = self._current.get(layer.info.name)
         if batch is None or not isinstance(x, Tensor) or not x.requires_grad:
             return None
+        if consumer in batch.read or x.shape[0] != batch.samples:
+            return None  # a second call of the consumer, or a call on another batch
+        batch.read.add(consumer)
         batch.expected += 1
         probed = _Probe.apply(x, partial(self._on_grad, edge, batch))  # type: ignore[no-untyped-call]
         return (probed, *args[1:])
 
     def _on_grad(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
+        if edge.edge.consumer in batch.reported:
+            return  # a further backward through the same forward (retain_graph, autograd.grad)
         units = batch.layer.info.num_units
         dtype = edge.mean_ema.dtype
         with torch.no_grad():
@@ -256,7 +249,8 @@ class Tracker:
                 scores = self.utility(flat[0], flat[1], edge.reference)
             edge.pending_h += h_sum
             edge.pending_count += h.numel() // units
-            batch.add(scores)
+            edge.grad_version = layer_params(self.modules[edge.edge.consumer])[0]._version
+            batch.add(edge.edge.consumer, scores)
 
     # -- commit / discard -------------------------------------------------------------------
     def commit(self) -> list[str]:
@@ -273,23 +267,19 @@ class Tracker:
         weight = 1.0 - self.decay
         with torch.no_grad():
             layers = [layer for _, layer in done]
-            torch._foreach_mul_(
-                [lay.pending_abs for lay in layers], [1.0 / lay.pending_samples for lay in layers]
-            )
-            torch._foreach_lerp_(
-                [lay.utility_ema for lay in layers], [lay.pending_abs for lay in layers], weight
-            )
-            norms = [lay.weight_ema for lay in layers]
+            edges = [e for lay in layers for e in lay.edges if e.pending_count]
+            batches = [lay.pending_abs for lay in layers] + [e.pending_h for e in edges]
+            counts = [lay.pending_samples for lay in layers] + [e.pending_count for e in edges]
+            emas = [lay.utility_ema for lay in layers] + [e.mean_ema for e in edges]
+            norms = [lay.weight_ema for lay in layers] + [e.weight_ema for e in edges]
+            torch._foreach_mul_(batches, [1.0 / n for n in counts])
+            for value, ema, norm in zip(batches, emas, norms, strict=True):
+                # A non-finite batch value is replaced by the current bias-corrected estimate,
+                # which the update below then leaves exactly as it was.
+                torch.where(value.isfinite(), value, ema / norm.clamp_min(_TINY), out=value)
+            torch._foreach_lerp_(emas, batches, weight)
             torch._foreach_mul_(norms, self.decay)
             torch._foreach_add_(norms, weight)
-            edges = [e for lay in layers for e in lay.edges if e.pending_count]
-            if edges:
-                torch._foreach_mul_(
-                    [e.pending_h for e in edges], [1.0 / e.pending_count for e in edges]
-                )
-                torch._foreach_lerp_(
-                    [e.mean_ema for e in edges], [e.pending_h for e in edges], weight
-                )
             for layer in layers:
                 layer.age += 1
                 self.refresh_references(layer)
@@ -298,6 +288,7 @@ class Tracker:
 
     def discard(self) -> None:
         """Drop statistics of backward passes that no step committed."""
+        self._current.clear()
         dirty = [
             layer for layer in self.layers.values() if layer.pending_samples or layer.open_batches
         ]
@@ -319,10 +310,9 @@ class Tracker:
     @staticmethod
     def refresh_references(layer: LayerStats) -> None:
         """Recompute every ``r`` of a layer from its running means (0 for zero references)."""
-        norm = layer.weight_ema.clamp_min(_TINY)
         for edge in layer.edges:
             if edge.mean:
-                torch.div(edge.mean_ema, norm, out=edge.reference)
+                torch.div(edge.mean_ema, edge.weight_ema.clamp_min(_TINY), out=edge.reference)
 
     # -- queries ----------------------------------------------------------------------------
     def utilities(self, name: str) -> Tensor:
@@ -339,19 +329,34 @@ class Tracker:
         """
         layer = self.layers[name]
         cost = torch.zeros_like(layer.utility_ema)
-        for edge in layer.edges:
-            weight, bias = layer_params(self.modules[edge.edge.consumer])
-            weight_grad = weight.grad
-            bias_grad = bias.grad if bias is not None else None
-            if weight_grad is None or (edge.mean and bias_grad is None):
-                raise RuntimeError(
-                    f"predicted_cost({name!r}) needs the gradients of its consumer "
-                    f"`{edge.edge.consumer}`: call it after backward() and before zero_grad()"
-                )
-            reference = edge.reference if edge.mean else None
-            cost += predicted_cost(
-                weight, weight_grad, bias_grad, reference, edge.edge.columns_per_unit
-            ).to(cost.dtype)
+        found = False
+        with torch.no_grad():
+            for edge in layer.edges:
+                weight, bias = layer_params(self.modules[edge.edge.consumer])
+                if weight.grad is None:
+                    continue  # no gradient reached this consumer: it adds nothing
+                if edge.grad_version is not None and weight._version != edge.grad_version:
+                    raise RuntimeError(
+                        f"predicted_cost({name!r}): `{edge.edge.consumer}` changed since the "
+                        "last backward (an optimizer step or a reset): call it right after "
+                        "backward()"
+                    )
+                found = True
+                bias_grad = None if bias is None else bias.grad
+                reference = edge.reference if edge.mean else None
+                if reference is not None and bias_grad is None:
+                    raise RuntimeError(
+                        f"predicted_cost({name!r}) needs the bias gradient of "
+                        f"`{edge.edge.consumer}` (its bias does not require grad)"
+                    )
+                cost += predicted_cost(
+                    weight, weight.grad, bias_grad, reference, edge.edge.columns_per_unit
+                ).to(cost.dtype)
+        if not found:
+            raise RuntimeError(
+                f"predicted_cost({name!r}) needs the gradients of its consumers: "
+                "call it after backward() and before zero_grad()"
+            )
         return cost
 
     def restart(self, name: str, index: Tensor) -> None:
@@ -365,5 +370,5 @@ class Tracker:
                 if batch.acc is not None:
                     batch.acc.index_fill_(1, index, 0.0)
             for edge in layer.edges:
-                for t in (edge.mean_ema, edge.reference, edge.pending_h):
+                for t in (edge.mean_ema, edge.weight_ema, edge.reference, edge.pending_h):
                     t.index_fill_(0, index, 0.0)

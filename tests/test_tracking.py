@@ -160,3 +160,23 @@ def test_fused_and_general_reductions_agree() -> None:
             net(inputs).pow(2).sum().backward()
             opt.step()
     torch.testing.assert_close(a.utilities(), b.utilities())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_host_device_synchronisation_per_step_on_cuda() -> None:
+    device = torch.device("cuda")
+    model = MLP(MLPSpec(8, (32, 32), 4)).to(device)
+    opt = GXDReset(torch.optim.Adam(model.parameters(), lr=1e-3), model, maturity=10**6)
+    x = torch.randn(16, 8, device=device)
+    for _ in range(3):  # discovery and the optimizer's lazy state may synchronise
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -31,7 +31,9 @@ Example:
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -65,13 +67,16 @@ __all__ = [
     "Goal",
     "Problem",
     "Settings",
+    "arm_memory",
     "failed_goals",
     "machine_info",
     "make_batches",
     "markdown_table",
     "measure_case",
+    "median_ci",
+    "memory_peaks",
+    "other_cpu_percent",
     "peak_live_bytes",
-    "peak_memory_bytes",
     "run_overhead",
     "select_cases",
     "summarise_memory",
@@ -98,7 +103,7 @@ FFN_WIDTH = 256
 RESET_RATE = 1.0 / MLP_SIZES[1]
 """``replacement_rate`` of the resetting arm: one unit per 2000-unit layer on every step."""
 
-DEFAULT_REPEATS = 100
+DEFAULT_REPEATS = 150
 """Timed pairs per case (times the case's ``repeat_scale``)."""
 DEFAULT_WARMUP = 5
 """Untimed calls of each arm before timing."""
@@ -118,7 +123,7 @@ MEMORY_METHOD: Mapping[str, str] = MappingProxyType(
         "cpu": (
             "Peak of the bytes live in PyTorch's CPU allocator, from the allocation and free "
             "events recorded by torch.profiler (profile_memory=True), over a window that starts "
-            "before the arm builds its data, model, optimizer and wrapper and ends after "
+            "before the arm builds its batch (one), model, optimizer and wrapper and ends after "
             "`memory_steps` calls of the arm. It counts parameters, gradients, optimizer state, "
             "activations saved for backward, the wrapper's statistics and every temporary "
             "tensor, including the one-time discovery pass and the optimizer's lazily created "
@@ -129,8 +134,8 @@ MEMORY_METHOD: Mapping[str, str] = MappingProxyType(
         "cuda": (
             "torch.cuda.max_memory_allocated after torch.cuda.reset_peak_memory_stats, minus "
             "torch.cuda.memory_allocated before, over a window that starts before the arm builds "
-            "its data, model, optimizer and wrapper and ends after `memory_steps` calls of the "
-            "arm. Increase = (candidate peak - baseline peak) / baseline peak."
+            "its batch (one), model, optimizer and wrapper and ends after `memory_steps` calls of "
+            "the arm. Increase = (candidate peak - baseline peak) / baseline peak."
         ),
     }
 )
@@ -339,8 +344,9 @@ ARMS: Mapping[str, str] = MappingProxyType(
             "training step per call, each resetting about one unit per 2000-unit layer"
         ),
         "predicted-cost": (
-            f"GXDReset(optimizer, model, maturity={NO_RESET_MATURITY}) after one training step: "
-            "one opt.predicted_cost(name) for every layer per call, no step"
+            f"GXDReset(optimizer, model, maturity={NO_RESET_MATURITY}) after one training step "
+            "and one more zero_grad + forward + backward: opt.predicted_cost(name) for every "
+            "layer per call (between backward and step, where the API reads it), no step"
         ),
     }
 )
@@ -384,7 +390,8 @@ class Arm:
         self.steps = 0
         self._names: list[str] = []
         if kind == "predicted-cost":
-            self.train_step(0)
+            self.train_step(0)  # statistics and references exist
+            self.backward(1)  # gradients to read; predicted_cost is valid until the next step
             self._names = list(self._require_wrapper().layers)
 
     def _require_wrapper(self) -> GXDReset:
@@ -392,12 +399,16 @@ class Arm:
             raise RuntimeError(f"arm {self.kind!r} has no GXDReset")
         return self.wrapper
 
-    def train_step(self, i: int) -> None:
-        """One training step (zero_grad, forward, loss, backward, step) on batch ``i``."""
+    def backward(self, i: int) -> None:
+        """``zero_grad``, forward, loss and backward on batch ``i``."""
         x, y = self.batches[i % len(self.batches)]
         self.optimizer.zero_grad()
         loss = self.problem.loss(self.model(x), y)
         loss.backward()  # type: ignore[no-untyped-call]
+
+    def train_step(self, i: int) -> None:
+        """One training step (zero_grad, forward, loss, backward, step) on batch ``i``."""
+        self.backward(i)
         self.optimizer.step()
         self.steps += 1
 
@@ -631,10 +642,29 @@ def time_interleaved(
     return base, cand
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
+def median_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free confidence interval of the median, from order statistics.
+
+    The sorted values at ranks ``n/2 ∓ z·√n/2`` (clipped to the sample); ``z = 1.96`` gives
+    about 95% for independent samples.
+
+    Example:
+        >>> median_ci([float(v) for v in range(100)])
+        (40.0, 60.0)
+    """
+    ordered = sorted(values)
+    n = len(ordered)
+    half = z * math.sqrt(n) / 2
+    low = max(math.floor(n / 2 - half), 0)
+    high = min(math.ceil(n / 2 + half), n - 1)
+    return ordered[low], ordered[high]
+
+
+def _spread(values: Sequence[float]) -> dict[str, Any]:
     a = np.asarray(values, dtype=np.float64)
     return {
         "median": float(np.median(a)),
+        "median_ci95": list(median_ci(values)),
         "p25": float(np.percentile(a, 25)),
         "p75": float(np.percentile(a, 75)),
         "min": float(a.min()),
@@ -650,12 +680,14 @@ def summarise_times(baseline_s: Sequence[float], candidate_s: Sequence[float]) -
         candidate_s: seconds per candidate call, pair by pair.
 
     Returns:
-        ``baseline_ms`` / ``candidate_ms`` / ``ratio`` spreads (``median``, ``p25``, ``p75``,
-        ``min``, ``max``), ``ratio_of_medians``, ``pairs`` and the raw ``samples`` in ms.
+        ``baseline_ms`` / ``candidate_ms`` / ``ratio`` spreads (``median``, its 95% interval
+        ``median_ci95`` (see `median_ci`), ``p25``, ``p75``, ``min``, ``max``),
+        ``ratio_of_medians``, ``pairs`` and the raw ``samples`` in ms.
 
     Example:
-        >>> summarise_times([0.010, 0.012, 0.011], [0.011, 0.012, 0.0121])["ratio"]["median"]
-        1.1
+        >>> times = summarise_times([0.010, 0.012, 0.011], [0.011, 0.012, 0.0121])
+        >>> round(times["ratio"]["median"], 6), times["pairs"]
+        (1.1, 3)
     """
     if len(baseline_s) != len(candidate_s) or not baseline_s:
         raise ValueError("need two non-empty series of the same length")
@@ -702,74 +734,130 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def _cpu_peak_bytes(work: Callable[[], None]) -> int:
+_LAST_CALL = "gxd_bench::last_call"
+"""Profiler label of the final call inside a memory window."""
+
+
+def _cpu_peaks(prepare: Callable[[], Callable[[], None]]) -> tuple[int, int]:
     profiler = torch.profiler.profile(
         activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
     )
     with _native_stderr_silenced():
         profiler.start()
     try:
-        work()
+        last = prepare()
+        with torch.profiler.record_function(_LAST_CALL):
+            last()
+        del last
     finally:
         with _native_stderr_silenced():
             profiler.stop()
     results = None if profiler.profiler is None else profiler.profiler.kineto_results
     if results is None:
         raise RuntimeError("torch.profiler recorded no results; cannot measure CPU memory")
-    events = [  # allocations (+bytes) and frees (-bytes); _KinetoEvent.nbytes is not in the stubs
-        (event.start_ns(), int(cast(Any, event).nbytes()))
-        for event in results.events()
-        if event.name() == "[memory]" and event.device_type().name == "CPU"
+    events = results.events()
+    marks = [(e.start_ns(), e.end_ns()) for e in events if e.name() == _LAST_CALL]
+    if len(marks) != 1:
+        raise RuntimeError(f"expected one {_LAST_CALL!r} event in the profile, got {len(marks)}")
+    begin, end = marks[0]
+    deltas = [  # allocations (+bytes) and frees (-bytes); _KinetoEvent.nbytes is not in the stubs
+        (e.start_ns(), int(cast(Any, e).nbytes()))
+        for e in events
+        if e.name() == "[memory]" and e.device_type().name == "CPU"
     ]
-    events.sort(key=lambda event: event[0])  # stable: same-time events keep their order
-    return peak_live_bytes(nbytes for _, nbytes in events)
+    deltas.sort(key=lambda delta: delta[0])  # stable: same-time events keep their order
+    before = [nbytes for t, nbytes in deltas if t < begin]
+    during = [nbytes for t, nbytes in deltas if begin <= t <= end]
+    live = sum(before)
+    return peak_live_bytes(nbytes for _, nbytes in deltas), live + peak_live_bytes(during)
 
 
-def peak_memory_bytes(work: Callable[[], None], device: torch.device) -> int:
-    """Peak bytes of tensors allocated on ``device`` while ``work()`` runs, above the start.
+def memory_peaks(
+    prepare: Callable[[], Callable[[], None]], device: torch.device
+) -> tuple[int, int]:
+    """Peak bytes of tensors on ``device``, above what was live before ``prepare()`` ran.
 
-    See `MEMORY_METHOD` for what is counted on each device.
+    Args:
+        prepare: builds what is measured, runs all calls but the last and returns the last.
+        device: where the tensors live. See `MEMORY_METHOD` for what is counted.
+
+    Returns:
+        The peak over the whole window (``prepare()`` and the last call), and the peak during
+        the last call (everything still live from ``prepare()`` included).
     """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        work()
-        torch.cuda.synchronize(device)
-        return int(torch.cuda.max_memory_allocated(device)) - int(start)
-    return _cpu_peak_bytes(work)
+    if device.type != "cuda":
+        return _cpu_peaks(prepare)
+    torch.cuda.synchronize(device)
+    start = int(torch.cuda.memory_allocated(device))
+    torch.cuda.reset_peak_memory_stats(device)
+    last = prepare()
+    torch.cuda.synchronize(device)
+    prepared = int(torch.cuda.max_memory_allocated(device))
+    torch.cuda.reset_peak_memory_stats(device)
+    last()
+    torch.cuda.synchronize(device)
+    during = int(torch.cuda.max_memory_allocated(device))
+    return max(prepared, during) - start, during - start
 
 
-def arm_peak_memory(
-    kind: str, problem: Problem, device: torch.device, steps: int, tick: Tick | None = None
-) -> int:
-    """Peak memory of building an arm (data included) and calling it ``steps`` times."""
+def arm_memory(
+    kind: str, problem: Problem, device: torch.device, calls: int, tick: Tick | None = None
+) -> tuple[int, int]:
+    """Memory peaks (see `memory_peaks`) of building an arm with one batch and ``calls`` calls.
 
-    def work() -> None:
-        arm = Arm(kind, problem, make_batches(problem, device), device)
-        for i in range(steps):
+    The first figure includes one-time costs (GXDReset's discovery pass, lazily created
+    optimizer state); the second is the steady-state peak of the last call.
+    """
+    if calls < 1:
+        raise ValueError(f"calls must be >= 1, got {calls}")
+
+    def prepare() -> Callable[[], None]:
+        arm = Arm(kind, problem, make_batches(problem, device, count=1), device)
+        for i in range(calls - 1):
             arm(i)
             if tick is not None:
                 tick(1)
 
+        def last() -> None:
+            arm(calls - 1)
+            if tick is not None:
+                tick(1)
+
+        return last
+
     gc.collect()
-    return peak_memory_bytes(work, device)
+    return memory_peaks(prepare, device)
 
 
-def summarise_memory(baseline_bytes: int, candidate_bytes: int) -> dict[str, Any]:
-    """Peaks of both arms and the candidate's increase in bytes and in % of the baseline.
+def summarise_memory(baseline: tuple[int, int], candidate: tuple[int, int]) -> dict[str, Any]:
+    """Both arms' peaks and the candidate's increase, in bytes and in % of the baseline.
+
+    Args:
+        baseline: the baseline's ``(run peak, step peak)`` from `arm_memory`.
+        candidate: the candidate's.
+
+    Returns:
+        ``baseline_peak_bytes``, ``candidate_peak_bytes``, ``increase_bytes`` and
+        ``increase_percent`` for the steady-state step, and the same with ``run_`` in front
+        for the whole window (build and first steps included).
 
     Example:
-        >>> summarise_memory(1000, 1015)["increase_percent"]
+        >>> summarise_memory((1200, 1000), (1260, 1015))["increase_percent"]
         1.5
     """
-    increase = candidate_bytes - baseline_bytes
-    return {
-        "baseline_peak_bytes": baseline_bytes,
-        "candidate_peak_bytes": candidate_bytes,
-        "increase_bytes": increase,
-        "increase_percent": 100.0 * increase / baseline_bytes if baseline_bytes else float("nan"),
-    }
+    out: dict[str, Any] = {}
+    for prefix, base, cand in (
+        ("", baseline[1], candidate[1]),
+        ("run_", baseline[0], candidate[0]),
+    ):
+        increase = cand - base
+        out |= {
+            f"{prefix}baseline_peak_bytes": base,
+            f"{prefix}candidate_peak_bytes": cand,
+            f"{prefix}increase_bytes": increase,
+            f"{prefix}increase_percent": 100.0 * increase / base if base else float("nan"),
+        }
+    return out
 
 
 # -- one case, the whole run -------------------------------------------------------------------
@@ -806,8 +894,8 @@ def measure_case(case: Case, settings: Settings, tick: Tick | None = None) -> di
     del baseline, candidate, batches
     timing = summarise_times(base_s, cand_s)
     memory = summarise_memory(
-        arm_peak_memory(case.baseline, problem, device, settings.memory_steps, tick),
-        arm_peak_memory(case.candidate, problem, device, settings.memory_steps, tick),
+        arm_memory(case.baseline, problem, device, settings.memory_steps, tick),
+        arm_memory(case.candidate, problem, device, settings.memory_steps, tick),
     )
     goal = case.goal
     failed = failed_goals(goal, timing["ratio"]["median"], memory["increase_percent"])
@@ -872,13 +960,58 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def load_average() -> list[float] | None:
+    """The system's 1, 5 and 15-minute load averages (``None`` where unknown)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(busy, total) CPU seconds of the whole machine from /proc/stat, and this process's."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        tick = float(os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return (total - idle) / tick, total / tick, time.process_time()
+
+
+def other_cpu_percent(
+    start: tuple[float, float, float] | None, end: tuple[float, float, float] | None
+) -> float | None:
+    """Share of the machine's CPU time that other processes used between two readings.
+
+    Args:
+        start: `_cpu_seconds` at the start.
+        end: `_cpu_seconds` at the end.
+
+    Returns:
+        Percent of all cores' time busy outside this process; ``None`` where unknown.
+
+    Example:
+        >>> other_cpu_percent((10.0, 100.0, 1.0), (25.0, 120.0, 11.0))
+        25.0
+    """
+    if start is None or end is None or end[1] <= start[1]:
+        return None
+    others = (end[0] - start[0]) - (end[2] - start[2])
+    return max(0.0, 100.0 * others / (end[1] - start[1]))
+
+
 def source_info() -> dict[str, Any]:
-    """The measured library: version, git commit and whether the tree had local changes."""
+    """The measured library: version, git commit, local changes (and a hash of the package's)."""
     status = _git("status", "--porcelain", "--untracked-files=no")
+    diff = _git("diff", "HEAD", "--", "..")  # the whole gxd_optim package
     return {
         "gxd_optim": __version__,
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status),
+        "package_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None,
     }
 
 
@@ -903,6 +1036,7 @@ def run_overhead(settings: Settings, *, progress: bool = True) -> dict[str, Any]
     cases = [_BY_NAME[name] for name in settings.cases]
     threads = torch.get_num_threads()
     start = time.perf_counter()
+    load_start, cpu_start = load_average(), _cpu_seconds()
     try:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
@@ -926,6 +1060,10 @@ def run_overhead(settings: Settings, *, progress: bool = True) -> dict[str, Any]
         "goals": {name: asdict(goal) for name, goal in GOALS.items()},
         "cases": records,
         "seconds": time.perf_counter() - start,
+        "environment": {
+            "load_average_at_start": load_start,
+            "other_processes_cpu_percent": other_cpu_percent(cpu_start, _cpu_seconds()),
+        },
     }
 
 
@@ -939,7 +1077,7 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
         One header, one separator and one row per case.
     """
     header = (
-        "| case | compares | pairs | baseline ms | candidate ms | ratio (median) | ratio IQR "
+        "| case | compares | pairs | baseline ms | candidate ms | ratio (median) | ratio 95% CI "
         "| peak memory | goal | within goal |"
     )
     rows = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -957,7 +1095,7 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
             f"| {r['key']}: {r['name']} | {r['compares']} | {t['pairs']} "
             f"| {t['baseline_ms']['median']:.2f} | {t['candidate_ms']['median']:.2f} "
             f"| {t['ratio']['median']:.3f} "
-            f"| {t['ratio']['p25']:.3f}–{t['ratio']['p75']:.3f} "
+            f"| {t['ratio']['median_ci95'][0]:.3f}–{t['ratio']['median_ci95'][1]:.3f} "
             f"| {m['increase_percent']:+.2f}% | {goal_cell} | {verdict} |"
         )
     return "\n".join(rows)
@@ -973,6 +1111,14 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
     path = out_dir / "overhead.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     return path
+
+
+def _environment_text(environment: Mapping[str, Any]) -> str:
+    load, others = environment["load_average_at_start"], environment["other_processes_cpu_percent"]
+    parts = [] if load is None else [f"load average {load[0]:.2f} at the start"]
+    if others is not None:
+        parts.append(f"other processes used {others:.0f}% of the CPU time during the run")
+    return "; ".join(parts) or "machine load unknown"
 
 
 def summary_text(report: Mapping[str, Any]) -> str:
@@ -993,9 +1139,11 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f"device {machine['device']}: {where}; torch {machine['torch']}; "
             f"gxd_optim {source['gxd_optim']} ({commit})",
             f"{settings['warmup']} warm-up calls per arm, {settings['memory_steps']} calls in "
-            f"each memory window, {report['seconds']:.0f} s in all"
+            f"each memory window, {report['seconds']:.0f} s in all; "
+            f"{_environment_text(report['environment'])}"
             + (" (--quick: not a measurement)" if settings["quick"] else ""),
-            f"timing: {report['method']['timing']}",
-            f"memory: {report['method']['memory']}",
+            "ratio: median over the timed pairs of candidate / baseline step time; peak memory: "
+            "increase of the steady-state step's peak over the baseline's (see 'method' in the "
+            "JSON for how both are measured)",
         ]
     )

@@ -1,0 +1,42 @@
+"""Module hooks that serve one module of one owner, and pickle inert.
+
+A model deep-copied for an EMA/SWA teacher, or pickled with ``torch.save``, carries its
+hooks along. These hooks hold only weak references, ignore every module but the one they
+were registered on, and turn into `Inert` when copied or pickled, so copies never feed (or
+trigger) the wrapper that hooked the original.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from torch import nn
+
+__all__ = ["Inert", "OwnedHook"]
+
+
+class Inert:
+    """What a hook becomes in a pickled or deep-copied model: nothing."""
+
+    def __call__(self, *args: Any) -> None:
+        return None
+
+
+class OwnedHook:
+    """Calls ``getattr(owner, method)(key, module, *args)`` for its own module only."""
+
+    def __init__(self, owner: object, module: nn.Module, method: str, key: str) -> None:
+        self._owner = weakref.ref(owner)
+        self._module = weakref.ref(module)
+        self._method = method
+        self._key = key
+
+    def __call__(self, module: nn.Module, *args: Any) -> Any:
+        owner = self._owner()
+        if owner is None or module is not self._module():
+            return None
+        return getattr(owner, self._method)(self._key, module, *args)
+
+    def __reduce__(self) -> tuple[type[Inert], tuple[()]]:
+        return (Inert, ())

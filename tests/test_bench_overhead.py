@@ -1,0 +1,95 @@
+"""``python -m gxd_optim.bench overhead --quick`` runs and writes a complete report.
+
+No timing is asserted: how fast the wrapper is belongs to the benchmark, not to the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from gxd_optim.bench.__main__ import main
+from gxd_optim.bench.overhead import (
+    CASES,
+    GOALS,
+    Goal,
+    failed_goals,
+    peak_live_bytes,
+    select_cases,
+    summarise_times,
+)
+
+
+def test_quick_overhead_writes_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    threads = torch.get_num_threads()
+    rng = torch.get_rng_state()
+    argv = ["overhead", "--quick", "--cases", "d,g", "--threads", "1", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+
+    report = json.loads((tmp_path / "out" / "overhead.json").read_text())
+    assert {"settings", "machine", "source", "method", "goals", "cases", "seconds"} <= set(report)
+    assert report["settings"]["quick"] and report["settings"]["threads"] == 1
+    machine = report["machine"]
+    assert machine["threads"] == 1 and machine["device"] == "cpu"
+    assert machine["torch"] == torch.__version__ and machine["cpu"] and machine["logical_cores"]
+    assert {"timing", "memory"} <= set(report["method"])
+
+    cases = {case["name"]: case for case in report["cases"]}
+    assert list(cases) == ["mlp-b1-sgd", "reset-step-mlp-b256-adam"]
+    for case in cases.values():
+        timing, memory = case["timing"], case["memory"]
+        for arm in ("baseline_ms", "candidate_ms"):
+            assert timing[arm]["median"] > 0
+            assert len(timing["samples"][arm]) == timing["pairs"] > 0
+        assert timing["ratio"]["median"] > 0
+        assert memory["baseline_peak_bytes"] > 0 and memory["candidate_peak_bytes"] > 0
+        assert memory["run_candidate_peak_bytes"] >= memory["candidate_peak_bytes"]
+        assert math.isfinite(memory["increase_percent"])
+        assert math.isfinite(memory["run_increase_percent"])
+
+    plain = cases["mlp-b1-sgd"]
+    assert plain["compares"] == "wrapped / bare" and plain["goal"]["max_ratio"] == 1.10
+    assert isinstance(plain["within_goal"], bool)
+    assert plain["arms"]["candidate"]["layers"] == ["0", "2", "4"]
+    assert sum(plain["arms"]["candidate"]["resets"].values()) == 0
+    resetting = cases["reset-step-mlp-b256-adam"]
+    assert resetting["compares"] == "resetting / wrapped" and resetting["goal"] is None
+    assert resetting["arms"]["candidate"]["resets_per_step"] >= 1  # every step resets
+
+    out = capsys.readouterr().out
+    assert "| case |" in out and "mlp-b1-sgd" in out and "overhead.json" in out
+    # the run leaves the caller's thread count and global random state alone
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_case_selection_and_goals() -> None:
+    assert select_cases("a,mlp-b1-sgd,a") == ("mlp-b256-adam", "mlp-b1-sgd")
+    assert select_cases("all") == tuple(case.name for case in CASES)
+    assert [case.key for case in CASES] == list("abcdefgh")
+    assert set(GOALS) <= {case.name for case in CASES}
+    with pytest.raises(ValueError, match="unknown case"):
+        select_cases("a,nonsense")
+    with pytest.raises(SystemExit):
+        main(["overhead", "--cases", "nonsense"])
+    with pytest.raises(SystemExit):
+        main(["overhead", "--repeats", "0"])
+    with pytest.raises(SystemExit):
+        main([])  # a command is required
+
+
+def test_pure_helpers() -> None:
+    assert peak_live_bytes([10, 20, -25, 40, -45]) == 45
+    assert failed_goals(None, 9.0, 50.0) is None
+    assert failed_goals(Goal(1.05), 1.04, 1.0) == []
+    assert failed_goals(Goal(1.05), 1.06, 3.0) == ["ratio", "memory"]
+    summary = summarise_times([0.01, 0.02], [0.011, 0.022])
+    assert summary["pairs"] == 2 and summary["ratio"]["median"] == pytest.approx(1.1)
+    with pytest.raises(ValueError):
+        summarise_times([0.01], [])
