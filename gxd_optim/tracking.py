@@ -6,8 +6,9 @@ the (already saved) input and, when the gradient arrives, reduces ``(h, ∂ℓ/�
 ``pending`` buffers until `Tracker.commit` (the optimizer stepped) or `Tracker.discard`
 (``zero_grad`` without a step).
 
-Per backward pass and consumer the hot path makes four passes over the ``[N, U]`` activation:
-``h - r``, the product with the gradient, ``Σ_x |a(x)|`` and ``Σ_x h``. The signed sums that
+Per backward pass and consumer the hot path reads the activation and its gradient once for
+``Σ_x |a(x)|``, chunk by chunk with one small in-place temporary, and once for ``Σ_x h``; with
+a single consumer (the common case) the per-sample scores are never stored. The signed sums that
 `predicted_cost` needs are not collected at all: they follow from the consumer's gradients
 (see `gxd_optim.utilities.predicted_cost`).
 """
@@ -30,6 +31,7 @@ from .utilities import UtilityFn, predicted_cost
 __all__ = ["EdgeStats", "LayerStats", "Tracker"]
 
 _TINY = 1e-30
+_CHUNK = 1 << 17  # elements per chunk of a flat reduction (its one temporary); x8 for dot products
 
 
 @dataclass
@@ -107,6 +109,12 @@ class _Batch:
         self.got += 1
         if self.got >= self.expected:
             self.close()
+
+    def add_reduced(self, consumer: str, samples: int) -> None:
+        """Record that the only consumer reported ``samples`` samples, already reduced."""
+        self.reported.add(consumer)
+        self.got += 1
+        self.layer.pending_samples += samples
 
     def close(self) -> None:
         """Move ``Σ_x |a(x)|`` into the layer's pending sums."""
@@ -230,27 +238,54 @@ class Tracker:
     def _on_grad(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
         if edge.edge.consumer in batch.reported:
             return  # a further backward through the same forward (retain_graph, autograd.grad)
-        units = batch.layer.info.num_units
+        layer = batch.layer
+        units = layer.info.num_units
         dtype = edge.mean_ema.dtype
         with torch.no_grad():
-            if h.dim() == 2 and edge.linear and edge.edge.columns_per_unit == 1:
-                centred = h - edge.reference if edge.mean else h
-                scores = grad * centred if self.utility is None else None
-                h_sum = h.sum(0, dtype=dtype)
-            else:
-                h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
-                centred = h4 - edge.reference[:, None] if edge.mean else h4
-                scores = (g4 * centred).sum((1, 3)) if self.utility is None else None
-                h_sum = h4.sum((0, 1, 3), dtype=dtype)
-            if scores is None:
-                assert self.utility is not None
-                h3, g3 = (_as_units(t, units, edge.linear) for t in (h, grad))
-                flat = [t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h3, g3)]
-                scores = self.utility(flat[0], flat[1], edge.reference)
-            edge.pending_h += h_sum
+            h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
             edge.pending_count += h.numel() // units
             edge.grad_version = layer_params(self.modules[edge.edge.consumer])[0]._version
-            batch.add(edge.edge.consumer, scores)
+            if self.utility is not None:
+                edge.pending_h += h4.sum((0, 1, 3), dtype=dtype)
+                flat = [t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4)]
+                batch.add(edge.edge.consumer, self.utility(flat[0], flat[1], edge.reference))
+                return
+            alone = batch.expected == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
+            parts = []
+            flat_input = h4.shape[1] * h4.shape[3] == 1
+            rows = max(1, (_CHUNK if flat_input else 8 * _CHUNK) // max(1, h4[0].numel()))
+            for start in range(0, h4.shape[0], rows):
+                h_part, g_part = h4[start : start + rows], g4[start : start + rows]
+                if edge.mean:  # only a mean reference needs Σh; read it while it is in cache
+                    edge.pending_h += h_part.sum((0, 1, 3), dtype=dtype)
+                scores = self._scores(edge, h_part, g_part)
+                if alone:
+                    layer.pending_abs += scores.abs().sum(0, dtype=dtype)
+                else:
+                    parts.append(scores)
+            if alone:
+                batch.add_reduced(edge.edge.consumer, h4.shape[0])
+            else:
+                batch.add(edge.edge.consumer, torch.cat(parts))
+
+    @staticmethod
+    def _scores(edge: EdgeStats, h4: Tensor, g4: Tensor) -> Tensor:
+        """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk ``[n, pre, U, k·post]``."""
+        n, pre, units, post = h4.shape
+        if pre == 1 and post == 1:  # a flat Linear input: one small in-place temporary
+            product = h4.view(n, units) - edge.reference if edge.mean else h4.view(n, units) * 1
+            return product.mul_(g4.view(n, units))
+        if pre == 1 or post == 1:  # one position axis: a fused dot product per sample and unit
+            dim = 2 if pre == 1 else 1
+            h3, g3 = (
+                t.view(n, units, post) if pre == 1 else t.view(n, pre, units) for t in (h4, g4)
+            )
+            scores = torch.linalg.vecdot(g3, h3, dim=dim)
+            if edge.mean:
+                scores -= edge.reference * g3.sum(dim)
+            return scores
+        centred = h4 - edge.reference[:, None] if edge.mean else h4 * 1
+        return centred.mul_(g4).sum((1, 3))
 
     # -- commit / discard -------------------------------------------------------------------
     def commit(self) -> list[str]:

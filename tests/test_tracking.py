@@ -180,3 +180,21 @@ def test_no_host_device_synchronisation_per_step_on_cuda() -> None:
             opt.step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_chunked_reduction_equals_one_chunk(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The streamed, chunk-by-chunk reduction gives the utilities of a single chunk."""
+    make, shape = CASES[case]
+    results = []
+    for chunk in (1 << 30, 5):
+        monkeypatch.setattr("gxd_optim.tracking._CHUNK", chunk)
+        torch.manual_seed(0)
+        model = make().double()
+        opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(shape, dtype=torch.float64)).pow(2).sum().backward()
+            opt.step()
+        results.append(opt.utilities())
+    torch.testing.assert_close(results[0], results[1])
