@@ -272,9 +272,9 @@ class Tracker:
     def _scores(edge: EdgeStats, h4: Tensor, g4: Tensor) -> Tensor:
         """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk ``[n, pre, U, k·post]``."""
         n, pre, units, post = h4.shape
-        if pre == 1 and post == 1:  # a flat Linear input: one small in-place temporary
-            product = h4.view(n, units) - edge.reference if edge.mean else h4.view(n, units) * 1
-            return product.mul_(g4.view(n, units))
+        if pre == 1 and post == 1:  # a flat Linear input: one chunk-sized temporary
+            h2, g2 = h4.view(n, units), g4.view(n, units)
+            return (h2 - edge.reference).mul_(g2) if edge.mean else h2 * g2
         if pre == 1 or post == 1:  # one position axis: a fused dot product per sample and unit
             dim = 2 if pre == 1 else 1
             h3, g3 = (
@@ -284,8 +284,8 @@ class Tracker:
             if edge.mean:
                 scores -= edge.reference * g3.sum(dim)
             return scores
-        centred = h4 - edge.reference[:, None] if edge.mean else h4 * 1
-        return centred.mul_(g4).sum((1, 3))
+        product = (h4 - edge.reference[:, None]).mul_(g4) if edge.mean else h4 * g4
+        return product.sum((1, 3))
 
     # -- commit / discard -------------------------------------------------------------------
     def commit(self) -> list[str]:
