@@ -284,7 +284,7 @@ class Tracker:
             if edge.mean:
                 scores -= edge.reference * g3.sum(dim)
             return scores
-        product = (h4 - edge.reference[:, None]).mul_(g4) if edge.mean else h4 * g4
+        product: Tensor = (h4 - edge.reference[:, None]).mul_(g4) if edge.mean else h4 * g4
         return product.sum((1, 3))
 
     # -- commit / discard -------------------------------------------------------------------
