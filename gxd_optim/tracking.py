@@ -280,7 +280,7 @@ class Tracker:
             h3, g3 = (
                 t.view(n, units, post) if pre == 1 else t.view(n, pre, units) for t in (h4, g4)
             )
-            scores = torch.linalg.vecdot(g3, h3, dim=dim)
+            scores: Tensor = torch.linalg.vecdot(g3, h3, dim=dim)
             if edge.mean:
                 scores -= edge.reference * g3.sum(dim)
             return scores
