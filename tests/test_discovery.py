@@ -251,3 +251,18 @@ def test_subclasses_are_listed_with_the_layers_feeding_them() -> None:
     assert "subclass" in opt.skipped["4"]
     assert "its consumer `4` is a subclass" in opt.skipped["2"]
     assert set(opt.layers) == {"0"}
+
+
+def test_describe_lists_layers_and_reasons_and_leaves_the_model_alone() -> None:
+    from gxd_optim.testing import describe
+
+    model = CNN(CNNSpec(2, (4, 3), 8, 2, norm=True, padding=1, pool="max", hidden=5))
+    hooks = [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    text = describe(model, torch.randn(3, 2, 8, 8))
+    assert "convs.0  4 units  -> convs.1 (zero: zero-padded convolution" in text
+    assert "convs.1  3 units  -> fc (mean, 4 columns/unit)" in text
+    assert "BatchNorm norms.1" in text
+    assert "head  its units are part of the model's output" in text
+    assert hooks == [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -1,0 +1,296 @@
+"""Checks to call from your own test suite before training with `GXDReset`.
+
+```python
+from gxd_optim.testing import assert_first_order, describe
+
+print(describe(model, example_batch))          # what will be reset, what is skipped, why
+assert_first_order(model, example_batch, lambda out: out.pow(2).mean())
+```
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .discovery import Edge
+from .operator import SECOND_MOMENT_KEYS, unit_columns
+from .reset import GXDReset
+
+__all__ = ["assert_first_order", "assert_reset_invariants", "describe"]
+
+EPSILONS = tuple(2e-3 * 2.0**-k for k in range(11))
+"""Scales of the chosen units' outgoing weights in `assert_first_order`."""
+
+ROUND_OFF = 5e-15
+"""Relative size of float64 round-off in a loss difference; smaller errors are not judged."""
+
+
+def describe(model: nn.Module, *args: Any, **kwargs: Any) -> str:
+    """What `GXDReset` finds in ``model`` for one example batch, as a readable table.
+
+    The model is left as it was (no hooks, buffers and random state restored).
+
+    Args:
+        model: the model.
+        *args: an example batch, as ``model(*args)`` takes it.
+        **kwargs: keyword inputs of the model, and `GXDReset` settings that change
+            discovery (``reference``, ``layers``, ``exclude``) given as ``gxd_reference=...``,
+            ``gxd_layers=...``, ``gxd_exclude=...``.
+
+    Returns:
+        One line per eligible layer (units, consumers with their column map and reference,
+        the operations in between), then every skipped layer with the reason.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+        >>> print(describe(net, torch.randn(2, 3)))
+        eligible layers
+          0  4 units  -> 2 (mean)  via Relu
+        skipped layers
+          2  its units are part of the model's output
+    """
+    settings = {k[4:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("gxd_")}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = GXDReset(torch.optim.SGD(params, lr=0.0), model, replacement_rate=0.0, **settings)
+    try:
+        if settings.get("layers") is None:
+            opt.discover(*args, **kwargs)
+        lines = ["eligible layers"]
+        for name, info in opt.layers.items():
+            consumers = ", ".join(_edge_text(e) for e in info.edges)
+            via = f"  via {' -> '.join(info.path)}" if info.path else ""
+            norms = f"  BatchNorm {', '.join(info.norms)}" if info.norms else ""
+            lines.append(f"  {name}  {info.num_units} units  -> {consumers}{via}{norms}")
+        if len(lines) == 1:
+            lines.append("  (none)")
+        lines.append("skipped layers")
+        lines += [f"  {name}  {why}" for name, why in opt.skipped.items()] or ["  (none)"]
+        return "\n".join(lines)
+    finally:
+        opt.close()
+
+
+def _edge_text(edge: Edge) -> str:
+    details = [edge.reference]
+    if edge.columns_per_unit > 1:
+        details.append(f"{edge.columns_per_unit} columns/unit")
+    note = f": {edge.note}" if edge.note else ""
+    return f"{edge.consumer} ({', '.join(details)}{note})"
+
+
+def assert_first_order(
+    model: nn.Module,
+    inputs: Tensor | Sequence[Tensor],
+    loss_fn: Callable[[Any], Tensor],
+    *,
+    reference: str = "mean",
+    units: Mapping[str, Sequence[Sequence[int]]] | None = None,
+    subsets: int = 3,
+    seed: int = 0,
+    warmup: int = 3,
+) -> None:
+    """Check that resetting units changes the loss by ``Σ predicted_cost`` to first order.
+
+    On a float64 copy of ``model``: a few zero-learning-rate steps build the references,
+    BatchNorm layers are then put in eval mode (in training mode a BatchNorm right after a
+    consumer would undo the scaling below). For every eligible layer and unit set ``S``, the
+    outgoing weights of ``S`` are scaled by ``ε``; the loss change of resetting ``S`` must
+    then equal ``Σ_{i∈S} c_i`` up to an error that shrinks as ``ε²``: halving ``ε`` must
+    quarter it, judged at the smallest ``ε`` whose error is still above float64 round-off
+    (larger ``ε`` may cross a ReLU kink).
+
+    Args:
+        model: the model (not modified).
+        inputs: one batch: a tensor, or a sequence of tensors passed as ``model(*inputs)``.
+        loss_fn: maps the model's output to a scalar loss.
+        reference: ``"mean"`` or ``"zero"``.
+        units: unit sets to check per layer; by default every layer gets ``subsets`` random
+            sets (the first a single unit).
+        subsets: how many random sets per layer when ``units`` is not given.
+        seed: seed of the random sets and of the model copy's random state.
+        warmup: zero-learning-rate steps before checking.
+
+    Raises:
+        AssertionError: naming the layer, the units and the errors per ``ε``.
+    """
+    torch.manual_seed(seed)
+    net = copy.deepcopy(model).double().train()
+    batch = tuple(
+        t.double() if isinstance(t, Tensor) and t.is_floating_point() else t
+        for t in ((inputs,) if isinstance(inputs, Tensor) else inputs)
+    )
+    opt = GXDReset(
+        torch.optim.SGD(net.parameters(), lr=0.0),
+        net,
+        reference=reference,
+        replacement_rate=0.0,
+        maturity=0,
+        decay=0.5,
+    )
+    for _ in range(warmup):
+        opt.zero_grad()
+        loss_fn(net(*batch)).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+    for module in net.modules():
+        if isinstance(module, _BatchNorm):
+            module.eval()
+    generator = torch.Generator().manual_seed(seed)
+    for name, info in opt.layers.items():
+        chosen = (
+            units.get(name, ())
+            if units is not None
+            else _random_sets(info.num_units, subsets, generator)
+        )
+        for unit_set in chosen:
+            _check_first_order(opt, name, torch.tensor(sorted(set(unit_set))), batch, loss_fn)
+
+
+def _random_sets(count: int, subsets: int, generator: torch.Generator) -> list[list[int]]:
+    sets = []
+    for k in range(subsets):
+        size = 1 if k == 0 else int(torch.randint(1, count + 1, (1,), generator=generator))
+        sets.append(torch.randperm(count, generator=generator)[:size].tolist())
+    return sets
+
+
+def _check_first_order(
+    opt: GXDReset,
+    name: str,
+    index: Tensor,
+    batch: tuple[Any, ...],
+    loss_fn: Callable[[Any], Tensor],
+) -> None:
+    info = opt.layers[name]
+    errors, predictions = [], []
+    loss = 0.0
+    for eps in EPSILONS:
+        trial = copy.deepcopy(opt)
+        modules = dict(trial.model.named_modules())
+        with torch.no_grad():
+            for edge in info.edges:
+                weight = modules[edge.consumer].weight
+                assert isinstance(weight, Tensor)
+                columns = unit_columns(index, edge.columns_per_unit)
+                weight.index_copy_(1, columns, weight.index_select(1, columns) * eps)
+        trial.zero_grad()
+        before = loss_fn(trial.model(*batch))
+        before.backward()  # type: ignore[no-untyped-call]
+        predicted = float(trial.predicted_cost(name)[index].sum())
+        trial.reset_units(name, index)
+        with torch.no_grad():
+            after = loss_fn(trial.model(*batch))
+        loss = float(before.detach())
+        errors.append(abs(float(after - before.detach()) - predicted))
+        predictions.append(predicted)
+    floor = ROUND_OFF * max(1.0, abs(loss))
+    ratios = [a / b for a, b in itertools.pairwise(errors) if b > floor]
+    if not ratios:  # the loss is linear in the reset: nothing to resolve
+        return
+    tail = ratios[-2:]
+    if any(3.0 < r < 5.3 for r in tail) and not any(1.6 < r < 2.4 for r in tail):
+        return
+    rows = "\n".join(
+        f"    eps={eps:.3g}: predicted {p:+.6g}, |realised - predicted| {e:.3g}"
+        for eps, p, e in zip(EPSILONS, predictions, errors, strict=True)
+    )
+    raise AssertionError(
+        f"layer {name!r}, units {index.tolist()}: the loss change of the reset is not "
+        f"Σ predicted_cost to first order (the error should quarter when eps halves; "
+        f"ratios {[round(r, 2) for r in ratios]}):\n{rows}"
+    )
+
+
+def assert_reset_invariants(opt: GXDReset, name: str, indices: Sequence[int]) -> None:
+    """Reset ``indices`` of layer ``name`` and check what changed, and what did not.
+
+    Checked: every ``Parameter`` object is the same; every entry of every parameter and of
+    every optimizer-state tensor outside the touched slices is bit-identical (consumer biases,
+    which absorb the mean reference, excepted); the outgoing weights of the units are zero
+    (except rows redrawn by the same reset); the new incoming weights lie within the default
+    initialisation bound; BatchNorm entries are restored; touched state slices are cleared
+    under the wrapper's ``state_policy``.
+
+    Raises:
+        AssertionError: naming the parameter or state entry that broke an invariant.
+    """
+    model = opt.model
+    params = dict(model.named_parameters())
+    identities = {n: id(p) for n, p in params.items()}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    states = {
+        n: {k: v.clone() for k, v in opt.state[p].items() if isinstance(v, Tensor)}
+        for n, p in params.items()
+        if p in opt.state
+    }
+    info = opt.layers[name]
+    index = torch.tensor(sorted(set(indices)), dtype=torch.long)
+    touched: dict[str, list[tuple[int, Tensor]]] = {n: [] for n in params}
+    for suffix in ("weight", "bias"):
+        for owner in (name, *info.norms):
+            if f"{owner}.{suffix}" in touched:
+                touched[f"{owner}.{suffix}"].append((0, index))
+    for edge in info.edges:
+        touched[f"{edge.consumer}.weight"].append((1, unit_columns(index, edge.columns_per_unit)))
+    folded = {f"{e.consumer}.bias" for e in info.edges if e.reference == "mean"}
+    opt.reset_units(name, index)
+
+    assert {n: id(p) for n, p in model.named_parameters()} == identities, "a Parameter was replaced"
+    for pname, p in model.named_parameters():
+        mask = _mask(p, touched[pname])
+        if pname not in folded and not torch.equal(p[~mask], before[pname][~mask]):
+            raise AssertionError(f"{pname}: entries outside the reset units changed")
+        for dim, idx in touched[pname]:
+            if dim == 1:
+                outgoing = p.detach().index_select(1, idx)
+                if pname.rsplit(".", 1)[0] == name:  # rows redrawn by this reset read everything
+                    keep = torch.ones(p.shape[0], dtype=torch.bool)
+                    keep[index] = False
+                    outgoing = outgoing[keep]
+                if not bool((outgoing == 0).all()):
+                    raise AssertionError(f"{pname}: outgoing weights of the units are not zero")
+        if pname.rsplit(".", 1)[0] == name:
+            bound = 1.0 / float(params[f"{name}.weight"][0].numel()) ** 0.5
+            if float(p.detach().index_select(0, index).abs().max()) > bound:
+                raise AssertionError(f"{pname}: new weights outside U(±1/sqrt(fan_in))")
+        for key, old in states.get(pname, {}).items():
+            new = opt.state[p][key]
+            if old.shape != p.shape:
+                if not torch.equal(new, old):
+                    raise AssertionError(f"{pname}/{key}: per-tensor state changed")
+                continue
+            if not torch.equal(new[~mask], old[~mask]):
+                raise AssertionError(f"{pname}/{key}: state outside the reset units changed")
+            cleared = new[mask]
+            scale = opt.config.state_policy == "mean_scale" and key in SECOND_MOMENT_KEYS
+            if not scale and not bool((cleared == 0).all()):
+                raise AssertionError(f"{pname}/{key}: state of the reset units not cleared")
+            if scale and len(touched[pname]) == 1:
+                expected = torch.full_like(cleared, float(old[~mask].mean()))
+                torch.testing.assert_close(cleared, expected, msg=f"{pname}/{key}: not refilled")
+    named = dict(model.named_modules())
+    for norm in info.norms:
+        bn = named[norm]
+        for attr, value in (
+            ("weight", 1.0),
+            ("bias", 0.0),
+            ("running_mean", 0.0),
+            ("running_var", 1.0),
+        ):
+            tensor = getattr(bn, attr)
+            if tensor is not None and not bool((tensor.detach()[index] == value).all()):
+                raise AssertionError(f"{norm}.{attr} of the reset units is not {value}")
+
+
+def _mask(p: Tensor, slices: list[tuple[int, Tensor]]) -> Tensor:
+    mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
+    for dim, idx in slices:
+        mask.index_fill_(dim, idx.to(p.device), True)
+    return mask
