@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ from torch.utils.hooks import RemovableHandle
 
 from . import checkpoint
 from .config import Config
+from .diagnostics import LayerSummary, format_table, summarise_layer
 from .discovery import (
     LayerInfo,
     discover,
@@ -38,6 +40,7 @@ from .utilities import UTILITIES, UtilityFn, gxd
 __all__ = ["GXDReset"]
 
 ResetHook = Callable[[str, Tensor], None]
+_LOG = logging.getLogger("gxd_optim")
 
 
 class GXDReset(torch.optim.Optimizer):
@@ -411,6 +414,43 @@ class GXDReset(torch.optim.Optimizer):
             )
         if index.numel():
             self._reset(name, torch.unique(index))
+
+    def layer_summaries(self) -> list[LayerSummary]:
+        """The numbers behind `summary`, one `LayerSummary` per eligible layer.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).sum().backward(); opt.step()
+            >>> first = opt.layer_summaries()[0]
+            >>> (first.name, first.units, first.eligible, first.resets)
+            ('0', 8, 0, 0)
+        """
+        tracker = self._require_tracker()
+        return [
+            summarise_layer(
+                name, tracker.utilities(name), layer.age, self.config.maturity, layer.resets
+            )
+            for name, layer in tracker.layers.items()
+        ]
+
+    def summary(self) -> str:
+        """A per-layer table: units, eligible units, resets so far, dormant fraction, utilities.
+
+        The table is also logged at INFO level on the ``gxd_optim`` logger, so a training
+        script can route it wherever its logs go; `layer_summaries` gives the numbers.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).sum().backward(); opt.step()
+            >>> row = opt.summary().splitlines()[2]
+            >>> " ".join(row.split()[:4])
+            '0 8 0 0'
+        """
+        table = format_table(self.layer_summaries(), self._skipped)
+        _LOG.info("GXDReset summary\n%s", table)
+        return table
 
     @property
     def reset_counts(self) -> dict[str, int]:

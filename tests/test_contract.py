@@ -423,3 +423,21 @@ def test_close_removes_every_hook() -> None:
     assert counts == [len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()]
     _train(model, opt, range(2, 4))  # still steps the inner optimizer, records nothing
     assert all(torch.equal(before[k], v) for k, v in opt.utilities().items())
+
+
+def test_summary_reports_every_layer_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
+    model = _model()
+    opt = _wrap(model, replacement_rate=0.25, maturity=2)
+    _train(model, opt, range(4))
+    with caplog.at_level("INFO", logger="gxd_optim"):
+        table = opt.summary()
+    lines = table.splitlines()
+    assert lines[0].split()[:5] == ["layer", "units", "eligible", "resets", "dormant"]
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
+    assert rows["hidden.0"][1:4] == [
+        "16",
+        str(int((opt._tracker.layers["hidden.0"].age > 2).sum())),
+        str(opt.reset_counts["hidden.0"]),
+    ]  # type: ignore[union-attr]
+    assert "skipped: head: its units are part of the model's output" in table
+    assert table in caplog.text
