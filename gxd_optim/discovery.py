@@ -21,6 +21,7 @@ from torch.nn.utils import parametrize
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
+    "NOT_CALLED",
     "PRODUCER_TYPES",
     "Edge",
     "LayerInfo",
@@ -32,6 +33,9 @@ __all__ = [
 
 PRODUCER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Module types whose output units GXDReset can reset."""
+
+NOT_CALLED = "not called in the forward pass"
+"""The reason recorded for a Linear/Conv layer the discovery pass did not call."""
 
 Node = Any  # torch.autograd.graph.Node; its C++ subclasses are not typed
 
@@ -626,7 +630,7 @@ def _producer_problem(
     if problem:
         return problem
     if call is None:
-        return "not called in the forward pass"
+        return NOT_CALLED
     if call.calls > 1:
         return f"called {call.calls} times per forward pass (shared weights)"
     if call.out_node is None:

@@ -18,6 +18,7 @@ from . import checkpoint
 from .config import Config
 from .diagnostics import LayerSummary, format_table, summarise_layer
 from .discovery import (
+    NOT_CALLED,
     LayerInfo,
     discover,
     explicit_layers,
@@ -302,14 +303,18 @@ class GXDReset(torch.optim.Optimizer):
         )
         tracker = Tracker(layers, self._modules, fn, self.config.decay)
         tracker.attach()
-        for name, reason in skipped.items():
-            if reason == "not called in the forward pass":
-                hook = OwnedHook(self, self._modules[name], "_warn_late_call", name)
-                self._late_handles.append(self._modules[name].register_forward_pre_hook(hook))
         if self._lazy_handle is not None:
             self._lazy_handle.remove()
             self._lazy_handle = None
         self._tracker, self._layers, self._skipped = tracker, layers, skipped
+        self._arm_late_warnings()
+
+    def _arm_late_warnings(self) -> None:
+        """Warn when a layer the discovery pass did not call is called in training."""
+        for name, reason in self._skipped.items():
+            if reason == NOT_CALLED:
+                hook = OwnedHook(self, self._modules[name], "_warn_late_call", name)
+                self._late_handles.append(self._modules[name].register_forward_pre_hook(hook))
 
     def _require_tracker(self) -> Tracker:
         if self._tracker is None:
@@ -594,6 +599,7 @@ class GXDReset(torch.optim.Optimizer):
         if self._tracker is not None:
             self._tracker.discard()  # the copy starts between steps
             self._tracker.attach()
+            self._arm_late_warnings()
         else:
             self._arm_discovery()
 
