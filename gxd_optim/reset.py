@@ -6,6 +6,7 @@ import logging
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -119,7 +120,7 @@ class GXDReset(torch.optim.Optimizer):
             raise ValueError(
                 "the model has no Linear or Conv1d/2d/3d layer: GXDReset has no unit to reset"
             )
-        owned = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        owned = _parameter_ids(optimizer)
         if not any(id(p) in owned for p in model.parameters()):
             raise ValueError("the optimizer holds none of the model's parameters")
         exclude = tuple(exclude) if not isinstance(exclude, str) else (exclude,)
@@ -154,7 +155,6 @@ class GXDReset(torch.optim.Optimizer):
         self.model = model
         self.config = config
         self._exclude = exclude
-        self._explicit = explicit is not None
         self._modules = modules
         self._generator = torch.Generator().manual_seed(seed)
         self._reset_hooks: OrderedDict[int, ResetHook] = OrderedDict()
@@ -162,8 +162,7 @@ class GXDReset(torch.optim.Optimizer):
         self._layers: dict[str, LayerInfo] = {}
         self._skipped: dict[str, str] = {}
         self._lazy_handle: RemovableHandle | None = None
-        self._late_handles: list[RemovableHandle] = []
-        self._warned: set[str] = set()
+        self._late_handles: dict[str, RemovableHandle] = {}
         if explicit is not None:
             self._install(*explicit)
         else:
@@ -239,7 +238,7 @@ class GXDReset(torch.optim.Optimizer):
                     kwargs,
                     reference=self.config.reference,
                     exclude=self._exclude,
-                    trainable=self._trainable,
+                    trainable=partial(_in, _parameter_ids(self.optimizer)),
                 )
         finally:
             with torch.no_grad():
@@ -261,16 +260,12 @@ class GXDReset(torch.optim.Optimizer):
         if self._lazy_handle is not None:
             self._lazy_handle.remove()
             self._lazy_handle = None
-        for handle in self._late_handles:
+        for handle in self._late_handles.values():
             handle.remove()
         self._late_handles.clear()
         if self._tracker is not None:
             self._tracker.detach()
             self._tracker.discard()
-
-    def _trainable(self, module: nn.Module) -> bool:
-        owned = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        return id(module.weight) in owned
 
     def _arm_discovery(self) -> None:
         root = unwrap_model(self.model)
@@ -284,9 +279,9 @@ class GXDReset(torch.optim.Optimizer):
             self.discover(*args, **kwargs)
 
     def _warn_late_call(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if not (torch.is_grad_enabled() and module.training) or name in self._warned:
+        if not (torch.is_grad_enabled() and module.training) or name not in self._late_handles:
             return
-        self._warned.add(name)
+        self._late_handles.pop(name).remove()  # warn once
         warnings.warn(
             f"GXDReset: layer `{name}` was not called when the units were discovered, so "
             "the units it reads are not known to be safe to reset. Call opt.discover(...) "
@@ -314,7 +309,7 @@ class GXDReset(torch.optim.Optimizer):
         for name, reason in self._skipped.items():
             if reason == NOT_CALLED:
                 hook = OwnedHook(self, self._modules[name], "_warn_late_call", name)
-                self._late_handles.append(self._modules[name].register_forward_pre_hook(hook))
+                self._late_handles[name] = self._modules[name].register_forward_pre_hook(hook)
 
     def _require_tracker(self) -> Tracker:
         if self._tracker is None:
@@ -588,7 +583,7 @@ class GXDReset(torch.optim.Optimizer):
         state.pop("step", None)  # an LR scheduler's per-instance wrapper of the original's step
         state["_generator"] = self._generator.get_state()
         state["_lazy_handle"] = None
-        state["_late_handles"] = []
+        state["_late_handles"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -602,6 +597,16 @@ class GXDReset(torch.optim.Optimizer):
             self._arm_late_warnings()
         else:
             self._arm_discovery()
+
+
+def _parameter_ids(optimizer: torch.optim.Optimizer) -> set[int]:
+    """Identities of the parameters an optimizer holds."""
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def _in(owned: set[int], module: nn.Module) -> bool:
+    """Whether a layer's weight is among ``owned``."""
+    return id(module.weight) in owned
 
 
 def _refuse_sharded(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

@@ -89,31 +89,27 @@ class _Batch:
     With one consumer (the common case) the batch closes as soon as its gradient arrives.
     """
 
-    __slots__ = ("acc", "expected", "got", "layer", "read", "reported", "samples")
+    __slots__ = ("acc", "layer", "read", "reported", "samples")
 
     def __init__(self, layer: LayerStats, samples: int) -> None:
         self.layer = layer
         self.samples = samples
-        self.expected = 0
-        self.got = 0
         self.acc: Tensor | None = None
         self.read: set[str] = set()  # consumers that read this call's output
         self.reported: set[str] = set()  # consumers whose gradient has arrived
 
     def add(self, consumer: str, scores: Tensor) -> None:
         """Add one consumer's per-sample scores ``[N, U]``; close once all have reported."""
+        if not self.reported and len(self.read) > 1:
+            self.layer.open_batches.append(self)
         self.reported.add(consumer)
         self.acc = scores if self.acc is None else self.acc + scores
-        if self.got == 0 and self.expected > 1:
-            self.layer.open_batches.append(self)
-        self.got += 1
-        if self.got >= self.expected:
+        if len(self.reported) >= len(self.read):
             self.close()
 
     def add_reduced(self, consumer: str, samples: int) -> None:
         """Record that the only consumer reported ``samples`` samples, already reduced."""
         self.reported.add(consumer)
-        self.got += 1
         self.layer.pending_samples += samples
 
     def close(self) -> None:
@@ -231,7 +227,6 @@ class Tracker:
         if consumer in batch.read or x.shape[0] != batch.samples:
             return None  # a second call of the consumer, or a call on another batch
         batch.read.add(consumer)
-        batch.expected += 1
         probed = _Probe.apply(x, partial(self._on_grad, edge, batch))  # type: ignore[no-untyped-call]
         return (probed, *args[1:])
 
@@ -250,7 +245,7 @@ class Tracker:
                 flat = [t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4)]
                 batch.add(edge.edge.consumer, self.utility(flat[0], flat[1], edge.reference))
                 return
-            alone = batch.expected == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
+            alone = len(batch.read) == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
             parts = []
             flat_input = h4.shape[1] * h4.shape[3] == 1
             rows = max(1, (_CHUNK if flat_input else 8 * _CHUNK) // max(1, h4[0].numel()))
