@@ -7,12 +7,21 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .operator import STATE_POLICIES
-from .utilities import UTILITIES, UtilityFn
+from .utilities import CRITERIA, UTILITIES, Criterion, UtilityFn
 
-__all__ = ["REFERENCES", "Config"]
+__all__ = ["REFERENCES", "SELECTIONS", "Config"]
 
 REFERENCES = ("mean", "zero")
 """Names accepted by ``GXDReset(reference=...)``."""
+
+SELECTIONS = ("budget", "threshold")
+"""Names accepted by ``GXDReset(selection=...)``."""
+
+DEFAULT_THRESHOLD = 0.1
+"""``τ`` of ``selection="threshold"`` when none is given."""
+
+DEFAULT_INTERVAL = 1000
+"""``F`` of ``selection="threshold"`` when none is given."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,9 @@ class Config:
     decay: float = 0.99
     seed: int = 0
     state_policy: str = "mean_scale"
+    selection: str = "budget"
+    threshold: float | None = None
+    interval: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.utility, str):
@@ -59,6 +71,35 @@ class Config:
         if self.maturity < 0:
             raise ValueError(f"maturity must be >= 0, got {self.maturity}")
         _integer("seed", self.seed)
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {self.selection!r}; expected one of {SELECTIONS}")
+        if self.selection == "budget" and (self.threshold, self.interval) != (None, None):
+            raise ValueError("threshold= and interval= apply only to selection='threshold'")
+        if self.threshold is not None:
+            _number("threshold", self.threshold)
+            if self.threshold < 0:
+                raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if self.interval is not None:
+            _integer("interval", self.interval)
+            if self.interval < 1:
+                raise ValueError(f"interval must be >= 1, got {self.interval}")
+
+    @property
+    def tau(self) -> float:
+        """The threshold ``τ`` of ``selection="threshold"`` (its default if none was given)."""
+        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
+
+    @property
+    def every(self) -> int:
+        """The interval ``F`` of ``selection="threshold"`` (its default if none was given)."""
+        return DEFAULT_INTERVAL if self.interval is None else self.interval
+
+    @property
+    def criterion(self) -> Criterion:
+        """The criterion that ``utility`` names (or wraps, for a callable)."""
+        if isinstance(self.utility, str):
+            return CRITERIA[self.utility]
+        return Criterion.custom(self.utility)
 
     @property
     def utility_name(self) -> str:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
@@ -17,7 +18,13 @@ from torch.utils.hooks import RemovableHandle
 
 from . import checkpoint
 from .config import Config
-from .diagnostics import LayerSummary, format_table, summarise_layer
+from .diagnostics import (
+    RECENT_RESETS,
+    LayerSummary,
+    ResetRecord,
+    format_table,
+    summarise_layer,
+)
 from .discovery import (
     NOT_CALLED,
     LayerInfo,
@@ -35,14 +42,18 @@ from .operator import (
     reset_norm_entries_,
     unit_columns,
 )
-from .selection import accrue, lowest
+from .sandbox import untouched
+from .selection import accrue, below, lowest
 from .tracking import Tracker
-from .utilities import UTILITIES, UtilityFn, gxd
+from .utilities import UtilityFn, layer_normalised
 
 __all__ = ["GXDReset"]
 
 ResetHook = Callable[[str, Tensor], None]
 _LOG = logging.getLogger("gxd_optim")
+
+LOG_LENGTH = 10_000
+"""How many of the latest resets `GXDReset.reset_log` keeps."""
 
 
 class GXDReset(torch.optim.Optimizer):
@@ -68,9 +79,11 @@ class GXDReset(torch.optim.Optimizer):
     Args:
         optimizer: any ``torch.optim.Optimizer`` holding (some of) the model's parameters.
         model: the model; ``DistributedDataParallel`` and ``torch.compile`` wrappers are fine.
-        utility: ``"gxd"`` or a callable ``fn(h, grad, reference) -> scores`` with ``h, grad``
-            of shape ``[N, U, P]``, ``reference`` ``[U]`` and per-sample ``scores`` ``[N, U]``
-            (see `gxd_optim.utilities`).
+        utility: the criterion: ``"gxd"`` (default) or a baseline, ``"contribution"``,
+            ``"adaptable_contribution"``, ``"activation"``, ``"gradient"``, ``"random"``
+            (see `gxd_optim.utilities`); or a callable ``fn(h, grad, reference) -> scores``
+            with ``h, grad`` of shape ``[N, U, P]``, ``reference`` ``[U]`` and per-sample
+            ``scores`` ``[N, U]``.
         reference: ``"mean"`` (running mean of the unit) or ``"zero"``.
         replacement_rate: fraction of eligible units reset per step; 0 tracks only.
         maturity: a unit is eligible once it has seen more than this many steps.
@@ -80,6 +93,12 @@ class GXDReset(torch.optim.Optimizer):
         exclude: names of Linear/Conv layers never to touch.
         state_policy: ``"mean_scale"`` (default: zero first moments, refill second moments
             with the mean of the untouched entries) or ``"zero"`` (zero every touched slice).
+        selection: ``"budget"`` (default: the fractional budget above, lowest utility first)
+            or ``"threshold"``: every ``interval`` steps reset every eligible unit whose
+            utility divided by its layer's mean is ``<= threshold`` (as ReDo and GraMa do);
+            ``replacement_rate`` is then not used.
+        threshold: ``τ`` of ``selection="threshold"`` (default 0.1).
+        interval: ``F`` of ``selection="threshold"``, in steps (default 1000).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -104,6 +123,9 @@ class GXDReset(torch.optim.Optimizer):
         layers: Mapping[str, Sequence[str]] | None = None,
         exclude: Iterable[str] = (),
         state_policy: str = "mean_scale",
+        selection: str = "budget",
+        threshold: float | None = None,
+        interval: int | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -113,7 +135,18 @@ class GXDReset(torch.optim.Optimizer):
             raise TypeError("optimizer is already a GXDReset; wrap the inner optimizer once")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        config = Config(utility, reference, replacement_rate, maturity, decay, seed, state_policy)
+        config = Config(
+            utility,
+            reference,
+            replacement_rate,
+            maturity,
+            decay,
+            seed,
+            state_policy,
+            selection,
+            threshold,
+            interval,
+        )
         _refuse_sharded(optimizer, model)
         modules = producer_modules(model)
         if not modules:
@@ -158,6 +191,8 @@ class GXDReset(torch.optim.Optimizer):
         self._modules = modules
         self._generator = torch.Generator().manual_seed(seed)
         self._reset_hooks: OrderedDict[int, ResetHook] = OrderedDict()
+        self._reset_pre_hooks: OrderedDict[int, ResetHook] = OrderedDict()
+        self._reset_log: deque[ResetRecord] = deque(maxlen=LOG_LENGTH)
         self._tracker: Tracker | None = None
         self._layers: dict[str, LayerInfo] = {}
         self._skipped: dict[str, str] = {}
@@ -226,24 +261,15 @@ class GXDReset(torch.optim.Optimizer):
 
     def _discover_now(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         root = unwrap_model(self.model)
-        buffers = [(b, b.detach().clone()) for b in root.buffers()]
-        devices = sorted(
-            {p.device.index or 0 for p in root.parameters() if p.device.type == "cuda"}
-        )
-        try:
-            with torch.random.fork_rng(devices=devices):
-                found = discover(
-                    root,
-                    args,
-                    kwargs,
-                    reference=self.config.reference,
-                    exclude=self._exclude,
-                    trainable=partial(_in, _parameter_ids(self.optimizer)),
-                )
-        finally:
-            with torch.no_grad():
-                for buffer, saved in buffers:
-                    buffer.copy_(saved)
+        with untouched(root):
+            found = discover(
+                root,
+                args,
+                kwargs,
+                reference=self.config.reference,
+                exclude=self._exclude,
+                trainable=partial(_in, _parameter_ids(self.optimizer)),
+            )
         if not found[0]:
             lines = "\n".join(f"  {n}: {why}" for n, why in found[1].items())
             raise ValueError(
@@ -290,13 +316,8 @@ class GXDReset(torch.optim.Optimizer):
         )
 
     def _install(self, layers: dict[str, LayerInfo], skipped: dict[str, str]) -> None:
-        utility = self.config.utility
-        fn = (
-            None
-            if utility == "gxd" or utility is gxd
-            else (UTILITIES[utility] if isinstance(utility, str) else utility)
-        )
-        tracker = Tracker(layers, self._modules, fn, self.config.decay)
+        config = self.config
+        tracker = Tracker(layers, self._modules, config.criterion, config.decay, config.seed)
         tracker.attach()
         if self._lazy_handle is not None:
             self._lazy_handle.remove()
@@ -337,13 +358,19 @@ class GXDReset(torch.optim.Optimizer):
 
         Statistics of the backward passes since the last step count only now; a step that saw
         no backward pass (e.g. the zero-gradient step of a checkpoint loader) resets nothing.
+        The units to reset are chosen, and their predicted cost recorded in `reset_log`,
+        before the inner optimizer moves the weights; they are reset after it. With a
+        ``closure`` (which runs backward inside the inner step) everything happens after it.
         """
-        loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
-        if self._tracker is not None:
-            committed = self._tracker.commit()
-            if self.config.replacement_rate > 0:
-                for name in committed:
-                    self._spend_budget(name)
+        loss: Any
+        if closure is not None:
+            loss = self.optimizer.step(closure)
+            due = self._choose_resets()
+        else:
+            due = self._choose_resets()
+            loss = self.optimizer.step()
+        for name, index, predicted in due:
+            self._reset(name, index, predicted)
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -352,17 +379,44 @@ class GXDReset(torch.optim.Optimizer):
         if self._tracker is not None:
             self._tracker.discard()
 
-    def _spend_budget(self, name: str) -> None:
+    def _choose_resets(self) -> list[tuple[str, Tensor, float]]:
+        """Commit the pending statistics; the units due for a reset, with their predicted cost."""
+        if self._tracker is None:
+            return []
+        due = []
+        for name in self._tracker.commit():
+            index = self._choose(name)
+            if index is not None and index.numel():
+                due.append((name, index, self._predicted(name, index)))
+        return due
+
+    def _choose(self, name: str) -> Tensor | None:
         tracker = self._require_tracker()
         layer = tracker.layers[name]
-        eligible = layer.age > self.config.maturity  # on the host: no device sync per step
-        layer.budget = accrue(layer.budget, int(eligible.sum()), self.config.replacement_rate)
-        count = int(layer.budget)
-        if count >= 1:
+        config = self.config
+        eligible = layer.age > config.maturity  # on the host: no device sync per step
+        if config.selection == "threshold":
+            if tracker.steps % config.every or not eligible.any():
+                return None
             utility = tracker.utilities(name)
-            index = lowest(utility, eligible.to(utility.device), count)
-            layer.budget -= count
-            self._reset(name, index)
+            return below(layer_normalised(utility), eligible.to(utility.device), config.tau)
+        if config.replacement_rate == 0:
+            return None
+        layer.budget = accrue(layer.budget, int(eligible.sum()), config.replacement_rate)
+        count = int(layer.budget)
+        if count < 1:
+            return None
+        layer.budget -= count
+        utility = tracker.utilities(name)
+        return lowest(utility, eligible.to(utility.device), count)
+
+    def _predicted(self, name: str, index: Tensor) -> float:
+        """``Σ_{i∈index} c_i`` from the current gradients, or NaN where they are stale."""
+        try:
+            cost = self._require_tracker().predicted_cost(name)
+        except RuntimeError:
+            return math.nan
+        return float(cost.index_select(0, index.to(cost.device)).sum())
 
     # -- queries and manual resets ----------------------------------------------------------
     def utilities(self) -> dict[str, Tensor]:
@@ -413,7 +467,8 @@ class GXDReset(torch.optim.Optimizer):
                 f"indices must lie in [0, {units}) for layer {name!r}, got {index.tolist()}"
             )
         if index.numel():
-            self._reset(name, torch.unique(index))
+            index = torch.unique(index)
+            self._reset(name, index, self._predicted(name, index))
 
     def layer_summaries(self) -> list[LayerSummary]:
         """The numbers behind `summary`, one `LayerSummary` per eligible layer.
@@ -429,7 +484,12 @@ class GXDReset(torch.optim.Optimizer):
         tracker = self._require_tracker()
         return [
             summarise_layer(
-                name, tracker.utilities(name), layer.age, self.config.maturity, layer.resets
+                name,
+                tracker.utilities(name),
+                layer.age,
+                self.config.maturity,
+                layer.resets,
+                [r for r in self._reset_log if r.layer == name][-RECENT_RESETS:],
             )
             for name, layer in tracker.layers.items()
         ]
@@ -458,15 +518,37 @@ class GXDReset(torch.optim.Optimizer):
         tracker = self._require_tracker()
         return {name: layer.resets for name, layer in tracker.layers.items()}
 
+    @property
+    def steps(self) -> int:
+        """Committed steps: optimizer steps that followed at least one backward pass."""
+        return 0 if self._tracker is None else self._tracker.steps
+
+    @property
+    def reset_log(self) -> tuple[ResetRecord, ...]:
+        """The latest resets (at most `LOG_LENGTH`), oldest first, one record per layer and step.
+
+        ``predicted`` is ``Σ c_i`` over the reset units from the gradients of that step
+        (NaN where none were fresh); ``realised`` is filled in by
+        `gxd_optim.diagnostics.measure_realised_cost`. The log is a diagnostic: it is not
+        saved in `state_dict`.
+        """
+        return tuple(self._reset_log)
+
     def register_reset_hook(self, hook: ResetHook) -> RemovableHandle:
         """Call ``hook(name, indices)`` after every reset (e.g. to mirror it into an EMA copy).
 
         Returns:
             A handle whose ``remove()`` unregisters the hook.
         """
-        handle = RemovableHandle(self._reset_hooks)
-        self._reset_hooks[handle.id] = hook
-        return handle
+        return _register(self._reset_hooks, hook)
+
+    def register_reset_pre_hook(self, hook: ResetHook) -> RemovableHandle:
+        """Call ``hook(name, indices)`` right before units are reset (after the inner step).
+
+        Returns:
+            A handle whose ``remove()`` unregisters the hook.
+        """
+        return _register(self._reset_pre_hooks, hook)
 
     def _check_name(self, name: str) -> None:
         self._require_tracker()
@@ -475,9 +557,11 @@ class GXDReset(torch.optim.Optimizer):
             detail = f"it was skipped: {why}" if why else f"eligible layers: {sorted(self._layers)}"
             raise ValueError(f"{name!r} is not an eligible layer ({detail})")
 
-    def _reset(self, name: str, index: Tensor) -> None:
+    def _reset(self, name: str, index: Tensor, predicted: float) -> None:
         tracker = self._require_tracker()
         layer = tracker.layers[name]
+        for hook in list(self._reset_pre_hooks.values()):
+            hook(name, index.clone())
         weight, bias = layer_params(self._modules[name])
         index = index.to(weight.device)
         policy = self.config.state_policy
@@ -500,6 +584,7 @@ class GXDReset(torch.optim.Optimizer):
                 self._clear_state(param, 0, index, policy)
         tracker.restart(name, index)
         layer.resets += int(index.numel())
+        self._reset_log.append(ResetRecord(tracker.steps, name, int(index.numel()), predicted))
         for hook in list(self._reset_hooks.values()):
             hook(name, index.clone())
 
@@ -523,6 +608,7 @@ class GXDReset(torch.optim.Optimizer):
             "layers": None if tracker is None else checkpoint.layers_to_dict(self._layers),
             "skipped": dict(self._skipped),
             "stats": None if tracker is None else checkpoint.pack_stats(tracker),
+            "steps": self.steps,
             "generator": self._generator.get_state(),
         }
         return out
@@ -574,7 +660,9 @@ class GXDReset(torch.optim.Optimizer):
         if saved is not None:
             if self._tracker is None:
                 self._install(saved, dict(entry["skipped"]))
-            checkpoint.load_stats(self._require_tracker(), entry["stats"])
+            tracker = self._require_tracker()
+            checkpoint.load_stats(tracker, entry["stats"])
+            tracker.steps = int(entry.get("steps", 0))
         self._generator.set_state(entry["generator"])
 
     # -- copies -----------------------------------------------------------------------------
@@ -597,6 +685,12 @@ class GXDReset(torch.optim.Optimizer):
             self._arm_late_warnings()
         else:
             self._arm_discovery()
+
+
+def _register(hooks: OrderedDict[int, ResetHook], hook: ResetHook) -> RemovableHandle:
+    handle = RemovableHandle(hooks)
+    hooks[handle.id] = hook
+    return handle
 
 
 def _parameter_ids(optimizer: torch.optim.Optimizer) -> set[int]:

@@ -1,11 +1,12 @@
-"""Which units to reset: a fractional per-layer budget spent lowest utility first."""
+"""Which units to reset: a fractional per-layer budget spent lowest utility first, or every
+unit whose layer-normalised utility falls to a threshold."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-__all__ = ["accrue", "lowest"]
+__all__ = ["accrue", "below", "lowest"]
 
 
 def accrue(budget: float, eligible: int, rate: float) -> float:
@@ -29,3 +30,13 @@ def lowest(utility: Tensor, eligible: Tensor, count: int) -> Tensor:
     masked = torch.where(eligible, utility, torch.full_like(utility, float("inf")))
     order = torch.argsort(masked, stable=True)
     return order[: min(count, int(eligible.sum()))].sort().values
+
+
+def below(normalised: Tensor, eligible: Tensor, threshold: float) -> Tensor:
+    """Indices of the eligible units whose layer-normalised utility is ``<= threshold``.
+
+    Example:
+        >>> below(torch.tensor([0.05, 1.2, 0.1, 0.0]), torch.tensor([True, True, True, False]), 0.1)
+        tensor([0, 2])
+    """
+    return torch.nonzero(eligible & (normalised <= threshold)).reshape(-1)

@@ -26,7 +26,14 @@ from torch.utils.hooks import RemovableHandle
 
 from .discovery import Edge, LayerInfo, layer_params
 from .hooks import OwnedHook
-from .utilities import UtilityFn, predicted_cost
+from .utilities import (
+    CRITERIA,
+    ConsumerView,
+    Criterion,
+    layer_normalised,
+    predicted_cost,
+    random_scores,
+)
 
 __all__ = ["EdgeStats", "LayerStats", "Tracker"]
 
@@ -89,12 +96,13 @@ class _Batch:
     With one consumer (the common case) the batch closes as soon as its gradient arrives.
     """
 
-    __slots__ = ("acc", "layer", "read", "reported", "samples")
+    __slots__ = ("acc", "layer", "output_seen", "read", "reported", "samples")
 
     def __init__(self, layer: LayerStats, samples: int) -> None:
         self.layer = layer
         self.samples = samples
         self.acc: Tensor | None = None
+        self.output_seen = False  # the producer's output gradient arrived (criteria reading it)
         self.read: set[str] = set()  # consumers that read this call's output
         self.reported: set[str] = set()  # consumers whose gradient has arrived
 
@@ -139,6 +147,11 @@ class _Probe(torch.autograd.Function):
         return grad, None
 
 
+def _has_pending(layer: LayerStats) -> bool:
+    """Whether a backward pass reached the layer since the last commit."""
+    return bool(layer.pending_samples) or any(e.pending_count for e in layer.edges)
+
+
 def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
     """View a consumer input as ``[N, pre, U, k·post]`` (a view for contiguous layouts)."""
     if linear:
@@ -152,19 +165,27 @@ class Tracker:
     Args:
         layers: eligible producers.
         modules: every Linear/Conv layer by qualified name.
-        utility: per-sample score function, or ``None`` for the built-in GXD fast path.
+        criterion: how units are scored (`gxd_optim.utilities.CRITERIA`).
         decay: EMA decay ``η`` of utilities and running means.
+        seed: seed of the random criterion's scores.
+
+    Attributes:
+        steps: committed steps (steps that saw at least one backward pass).
     """
 
     def __init__(
         self,
         layers: Mapping[str, LayerInfo],
         modules: Mapping[str, nn.Module],
-        utility: UtilityFn | None,
+        criterion: Criterion,
         decay: float,
+        seed: int = 0,
     ) -> None:
         self.decay = decay
-        self.utility = utility
+        self.criterion = criterion
+        self.seed = seed
+        self.steps = 0
+        self._fast = criterion is CRITERIA["gxd"]  # the streamed GXD path below
         self.modules = dict(modules)
         self.layers: dict[str, LayerStats] = {}
         self._readers: dict[str, tuple[LayerStats, EdgeStats]] = {}
@@ -212,7 +233,10 @@ class Tracker:
 
     def _on_produce(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
         if torch.is_grad_enabled() and module.training and isinstance(output, Tensor):
-            self._current[name] = _Batch(self.layers[name], output.shape[0])
+            batch = self._current[name] = _Batch(self.layers[name], output.shape[0])
+            if self.criterion.reads == "output" and output.requires_grad:
+                linear = isinstance(module, nn.Linear)
+                output.register_hook(partial(self._on_output_grad, batch, linear))  # type: ignore[no-untyped-call]
         else:
             self._current.pop(name, None)
 
@@ -239,11 +263,10 @@ class Tracker:
         with torch.no_grad():
             h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
             edge.pending_count += h.numel() // units
-            edge.grad_version = layer_params(self.modules[edge.edge.consumer])[0]._version
-            if self.utility is not None:
-                edge.pending_h += h4.sum((0, 1, 3), dtype=dtype)
-                flat = [t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4)]
-                batch.add(edge.edge.consumer, self.utility(flat[0], flat[1], edge.reference))
+            consumer_weight = layer_params(self.modules[edge.edge.consumer])[0]
+            edge.grad_version = consumer_weight._version
+            if not self._fast:
+                self._score_generic(edge, batch, h4, g4, consumer_weight)
                 return
             alone = len(batch.read) == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
             parts = []
@@ -262,6 +285,40 @@ class Tracker:
                 batch.add_reduced(edge.edge.consumer, h4.shape[0])
             else:
                 batch.add(edge.edge.consumer, torch.cat(parts))
+
+    def _score_generic(
+        self, edge: EdgeStats, batch: _Batch, h4: Tensor, g4: Tensor, consumer_weight: Tensor
+    ) -> None:
+        """Any criterion but the streamed GXD: running-mean sums, then the criterion's score."""
+        dtype = edge.mean_ema.dtype
+        units = batch.layer.info.num_units
+        if self.criterion.reads != "consumer":
+            if edge.mean:
+                edge.pending_h += h4.sum((0, 1, 3), dtype=dtype)
+            batch.add_reduced(edge.edge.consumer, 0)
+            return
+        assert self.criterion.score is not None
+        edge.pending_h += h4.sum((0, 1, 3), dtype=dtype)
+        h, grad = (t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4))
+        mean = edge.mean_ema / edge.weight_ema.clamp_min(_TINY)
+        producer_weight = layer_params(self.modules[batch.layer.info.name])[0]
+        view = ConsumerView(h, grad, edge.reference, mean, consumer_weight, producer_weight)
+        batch.add(edge.edge.consumer, self.criterion.score(view))
+
+    def _on_output_grad(self, batch: _Batch, linear: bool, grad: Tensor) -> None:
+        """Score the producer's output gradient ``∂ℓ/∂z`` (criteria that read it)."""
+        if batch.output_seen:
+            return  # a further backward through the same forward
+        batch.output_seen = True
+        layer = batch.layer
+        units = layer.info.num_units
+        assert self.criterion.score is not None
+        with torch.no_grad():
+            n = grad.shape[0]
+            g = grad.reshape(n, -1, units).transpose(1, 2) if linear else grad.reshape(n, units, -1)
+            scores = self.criterion.score(g)
+            layer.pending_abs += scores.abs().sum(0, dtype=layer.pending_abs.dtype)
+            layer.pending_samples += n
 
     @staticmethod
     def _scores(edge: EdgeStats, h4: Tensor, g4: Tensor) -> Tensor:
@@ -291,17 +348,19 @@ class Tracker:
         for layer in self.layers.values():
             for batch in list(layer.open_batches):
                 batch.close()
-        done = [(n, layer) for n, layer in self.layers.items() if layer.pending_samples]
+        done = [(n, layer) for n, layer in self.layers.items() if _has_pending(layer)]
         if not done:
             return []
+        self.steps += 1
         weight = 1.0 - self.decay
         with torch.no_grad():
             layers = [layer for _, layer in done]
+            scored = [layer for layer in layers if layer.pending_samples]
             edges = [e for lay in layers for e in lay.edges if e.pending_count]
-            batches = [lay.pending_abs for lay in layers] + [e.pending_h for e in edges]
-            counts = [lay.pending_samples for lay in layers] + [e.pending_count for e in edges]
-            emas = [lay.utility_ema for lay in layers] + [e.mean_ema for e in edges]
-            norms = [lay.weight_ema for lay in layers] + [e.weight_ema for e in edges]
+            batches = [lay.pending_abs for lay in scored] + [e.pending_h for e in edges]
+            counts = [lay.pending_samples for lay in scored] + [e.pending_count for e in edges]
+            emas = [lay.utility_ema for lay in scored] + [e.mean_ema for e in edges]
+            norms = [lay.weight_ema for lay in scored] + [e.weight_ema for e in edges]
             torch._foreach_mul_(batches, [1.0 / n for n in counts])
             for value, ema, norm in zip(batches, emas, norms, strict=True):
                 # A non-finite batch value is replaced by the current bias-corrected estimate,
@@ -320,7 +379,7 @@ class Tracker:
         """Drop statistics of backward passes that no step committed."""
         self._current.clear()
         dirty = [
-            layer for layer in self.layers.values() if layer.pending_samples or layer.open_batches
+            layer for layer in self.layers.values() if _has_pending(layer) or layer.open_batches
         ]
         for layer in dirty:
             layer.open_batches.clear()
@@ -346,9 +405,18 @@ class Tracker:
 
     # -- queries ----------------------------------------------------------------------------
     def utilities(self, name: str) -> Tensor:
-        """Bias-corrected utilities of one layer (0 for units never scored)."""
+        """Bias-corrected utilities of one layer (0 for units never scored).
+
+        Normalised by the layer's mean for the criteria that are; fresh uniform scores of
+        this step for the random criterion.
+        """
         layer = self.layers[name]
-        return layer.utility_ema / layer.weight_ema.clamp_min(_TINY)
+        if self.criterion.reads == "none":
+            index = list(self.layers).index(name)
+            scores = random_scores(layer.info.num_units, self.seed, self.steps, index)
+            return scores.to(layer.utility_ema)
+        utility = layer.utility_ema / layer.weight_ema.clamp_min(_TINY)
+        return layer_normalised(utility) if self.criterion.normalised else utility
 
     def predicted_cost(self, name: str) -> Tensor:
         """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` from the consumers' gradients.

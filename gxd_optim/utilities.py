@@ -1,28 +1,55 @@
-"""Unit scores as pure functions of one consumer's view of a batch.
+"""Unit scores (the reset criteria) as pure functions, and the table that names them.
 
-A utility function sees, for one (producer, consumer) pair and one backward pass,
+Every criterion ranks the units of one producer layer; the units with the lowest utility are
+reset first. A score function sees one backward pass and returns per-sample scores ``[N, U]``;
+GXDReset sums them over the producer's consumers, takes the absolute value per sample,
+averages over samples and keeps an exponential moving average per unit (bias-corrected like
+Adam): the **utility**. The tensors a score can read:
 
-* ``h``: ``[N, U, P]``, the units as the consumer reads them (``N`` samples, ``U`` units,
-  ``P`` positions: spatial positions, tokens, flattened columns),
+* ``h``: ``[N, U, P]``, the units as a consumer reads them (``N`` samples, ``U`` units, ``P``
+  positions: spatial positions, tokens, flattened columns),
 * ``grad``: ``[N, U, P]``, ``∂ℓ/∂h`` through this consumer,
-* ``reference``: ``[U]``, the value ``r`` the reset would substitute,
+* ``reference``: ``[U]``, the value ``r`` the reset would substitute; ``mean``: ``[U]``, the
+  running mean of ``h``,
+* the consumer's outgoing weights and the producer's incoming weights,
+* ``output_grad``: ``[N, U, P]``, ``∂ℓ/∂z`` for the producer's output ``z`` (before its
+  activation), for the gradient criterion.
 
-and returns per-sample scores ``[N, U]``. GXDReset sums them over the producer's consumers,
-takes the absolute value per sample, averages over samples and keeps an exponential moving
-average (bias-corrected like Adam) per unit: the **utility**. Units with the lowest utility are
-reset first.
+Scores are computed per consumer from the current weights, so the weight factors of
+`contribution` and `adaptable_contribution` enter the moving average step by step, as in
+continual backprop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
+import torch
 from torch import Tensor
 
-__all__ = ["UTILITIES", "UtilityFn", "gxd", "predicted_cost"]
+__all__ = [
+    "CRITERIA",
+    "UTILITIES",
+    "ConsumerView",
+    "Criterion",
+    "UtilityFn",
+    "activation",
+    "adaptable_contribution",
+    "contribution",
+    "gradient",
+    "gxd",
+    "layer_normalised",
+    "predicted_cost",
+    "random_scores",
+]
+
+_TINY = 1e-30
 
 UtilityFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""``fn(h, grad, reference) -> scores``: ``[N,U,P], [N,U,P], [U] -> [N,U]``."""
+"""A custom criterion ``fn(h, grad, reference) -> scores``: ``[N,U,P], [N,U,P], [U] -> [N,U]``."""
 
 
 def gxd(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
@@ -36,7 +63,6 @@ def gxd(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
     order, so ``mean_x |a_i(x)|`` is the expected functional cost of the reset.
 
     Example:
-        >>> import torch
         >>> h = torch.tensor([[[1.0, 3.0]]]); g = torch.tensor([[[0.5, -1.0]]])
         >>> gxd(h, g, torch.tensor([1.0]))
         tensor([[-2.]])
@@ -44,8 +70,188 @@ def gxd(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
     return (grad * (h - reference[:, None])).sum(-1)
 
 
-UTILITIES: dict[str, UtilityFn] = {"gxd": gxd}
-"""Built-in utilities by the name ``GXDReset(utility=...)`` accepts."""
+def contribution(h: Tensor, out_weight: Tensor) -> Tensor:
+    """Continual backprop's contribution utility, per sample.
+
+    $$
+    s_i(x) = \\operatorname{mean}_p |h_{i,p}(x)| \\cdot \\sum_{o} |W^{out}_{o,i}|
+    $$
+
+    Args:
+        h: ``[N, U, P]`` the units as the consumer reads them.
+        out_weight: ``[U]``, ``Σ|W_out|`` over the consumer's weights that read each unit.
+
+    Example:
+        >>> h = torch.tensor([[[1.0, -3.0], [0.0, 2.0]]])
+        >>> contribution(h, torch.tensor([0.5, 2.0]))
+        tensor([[1., 2.]])
+    """
+    return h.abs().mean(-1) * out_weight
+
+
+def adaptable_contribution(
+    h: Tensor, mean: Tensor, out_weight: Tensor, in_weight: Tensor
+) -> Tensor:
+    """Continual backprop's adaptable contribution utility, per sample.
+
+    $$
+    s_i(x) = \\frac{\\operatorname{mean}_p |h_{i,p}(x) - \\bar h_i| \\cdot
+        \\sum_{o} |W^{out}_{o,i}|}{\\sum_{j} |W^{in}_{i,j}|}
+    $$
+
+    with ``h̄`` the running mean of the unit.
+
+    Args:
+        h: ``[N, U, P]`` the units as the consumer reads them.
+        mean: ``[U]`` running mean of each unit.
+        out_weight: ``[U]``, ``Σ|W_out|`` over the consumer's weights that read each unit.
+        in_weight: ``[U]``, ``Σ|W_in|`` over the producer's weights of each unit.
+
+    Example:
+        >>> h = torch.tensor([[[1.0, 3.0]]])
+        >>> adaptable_contribution(h, torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([4.0]))
+        tensor([[0.5000]])
+    """
+    return (h - mean[:, None]).abs().mean(-1) * out_weight / in_weight.clamp_min(_TINY)
+
+
+def activation(h: Tensor) -> Tensor:
+    """ReDo's activation score, per sample: ``mean_p |h_{i,p}(x)|``.
+
+    Reported divided by the layer's mean (`layer_normalised`), as ReDo thresholds it.
+
+    Example:
+        >>> activation(torch.tensor([[[1.0, -3.0], [0.0, 0.0]]]))
+        tensor([[2., 0.]])
+    """
+    return h.abs().mean(-1)
+
+
+def gradient(output_grad: Tensor) -> Tensor:
+    """GraMa's gradient-magnitude score, per sample: ``mean_p |∂ℓ/∂z_{i,p}(x)|``.
+
+    ``z`` is the producer's output before any activation, so a unit that a ReLU has switched
+    off for every sample scores 0. Reported divided by the layer's mean (`layer_normalised`).
+
+    Example:
+        >>> gradient(torch.tensor([[[0.5, -1.5], [0.0, 0.0]]]))
+        tensor([[1., 0.]])
+    """
+    return output_grad.abs().mean(-1)
+
+
+def random_scores(units: int, seed: int, step: int, layer: int) -> Tensor:
+    """Uniform scores in ``[0, 1)``, a pure function of ``(seed, step, layer)``.
+
+    The random criterion draws new scores at every selection; deriving them from the step
+    keeps them identical on every process and independent of how often they are read.
+
+    Example:
+        >>> a, b = random_scores(4, 0, 7, 1), random_scores(4, 0, 7, 1)
+        >>> bool((a == b).all()), a.shape
+        (True, torch.Size([4]))
+    """
+    generator = torch.Generator().manual_seed(((seed * 1_000_003) + step) * 1_009 + layer)
+    return torch.rand(units, generator=generator, dtype=torch.float64)
+
+
+def layer_normalised(utility: Tensor) -> Tensor:
+    """Utilities divided by their layer's mean, as ReDo and GraMa compare them to ``τ``.
+
+    Example:
+        >>> layer_normalised(torch.tensor([1.0, 2.0, 3.0]))
+        tensor([0.5000, 1.0000, 1.5000])
+    """
+    return utility / utility.mean().clamp_min(_TINY)
+
+
+@dataclass(frozen=True)
+class ConsumerView:
+    """What a score function sees of one (producer, consumer) pair in one backward pass.
+
+    Attributes:
+        h: ``[N, U, P]`` the units as the consumer reads them.
+        grad: ``[N, U, P]`` ``∂ℓ/∂h`` through this consumer.
+        reference: ``[U]`` the value the reset substitutes.
+        mean: ``[U]`` the running mean of ``h``.
+        consumer_weight: the consumer's weight ``[out, U·k, *kernel]``.
+        producer_weight: the producer's weight ``[U, in, *kernel]``.
+    """
+
+    h: Tensor
+    grad: Tensor
+    reference: Tensor
+    mean: Tensor
+    consumer_weight: Tensor
+    producer_weight: Tensor
+
+    def out_weight(self) -> Tensor:
+        """``[U]``: ``Σ|W_out|`` over the consumer weights that read each unit."""
+        w = self.consumer_weight.detach()
+        return w.abs().reshape(w.shape[0], self.h.shape[1], -1).sum((0, 2)).to(self.h.dtype)
+
+    def in_weight(self) -> Tensor:
+        """``[U]``: ``Σ|W_in|`` over the producer weights of each unit."""
+        w = self.producer_weight.detach()
+        return w.abs().reshape(w.shape[0], -1).sum(1).to(self.h.dtype)
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """How one criterion is computed.
+
+    Attributes:
+        name: the name ``GXDReset(utility=...)`` accepts.
+        reads: ``"consumer"`` (scores from each consumer's `ConsumerView`), ``"output"``
+            (scores from the producer's output gradient) or ``"none"`` (random).
+        score: ``ConsumerView -> [N, U]`` for ``"consumer"``, ``[N, U, P] -> [N, U]`` for
+            ``"output"``; ``None`` for ``"none"``.
+        normalised: whether utilities are reported divided by their layer's mean.
+    """
+
+    name: str
+    reads: Literal["consumer", "output", "none"]
+    score: Callable[..., Tensor] | None
+    normalised: bool = False
+
+    @staticmethod
+    def custom(fn: UtilityFn) -> Criterion:
+        """A criterion from a user's ``fn(h, grad, reference) -> [N, U]``."""
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        return Criterion(name, "consumer", partial(_on_view, fn))
+
+
+def _on_view(fn: UtilityFn, view: ConsumerView) -> Tensor:
+    return fn(view.h, view.grad, view.reference)
+
+
+def _contribution(view: ConsumerView) -> Tensor:
+    return contribution(view.h, view.out_weight())
+
+
+def _adaptable_contribution(view: ConsumerView) -> Tensor:
+    return adaptable_contribution(view.h, view.mean, view.out_weight(), view.in_weight())
+
+
+def _activation(view: ConsumerView) -> Tensor:
+    return activation(view.h)
+
+
+CRITERIA: dict[str, Criterion] = {
+    c.name: c
+    for c in (
+        Criterion("gxd", "consumer", partial(_on_view, gxd)),
+        Criterion("contribution", "consumer", _contribution),
+        Criterion("adaptable_contribution", "consumer", _adaptable_contribution),
+        Criterion("activation", "consumer", _activation, normalised=True),
+        Criterion("gradient", "output", gradient, normalised=True),
+        Criterion("random", "none", None),
+    )
+}
+"""The built-in criteria by name."""
+
+UTILITIES: tuple[str, ...] = tuple(CRITERIA)
+"""Names accepted by ``GXDReset(utility=...)``: gxd and the baselines."""
 
 
 def predicted_cost(

@@ -188,13 +188,9 @@ def test_selection_follows_budget_maturity_and_lowest_utility() -> None:
     model = _model()
     opt = _wrap(model, "sgd", replacement_rate=0.25, maturity=3)
     chosen: list[tuple[str, list[int], Tensor]] = []
-    reset = opt._reset
-
-    def spy(name: str, index: Tensor) -> None:  # the utilities the selection saw
-        chosen.append((name, index.tolist(), opt.utilities()[name].clone()))
-        reset(name, index)
-
-    opt._reset = spy  # type: ignore[method-assign]
+    opt.register_reset_pre_hook(  # the utilities the selection saw
+        lambda name, index: chosen.append((name, index.tolist(), opt.utilities()[name].clone()))
+    )
     _train(model, opt, range(3))
     assert not chosen  # ages 1..3 are not above maturity 3: nothing eligible, nothing accrues
     _train(model, opt, range(3, 4))
