@@ -412,11 +412,12 @@ class GXDReset(torch.optim.Optimizer):
 
     def _predicted(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` from the current gradients, or NaN where they are stale."""
+        tracker = self._require_tracker()
         try:
-            cost = self._require_tracker().predicted_cost(name)
+            cost = tracker.predicted_cost(name, index.to(tracker.layers[name].utility_ema.device))
         except RuntimeError:
             return math.nan
-        return float(cost.index_select(0, index.to(cost.device)).sum())
+        return float(cost.sum())
 
     # -- queries and manual resets ----------------------------------------------------------
     def utilities(self) -> dict[str, Tensor]:

@@ -26,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .discovery import Edge, LayerInfo, layer_params
 from .hooks import OwnedHook
+from .operator import unit_columns
 from .utilities import (
     CRITERIA,
     ConsumerView,
@@ -418,15 +419,18 @@ class Tracker:
         utility = layer.utility_ema / layer.weight_ema.clamp_min(_TINY)
         return layer_normalised(utility) if self.criterion.normalised else utility
 
-    def predicted_cost(self, name: str) -> Tensor:
+    def predicted_cost(self, name: str, index: Tensor | None = None) -> Tensor:
         """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` from the consumers' gradients.
+
+        With ``index``, only for those units (in that order), reading only their columns.
 
         Raises:
             RuntimeError: a consumer has no gradient (before ``backward()``, or after
                 ``zero_grad()``).
         """
         layer = self.layers[name]
-        cost = torch.zeros_like(layer.utility_ema)
+        units = layer.utility_ema if index is None else layer.utility_ema.index_select(0, index)
+        cost = torch.zeros_like(units)
         found = False
         with torch.no_grad():
             for edge in layer.edges:
@@ -447,9 +451,15 @@ class Tracker:
                         f"predicted_cost({name!r}) needs the bias gradient of "
                         f"`{edge.edge.consumer}` (its bias does not require grad)"
                     )
-                cost += predicted_cost(
-                    weight, weight.grad, bias_grad, reference, edge.edge.columns_per_unit
-                ).to(cost.dtype)
+                k = edge.edge.columns_per_unit
+                weight_grad = weight.grad
+                if index is not None:
+                    columns = unit_columns(index, k).to(weight.device)
+                    weight, weight_grad = (
+                        t.index_select(1, columns) for t in (weight, weight_grad)
+                    )
+                    reference = None if reference is None else reference.index_select(0, index)
+                cost += predicted_cost(weight, weight_grad, bias_grad, reference, k).to(cost.dtype)
         if not found:
             raise RuntimeError(
                 f"predicted_cost({name!r}) needs the gradients of its consumers: "

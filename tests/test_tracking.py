@@ -104,6 +104,12 @@ def test_statistics_match_a_brute_force_oracle(case: str) -> None:
                     r = _reference(reference, edge)
                     expected_cost += (g3 * (r[:, None] - h3)).sum((0, 2))
             torch.testing.assert_close(opt.predicted_cost(name), expected_cost)
+            # the reset step reads only the chosen units' columns: same numbers, any order
+            subset = torch.tensor([info.num_units - 1, 0])
+            assert opt._tracker is not None
+            torch.testing.assert_close(
+                opt._tracker.predicted_cost(name, subset), expected_cost[subset]
+            )
         opt.step()
         for name, info in layers.items():
             accumulated: list[Tensor] = []
