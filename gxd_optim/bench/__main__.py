@@ -5,6 +5,10 @@ it stores its handler as ``args.handler``, which `main` calls.
 
 Example:
     ``python -m gxd_optim.bench overhead --cases a,mlp-b1-sgd --repeats 50``
+
+    ``python -m gxd_optim.bench run bitflip --utilities gxd,contribution --seeds 3 --out out``
+
+    ``python -m gxd_optim.bench sweep memorisation --rates 1e-4,1e-3,1e-2 --quick``
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from pathlib import Path
 
 import torch
 
-from . import overhead
+from . import overhead, report
+from .common import write_json
+from .problems import PROBLEMS
+from .runner import CRITERIA, NONE, Options, run_benchmark, run_sweep
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -30,6 +37,40 @@ def _count(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _names(known: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        if names == ("all",):
+            return tuple(known)
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(
+                f"unknown {unknown or text!r}; known: {', '.join(known)} (or 'all')"
+            )
+        return names
+
+    return parse
+
+
+def _positive_floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+    if not values or any(not v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    return tuple(sorted(set(values)))
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
 
 
 def _cases(text: str) -> tuple[str, ...]:
@@ -116,8 +157,154 @@ def _overhead(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- list, run, sweep --------------------------------------------------------------------------
+def _add_list(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("list", help="the problems, their settings and the criteria")
+    parser.set_defaults(handler=_list, parser=parser)
+
+
+def _list(args: argparse.Namespace) -> int:
+    print("problems (settings: full-scale defaults; change with --set KEY=VALUE):")
+    for problem in PROBLEMS.values():
+        data = {"none": "", "optional": " [--data-dir optional]", "required": " [--data-dir]"}
+        print(f"  {problem.name:<13} {problem.summary}{data[problem.data]}")
+        settings = ", ".join(f"{k}={v}" for k, v in vars(problem.settings()).items())
+        print(f"  {'':<13} {problem.metric}; {settings}")
+    print(f"criteria: {', '.join(CRITERIA)}  ('{NONE}': the bare optimizer, no reset)")
+    return 0
+
+
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``sweep``."""
+    parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
+    parser.add_argument(
+        "--utilities",
+        type=_names([c for c in CRITERIA if c != NONE]),
+        default=tuple(c for c in CRITERIA if c != NONE),
+        help="comma-separated criteria, or 'all' (default); 'none' always runs too",
+    )
+    parser.add_argument("--seeds", type=_count(1), default=1, help="seeds 0..N-1 (default 1)")
+    parser.add_argument("--quick", action="store_true", help="a tiny scale that checks the command")
+    parser.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a problem setting (repeatable; tuples as 128-128); see 'list'",
+    )
+    parser.add_argument("--selection", choices=("budget", "threshold"), default=None)
+    parser.add_argument("--threshold", type=float, default=None, help="τ of threshold selection")
+    parser.add_argument("--interval", type=_count(1), default=None, help="F of threshold selection")
+    parser.add_argument("--maturity", type=_count(0), default=None, help="GXDReset maturity")
+    parser.add_argument("--data-dir", type=Path, default=None, help="local MNIST / CIFAR-10 files")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    parser.add_argument(
+        "--threads", type=_count(1), default=1, help="torch.set_num_threads (default 1)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "run",
+        help="train each criterion on a problem: curves, reset costs, table",
+        description=(
+            "Train the bare optimizer ('none') and GXDReset with each criterion on a problem; "
+            "write OUT/run.json, OUT/curves.png and OUT/costs.png and print a Markdown table."
+        ),
+    )
+    _add_training(parser)
+    parser.add_argument(
+        "--replacement-rate", type=float, default=None, help="GXDReset replacement_rate"
+    )
+    parser.set_defaults(handler=_run, parser=parser)
+
+
+def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "sweep",
+        help="run each criterion at several replacement rates: where does it degrade?",
+        description=(
+            "Train each criterion at every replacement rate (budget selection); write "
+            "OUT/sweep.json and OUT/sweep.png and print a table with each criterion's "
+            "degradation onset."
+        ),
+    )
+    _add_training(parser)
+    parser.add_argument(
+        "--rates",
+        type=_positive_floats,
+        default=(1e-5, 1e-4, 1e-3),
+        help="comma-separated replacement rates (default 1e-5,1e-4,1e-3)",
+    )
+    parser.set_defaults(handler=_sweep, parser=parser)
+
+
+def _prepare(args: argparse.Namespace) -> tuple[object, dict[str, object], Options]:
+    """The problem's settings, the GXDReset options given, the run options (or a usage error)."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        args.parser.error("--device cuda: torch.cuda.is_available() is False")
+    problem = PROBLEMS[args.problem]
+    if problem.data == "required" and args.data_dir is None:
+        args.parser.error(f"problem {problem.name!r} reads local files: pass --data-dir")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        args.parser.error(f"--data-dir {args.data_dir}: not a directory")
+    try:
+        settings = problem.settings(args.quick, dict(args.set))
+    except ValueError as error:
+        args.parser.error(f"--set: {error}")
+    given = {
+        "replacement_rate": getattr(args, "replacement_rate", None),
+        "selection": args.selection,
+        "threshold": args.threshold,
+        "interval": args.interval,
+        "maturity": args.maturity,
+    }
+    reset = {k: v for k, v in given.items() if v is not None}
+    options = Options(args.device, args.data_dir, args.threads, not args.no_progress)
+    return settings, reset, options
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings, reset, options = _prepare(args)
+    problem = PROBLEMS[args.problem]
+    result = run_benchmark(
+        problem, settings, args.utilities, args.seeds, reset, options, quick=args.quick
+    )
+    written = [
+        write_json(result, args.out, "run.json"),
+        report.curve_plot(result, args.out / "curves.png"),
+        report.cost_plot(result, args.out / "costs.png"),
+    ]
+    print(report.summary_text(result))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    settings, reset, options = _prepare(args)
+    if reset.get("selection", "budget") != "budget":
+        args.parser.error("a sweep varies replacement_rate: use --selection budget")
+    problem = PROBLEMS[args.problem]
+    result = run_sweep(
+        problem, settings, args.utilities, args.rates, args.seeds, reset, options, quick=args.quick
+    )
+    written = [
+        write_json(result, args.out, "sweep.json"),
+        report.sweep_plot(result, args.out / "sweep.png"),
+    ]
+    print(report.summary_text(result))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
     _add_overhead,
+    _add_list,
+    _add_run,
+    _add_sweep,
 )
 """Functions that each add one command's subparser."""
 

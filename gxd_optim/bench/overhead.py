@@ -31,12 +31,8 @@ Example:
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import math
 import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -53,8 +49,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import __version__
 from ..reset import GXDReset
+from .common import (
+    cpu_seconds,
+    environment,
+    environment_text,
+    load_average,
+    machine_info,
+    other_cpu_percent,
+    progress_bar,
+    source_info,
+    write_json,
+)
 
 __all__ = [
     "ARMS",
@@ -913,108 +919,6 @@ def measure_case(case: Case, settings: Settings, tick: Tick | None = None) -> di
     }
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip()
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """The machine and software a run measured, with the current torch thread settings."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-        "device": str(device),
-        "gpu": None,
-        "cuda": torch.version.cuda,
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def load_average() -> list[float] | None:
-    """The system's 1, 5 and 15-minute load averages (``None`` where unknown)."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpu_seconds() -> tuple[float, float, float] | None:
-    """(busy, total) CPU seconds of the whole machine from /proc/stat, and this process's."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-        tick = float(os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, AttributeError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
-    return (total - idle) / tick, total / tick, time.process_time()
-
-
-def other_cpu_percent(
-    start: tuple[float, float, float] | None, end: tuple[float, float, float] | None
-) -> float | None:
-    """Share of the machine's CPU time that other processes used between two readings.
-
-    Args:
-        start: `_cpu_seconds` at the start.
-        end: `_cpu_seconds` at the end.
-
-    Returns:
-        Percent of all cores' time busy outside this process; ``None`` where unknown.
-
-    Example:
-        >>> other_cpu_percent((10.0, 100.0, 1.0), (25.0, 120.0, 11.0))
-        25.0
-    """
-    if start is None or end is None or end[1] <= start[1]:
-        return None
-    others = (end[0] - start[0]) - (end[2] - start[2])
-    return max(0.0, 100.0 * others / (end[1] - start[1]))
-
-
-def source_info() -> dict[str, Any]:
-    """The measured library: version, git commit, local changes (and a hash of the package's)."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    diff = _git("diff", "HEAD", "--", "..")  # the whole gxd_optim package
-    return {
-        "gxd_optim": __version__,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
-        "package_diff_sha1": hashlib.sha1(diff.encode()).hexdigest() if diff else None,
-    }
-
-
 def run_overhead(settings: Settings, *, progress: bool = True) -> dict[str, Any]:
     """Run the selected cases and return the full report.
 
@@ -1028,22 +932,20 @@ def run_overhead(settings: Settings, *, progress: bool = True) -> dict[str, Any]
     Raises:
         ValueError: ``device="cuda"`` without CUDA.
     """
-    from tqdm import tqdm
-
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
     cases = [_BY_NAME[name] for name in settings.cases]
     threads = torch.get_num_threads()
     start = time.perf_counter()
-    load_start, cpu_start = load_average(), _cpu_seconds()
+    load_start, cpu_start = load_average(), cpu_seconds()
     try:
         if settings.threads is not None:
             torch.set_num_threads(settings.threads)
         machine = machine_info(device)
         records = []
         total = sum(settings.calls(case) for case in cases)
-        with tqdm(total=total, unit="call", disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total, "call", progress) as bar:
             for case in cases:
                 bar.set_description(case.name)
                 records.append(measure_case(case, settings, bar.update))
@@ -1060,10 +962,7 @@ def run_overhead(settings: Settings, *, progress: bool = True) -> dict[str, Any]
         "goals": {name: asdict(goal) for name, goal in GOALS.items()},
         "cases": records,
         "seconds": time.perf_counter() - start,
-        "environment": {
-            "load_average_at_start": load_start,
-            "other_processes_cpu_percent": other_cpu_percent(cpu_start, _cpu_seconds()),
-        },
+        "environment": environment(load_start, cpu_start),
     }
 
 
@@ -1107,18 +1006,7 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
     Returns:
         The file written.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "overhead.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
-
-
-def _environment_text(environment: Mapping[str, Any]) -> str:
-    load, others = environment["load_average_at_start"], environment["other_processes_cpu_percent"]
-    parts = [] if load is None else [f"load average {load[0]:.2f} at the start"]
-    if others is not None:
-        parts.append(f"other processes used {others:.0f}% of the CPU time during the run")
-    return "; ".join(parts) or "machine load unknown"
+    return write_json(report, out_dir, "overhead.json")
 
 
 def summary_text(report: Mapping[str, Any]) -> str:
@@ -1140,7 +1028,7 @@ def summary_text(report: Mapping[str, Any]) -> str:
             f"gxd_optim {source['gxd_optim']} ({commit})",
             f"{settings['warmup']} warm-up calls per arm, {settings['memory_steps']} calls in "
             f"each memory window, {report['seconds']:.0f} s in all; "
-            f"{_environment_text(report['environment'])}"
+            f"{environment_text(report['environment'])}"
             + (" (--quick: not a measurement)" if settings["quick"] else ""),
             "ratio: median over the timed pairs of candidate / baseline step time; peak memory: "
             "increase of the steady-state step's peak over the baseline's (see 'method' in the "

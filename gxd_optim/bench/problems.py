@@ -1,0 +1,577 @@
+"""The benchmark problems: each builds a model, an optimizer and a stream of segments.
+
+A *segment* is one point of a learning curve: a bin of examples (bit-flipping) or a task.
+The runner trains on every batch of a segment, then reads the segment's performance and the
+fraction of dormant units on its probe inputs. Every problem is a pure function of its
+settings and a seed; nothing is downloaded (MNIST and CIFAR-10 are read from ``data_dir``).
+
+Problems (`PROBLEMS`):
+
+* ``bitflip``: slowly-changing regression (Dohare et al. 2024): 20 binary inputs, 15 of
+  which flip one at a time every 10,000 examples, the target a fixed net of 100 LTUs
+  (β = 0.7); a 20-5-1 ReLU learner, SGD 0.01, batch 1; online squared error per bin of
+  20,000 examples.
+* ``memorisation``: random-label memorisation (the demo's problem): 1,000 fixed Gaussian
+  inputs, new random labels each task, a 32-128-128-10 ReLU MLP, Adam 1e-3; training
+  accuracy at the end of each task.
+* ``digits``: scikit-learn's 8×8 digits with a new pixel permutation per task, a
+  64-128-128-10 ReLU MLP, Adam 1e-3; held-out accuracy at the end of each task.
+* ``mnist``: online permuted MNIST from local IDX files (``--data-dir``): each task a new
+  permutation of 784 pixels, every example seen once, SGD; online accuracy per task.
+* ``cnn``: continual binary image tasks for a small CNN (conv-BN-ReLU-pool blocks and a linear
+  head): each task two new classes of generated images (smooth random prototypes, shifted, plus
+  noise) or, with ``--data-dir``, two random CIFAR-10 classes; held-out accuracy per task.
+
+Example:
+    >>> settings = PROBLEMS["bitflip"].settings(quick=True)
+    >>> settings.segments, settings.steps_per_segment
+    (4, 1000)
+    >>> instance = PROBLEMS["bitflip"].build(settings, 0, torch.device("cpu"), None)
+    >>> x, y = next(iter(next(instance.segments).batches))
+    >>> x.shape, y.shape
+    (torch.Size([1, 20]), torch.Size([1, 1]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..sandbox import untouched
+from .datasets import load_cifar10, load_digits, load_mnist
+from .metrics import accuracy
+from .models import relu_mlp, small_cnn
+from .streams import (
+    BitFlipStream,
+    LTUTarget,
+    class_pairs,
+    minibatches,
+    permutations,
+    prototype_images,
+    random_label_data,
+)
+
+__all__ = [
+    "PROBLEMS",
+    "BitFlipSettings",
+    "CNNSettings",
+    "DigitsSettings",
+    "Instance",
+    "MNISTSettings",
+    "MemorisationSettings",
+    "Problem",
+    "Segment",
+    "apply_overrides",
+]
+
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One point of the learning curve.
+
+    Attributes:
+        batches: the training batches ``(inputs, targets)``, in order.
+        evaluate: ``online -> performance``; ``online`` stacks the instance's online score of
+            every batch (``None`` if the instance has none). Called after the last batch.
+        probe: inputs on which dormant units are counted after the segment.
+    """
+
+    batches: Iterable[Batch]
+    evaluate: Callable[[Tensor | None], float]
+    probe: Tensor
+
+
+@dataclass
+class Instance:
+    """One seeded problem, ready to train.
+
+    Attributes:
+        model: the network (on the requested device).
+        optimizer: the bare optimizer over its parameters.
+        loss: ``(output, target) -> scalar`` training loss.
+        segments: the segments, produced lazily.
+        online: ``(output, target) -> 0-d tensor`` score of a batch read before the step on
+            it (online performance), or ``None`` where the segment evaluates otherwise.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss: Callable[[Tensor, Tensor], Tensor]
+    segments: Iterator[Segment]
+    online: Callable[[Tensor, Tensor], Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A registered benchmark problem.
+
+    Attributes:
+        name: the command-line name.
+        summary: one line for ``list``.
+        metric: what ``performance`` is (e.g. ``"squared error"``).
+        higher_is_better: whether a larger performance is better.
+        axis: label of the learning curve's x axis (the segment's unit).
+        settings_type: the settings dataclass; its defaults are the full scale.
+        quick: overrides of ``--quick`` (a scale for tests and CI).
+        builder: ``(settings, seed, device, data_dir) -> Instance``.
+        data: ``"none"``, ``"optional"`` or ``"required"``: what it does with ``--data-dir``.
+    """
+
+    name: str
+    summary: str
+    metric: str
+    higher_is_better: bool
+    axis: str
+    settings_type: type[Any]
+    quick: Mapping[str, Any]
+    builder: Callable[[Any, int, torch.device, Path | None], Instance]
+    data: str = "none"
+
+    def settings(
+        self, quick: bool = False, overrides: Mapping[str, str] = MappingProxyType({})
+    ) -> Any:
+        """The settings at full or quick scale, with ``KEY=VALUE`` overrides applied."""
+        base = self.settings_type(**(self.quick if quick else {}))
+        return apply_overrides(base, overrides)
+
+    def build(
+        self, settings: Any, seed: int, device: torch.device, data_dir: Path | None
+    ) -> Instance:
+        """The seeded instance.
+
+        Raises:
+            ValueError: the problem needs ``data_dir`` and none was given.
+        """
+        if self.data == "required" and data_dir is None:
+            raise ValueError(f"problem {self.name!r} reads local files: pass --data-dir")
+        return self.builder(settings, seed, device, data_dir if self.data != "none" else None)
+
+
+def apply_overrides(settings: Any, overrides: Mapping[str, str]) -> Any:
+    """``settings`` with fields replaced from text values (converted to the field's type).
+
+    Raises:
+        ValueError: an unknown field, or a value that does not convert.
+
+    Example:
+        >>> apply_overrides(BitFlipSettings(), {"examples": "40000", "lr": "0.1"}).examples
+        40000
+    """
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    changes: dict[str, Any] = {}
+    for key, text in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown setting {key!r}; known: {', '.join(fields)}")
+        current = getattr(settings, key)
+        try:
+            if isinstance(current, tuple):
+                changes[key] = tuple(int(v) for v in text.split("-"))
+            else:
+                changes[key] = type(current)(text)
+        except ValueError:
+            raise ValueError(
+                f"setting {key}: cannot read {text!r} as {type(current).__name__}"
+            ) from None
+    return dataclasses.replace(settings, **changes)
+
+
+def _check_positive(settings: Any) -> None:
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, (int, float)) and v <= 0 and f.name != "noise" for v in values):
+            raise ValueError(f"setting {f.name} must be positive, got {value}")
+
+
+@torch.no_grad()
+def _held_out_accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
+    was_training = model.training
+    try:
+        with untouched(model):
+            model.eval()
+            return float(accuracy(model(inputs), labels))
+    finally:
+        model.train(was_training)
+
+
+def _accuracy_at_end(
+    model: nn.Module, inputs: Tensor, labels: Tensor
+) -> Callable[[Tensor | None], float]:
+    """A segment's ``evaluate``: the accuracy on ``inputs`` once the segment is trained."""
+    return lambda _: _held_out_accuracy(model, inputs, labels)
+
+
+def _epochs(
+    inputs: Tensor, targets: Tensor, epochs: int, batch: int, order: torch.Generator
+) -> Iterator[Batch]:
+    for _ in range(epochs):
+        for index in minibatches(len(inputs), batch, order):
+            yield inputs[index], targets[index]
+
+
+def _mean_online(online: Tensor | None) -> float:
+    assert online is not None
+    return float(online.mean())
+
+
+# -- bit-flipping ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BitFlipSettings:
+    """Slowly-changing regression; defaults are the paper's (Dohare et al. 2024)."""
+
+    examples: int = 1_000_000
+    bin: int = 20_000
+    flip_after: int = 10_000
+    inputs: int = 20
+    flipping: int = 15
+    target_features: int = 100
+    beta: float = 0.7
+    hidden: int = 5
+    lr: float = 0.01
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+        if self.examples % self.bin or self.bin % self.batch:
+            raise ValueError("examples must be a multiple of bin, and bin of batch")
+
+    @property
+    def segments(self) -> int:
+        """Bins."""
+        return self.examples // self.bin
+
+    @property
+    def steps_per_segment(self) -> int:
+        """Optimizer steps per bin."""
+        return self.bin // self.batch
+
+
+def _bitflip(s: BitFlipSettings, seed: int, device: torch.device, _: Path | None) -> Instance:
+    target = LTUTarget.draw(seed, s.inputs, s.target_features, s.beta)
+    stream = BitFlipStream(seed + 1, s.inputs, s.flipping, s.flip_after)
+    model = relu_mlp((s.inputs, s.hidden, 1), seed=seed).to(device)
+
+    def segments() -> Iterator[Segment]:
+        for _ in range(s.segments):
+            x = stream.take(s.bin)
+            y = target(x)
+            x, y = x.to(device), y.to(device)
+            batches = ((x[i : i + s.batch], y[i : i + s.batch]) for i in range(0, s.bin, s.batch))
+            yield Segment(batches, _mean_online, x[:1000])
+
+    return Instance(
+        model,
+        torch.optim.SGD(model.parameters(), lr=s.lr),
+        F.mse_loss,
+        segments(),
+        online=lambda output, target: F.mse_loss(output, target),
+    )
+
+
+# -- random-label memorisation -----------------------------------------------------------------
+@dataclass(frozen=True)
+class MemorisationSettings:
+    """Random-label memorisation; defaults are those of ``examples/continual_demo.py``."""
+
+    tasks: int = 60
+    samples: int = 1000
+    input_dim: int = 32
+    classes: int = 10
+    width: int = 128
+    depth: int = 2
+    epochs: int = 100
+    batch: int = 100
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+
+    @property
+    def segments(self) -> int:
+        """Tasks."""
+        return self.tasks
+
+    @property
+    def steps_per_segment(self) -> int:
+        """Adam steps per task."""
+        return self.epochs * -(-self.samples // self.batch)
+
+
+def _memorisation(
+    s: MemorisationSettings, seed: int, device: torch.device, _: Path | None
+) -> Instance:
+    inputs, labels = random_label_data(s.samples, s.input_dim, s.classes, s.tasks, seed)
+    inputs, labels = inputs.to(device), labels.to(device)
+    model = relu_mlp((s.input_dim, *[s.width] * s.depth, s.classes), seed=seed).to(device)
+    order = torch.Generator().manual_seed(seed + 1)
+
+    def segments() -> Iterator[Segment]:
+        for task in range(s.tasks):
+            y = labels[task]
+            yield Segment(
+                _epochs(inputs, y, s.epochs, s.batch, order),
+                _accuracy_at_end(model, inputs, y),
+                inputs,
+            )
+
+    return Instance(
+        model, torch.optim.Adam(model.parameters(), lr=s.lr), F.cross_entropy, segments()
+    )
+
+
+# -- permuted digits ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DigitsSettings:
+    """Permuted scikit-learn digits."""
+
+    tasks: int = 50
+    epochs: int = 5
+    batch: int = 16
+    hidden: tuple[int, ...] = (128, 128)
+    lr: float = 1e-3
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+
+    @property
+    def segments(self) -> int:
+        """Tasks."""
+        return self.tasks
+
+    @property
+    def steps_per_segment(self) -> int:
+        """Adam steps per task."""
+        train = 1797 - int(1797 * self.test_fraction)
+        return self.epochs * -(-train // self.batch)
+
+
+def _digits(s: DigitsSettings, seed: int, device: torch.device, _: Path | None) -> Instance:
+    inputs, labels = load_digits()
+    split = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
+    test = int(len(inputs) * s.test_fraction)
+    train_x, train_y = inputs[split[test:]].to(device), labels[split[test:]].to(device)
+    test_x, test_y = inputs[split[:test]].to(device), labels[split[:test]].to(device)
+    model = relu_mlp((64, *s.hidden, 10), seed=seed).to(device)
+    perms = permutations(s.tasks, 64, seed + 2).to(device)
+    order = torch.Generator().manual_seed(seed + 1)
+
+    def segments() -> Iterator[Segment]:
+        for p in perms:
+            x, xt = train_x[:, p], test_x[:, p]
+            yield Segment(
+                _epochs(x, train_y, s.epochs, s.batch, order),
+                _accuracy_at_end(model, xt, test_y),
+                x,
+            )
+
+    return Instance(
+        model, torch.optim.Adam(model.parameters(), lr=s.lr), F.cross_entropy, segments()
+    )
+
+
+# -- online permuted MNIST ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class MNISTSettings:
+    """Online permuted MNIST (read from ``--data-dir``): every example seen once per task."""
+
+    tasks: int = 50
+    examples: int = 60_000
+    batch: int = 16
+    hidden: tuple[int, ...] = (256, 256, 256)
+    lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+        if self.examples % self.batch:
+            raise ValueError("examples must be a multiple of batch")
+
+    @property
+    def segments(self) -> int:
+        """Tasks."""
+        return self.tasks
+
+    @property
+    def steps_per_segment(self) -> int:
+        """SGD steps per task."""
+        return self.examples // self.batch
+
+
+def _mnist(s: MNISTSettings, seed: int, device: torch.device, data_dir: Path | None) -> Instance:
+    assert data_dir is not None
+    inputs, labels = load_mnist(data_dir, "train")
+    if s.examples > len(inputs):
+        raise ValueError(f"examples={s.examples} but {data_dir} holds {len(inputs)} images")
+    inputs, labels = inputs.to(device), labels.to(device)
+    model = relu_mlp((inputs.shape[1], *s.hidden, 10), seed=seed).to(device)
+    perms = permutations(s.tasks, inputs.shape[1], seed + 2).to(device)
+    order = torch.Generator().manual_seed(seed + 1)
+
+    def segments() -> Iterator[Segment]:
+        for p in perms:
+            pick = torch.randperm(len(inputs), generator=order)[: s.examples].to(device)
+            x, y = inputs[pick][:, p], labels[pick]
+            batches = (
+                (x[i : i + s.batch], y[i : i + s.batch]) for i in range(0, s.examples, s.batch)
+            )
+            yield Segment(batches, _mean_online, x[:1000])
+
+    return Instance(
+        model,
+        torch.optim.SGD(model.parameters(), lr=s.lr),
+        F.cross_entropy,
+        segments(),
+        online=accuracy,
+    )
+
+
+# -- continual convolutional tasks -------------------------------------------------------------
+@dataclass(frozen=True)
+class CNNSettings:
+    """Binary image tasks for a small CNN (generated, or CIFAR-10 from ``--data-dir``)."""
+
+    tasks: int = 40
+    train: int = 640
+    test: int = 200
+    epochs: int = 5
+    batch: int = 32
+    channels: tuple[int, ...] = (16, 32)
+    image_size: int = 16
+    noise: float = 1.0
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+
+    @property
+    def segments(self) -> int:
+        """Tasks."""
+        return self.tasks
+
+    @property
+    def steps_per_segment(self) -> int:
+        """Adam steps per task."""
+        return self.epochs * -(-self.train // self.batch)
+
+
+def _cifar_tasks(
+    s: CNNSettings, data_dir: Path, seed: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    images, labels = load_cifar10(data_dir)
+    images = (images - 0.5) / 0.25
+    split = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    held = len(images) // 6
+    pools = {"test": split[:held], "train": split[held:]}
+    for a, b in class_pairs(s.tasks, 10, seed + 2).tolist():
+        parts = []
+        for name, count in (("train", s.train), ("test", s.test)):
+            pool = pools[name]
+            mine = pool[(labels[pool] == a) | (labels[pool] == b)]
+            pick = mine[torch.randperm(len(mine), generator=generator)[:count]]
+            parts += [images[pick], (labels[pick] == b).long()]
+        yield parts[0], parts[1], parts[2], parts[3]
+
+
+def _generated_tasks(
+    s: CNNSettings, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    for _ in range(s.tasks):
+        x, y = prototype_images(s.train + s.test, 2, s.image_size, s.noise, generator)
+        yield x[: s.train], y[: s.train], x[s.train :], y[s.train :]
+
+
+def _cnn(s: CNNSettings, seed: int, device: torch.device, data_dir: Path | None) -> Instance:
+    size = 32 if data_dir is not None else s.image_size
+    model = small_cnn(s.channels, 2, seed=seed, image_size=size).to(device)
+    generator = torch.Generator().manual_seed(seed + 3)
+    order = torch.Generator().manual_seed(seed + 1)
+    tasks = (
+        _cifar_tasks(s, data_dir, seed, generator)
+        if data_dir is not None
+        else _generated_tasks(s, generator)
+    )
+
+    def segments() -> Iterator[Segment]:
+        for x, y, xt, yt in tasks:
+            x, y, xt, yt = x.to(device), y.to(device), xt.to(device), yt.to(device)
+            yield Segment(
+                _epochs(x, y, s.epochs, s.batch, order),
+                _accuracy_at_end(model, xt, yt),
+                x[:256],
+            )
+
+    return Instance(
+        model, torch.optim.Adam(model.parameters(), lr=s.lr), F.cross_entropy, segments()
+    )
+
+
+PROBLEMS: Mapping[str, Problem] = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            Problem(
+                "bitflip",
+                "slowly-changing regression (Dohare et al. 2024): 20-5-1 ReLU net, SGD, batch 1",
+                "squared error",
+                False,
+                "examples",
+                BitFlipSettings,
+                {"examples": 4000, "bin": 1000, "flip_after": 500},
+                _bitflip,
+            ),
+            Problem(
+                "memorisation",
+                "random-label memorisation: fixed inputs, new labels per task, ReLU MLP, Adam",
+                "training accuracy",
+                True,
+                "task",
+                MemorisationSettings,
+                {"tasks": 3, "samples": 128, "input_dim": 8, "width": 16, "epochs": 5, "batch": 32},
+                _memorisation,
+            ),
+            Problem(
+                "digits",
+                "permuted scikit-learn digits: new pixel permutation per task, ReLU MLP, Adam",
+                "held-out accuracy",
+                True,
+                "task",
+                DigitsSettings,
+                {"tasks": 3, "epochs": 1, "batch": 64, "hidden": (16,)},
+                _digits,
+            ),
+            Problem(
+                "mnist",
+                "online permuted MNIST from local IDX files (--data-dir), ReLU MLP, SGD",
+                "online accuracy",
+                True,
+                "task",
+                MNISTSettings,
+                {"tasks": 2, "examples": 64, "hidden": (16,)},
+                _mnist,
+                data="required",
+            ),
+            Problem(
+                "cnn",
+                "binary image tasks (generated or CIFAR-10 in --data-dir), conv-BN-ReLU-pool CNN",
+                "held-out accuracy",
+                True,
+                "task",
+                CNNSettings,
+                {"tasks": 3, "train": 64, "test": 32, "epochs": 1, "channels": (4, 8)},
+                _cnn,
+                data="optional",
+            ),
+        )
+    }
+)
+"""The problems by name."""

@@ -1,0 +1,239 @@
+"""Tables and plots of a benchmark report (``run`` or ``sweep``).
+
+Example:
+    >>> summary = {"none": {"early": 0.5, "average": 0.6, "final": 0.7, "final_dormant": 0.25,
+    ...     "resets_per_run": 0, "records": 0, "mean_abs_realised_per_unit": float("nan"),
+    ...     "mean_abs_predicted_per_unit": float("nan"), "spearman": float("nan")}}
+    >>> print(run_table(summary, "squared error").splitlines()[2])
+    | none | 0.5 | 0.6 | 0.7 | 25.0% | 0 | — | — | — |
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runner import NONE
+
+__all__ = ["cost_plot", "curve_plot", "run_table", "summary_text", "sweep_plot", "sweep_table"]
+
+_COLOURS = {
+    "none": "tab:gray",
+    "gxd": "tab:blue",
+    "contribution": "tab:orange",
+    "adaptable_contribution": "tab:green",
+    "activation": "tab:red",
+    "gradient": "tab:purple",
+    "random": "tab:brown",
+}
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}g}"
+
+
+def run_table(summary: Mapping[str, Mapping[str, Any]], metric: str) -> str:
+    """The per-criterion summary of a ``run`` report as a Markdown table."""
+    header = (
+        f"| criterion | early {metric} | average | final | dormant (final) | resets / run "
+        "| mean abs realised / unit | mean abs predicted / unit | Spearman ρ |"
+    )
+    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    for name, s in summary.items():
+        rho = s["spearman"]
+        rho_cell = _num(rho, 2) if s["records"] < 3 else f"{_num(rho, 2)} (n={s['records']})"
+        rows.append(
+            f"| {name} | {_num(s['early'])} | {_num(s['average'])} | {_num(s['final'])} "
+            f"| {s['final_dormant']:.1%} | {s['resets_per_run']:g} "
+            f"| {_num(s['mean_abs_realised_per_unit'])} "
+            f"| {_num(s['mean_abs_predicted_per_unit'])} | {rho_cell} |"
+        )
+    return "\n".join(rows)
+
+
+def sweep_table(report: Mapping[str, Any]) -> str:
+    """A ``sweep`` report as a Markdown table: average performance per rate, and the onset."""
+    rates = [f"{r:g}" for r in report["rates"]]
+    metric = report["problem"]["metric"]
+    header = f"| criterion | {' | '.join(rates)} | degrades from |"
+    rows = [
+        f"Average {metric} per replacement rate (degrades from: the smallest rate from which it "
+        f"stays {report['tolerance']:.0%} worse than its best)",
+        "",
+        header,
+        "|" + "---|" * (header.count("|") - 1),
+    ]
+    for name, by_rate in report["summary"].items():
+        if name == NONE:
+            cells = [_num(by_rate["any"]["average"])] * len(rates)
+            onset = "(no resets)"
+        else:
+            cells = [_num(by_rate[r]["average"]) for r in rates]
+            value = report["onset"][name]
+            onset = "not within the rates" if value is None else f"{value:g}"
+        rows.append(f"| {name} | {' | '.join(cells)} | {onset} |")
+    return "\n".join(rows)
+
+
+def summary_text(report: Mapping[str, Any]) -> str:
+    """The table of a report plus the lines that say what was run, where and how long."""
+    problem, machine = report["problem"], report["machine"]
+    table = (
+        run_table(report["summary"], problem["metric"])
+        if report["benchmark"] == "run"
+        else sweep_table(report)
+    )
+    commit = (report["source"]["git_commit"] or "unknown commit")[:12]
+    if report["source"]["git_dirty"]:
+        commit += " + local changes"
+    lines = [
+        table,
+        "",
+        f"{problem['name']}: {problem['summary']}; {report['seeds']} seed(s); "
+        f"{'lower' if not problem['higher_is_better'] else 'higher'} {problem['metric']} is "
+        f"better; early/final = mean over the first/last tenth of the segments",
+        f"device {machine['device']}, {machine['cpu']}, {machine['threads']} thread(s); "
+        f"torch {machine['torch']}; gxd_optim {report['source']['gxd_optim']} ({commit}); "
+        f"{report['seconds']:.0f} s"
+        + (" (--quick: not a measurement)" if problem["quick"] else ""),
+    ]
+    return "\n".join(lines)
+
+
+def _x_values(report: Mapping[str, Any], segments: int) -> np.ndarray:
+    span = int(report["problem"]["settings"].get("bin", 1))
+    return np.arange(1, segments + 1) * span
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curve_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Learning curves (mean over seeds, band from the lowest to the highest seed) and the
+    fraction of dormant units, per criterion."""
+    plt = _pyplot()
+    problem = report["problem"]
+    fig, (ax_perf, ax_dead) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name in report["criteria"]:
+        runs = [r for r in report["runs"] if r["criterion"] == name]
+        for ax, key in ((ax_perf, "performance"), (ax_dead, "dormant")):
+            values = np.array([r[key] for r in runs], dtype=float)
+            x = _x_values(report, values.shape[1])
+            colour = _COLOURS.get(name)
+            ax.plot(x, values.mean(0), label=name, color=colour, lw=1.5)
+            if len(runs) > 1:
+                ax.fill_between(x, values.min(0), values.max(0), color=colour, alpha=0.15)
+    ax_perf.set(xlabel=problem["axis"], ylabel=problem["metric"], title="performance per segment")
+    ax_dead.set(
+        xlabel=problem["axis"],
+        ylabel="fraction of ReLU units dormant",
+        ylim=(-0.02, 1.02),
+        title="dormant units (zero on every probe input)",
+    )
+    ax_perf.legend(fontsize=8)
+    fig.suptitle(_title(report), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _title(report: Mapping[str, Any]) -> str:
+    reset = ", ".join(f"{k}={v}" for k, v in report["reset"].items()) or "library defaults"
+    return f"{report['problem']['name']}: {report['seeds']} seed(s), GXDReset {reset}" + (
+        " (--quick)" if report["problem"]["quick"] else ""
+    )
+
+
+def cost_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Realised against predicted cost of every measured reset, one colour per criterion."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    limits: list[float] = []
+    for name in report["criteria"]:
+        records = [
+            r
+            for run in report["runs"]
+            if run["criterion"] == name
+            for r in run["records"]
+            if math.isfinite(r[3]) and math.isfinite(r[4])
+        ]
+        if not records:
+            continue
+        predicted = np.array([r[3] for r in records])
+        realised = np.array([r[4] for r in records])
+        rho = report["summary"][name]["spearman"]
+        ax.scatter(
+            predicted,
+            realised,
+            s=8,
+            alpha=0.5,
+            color=_COLOURS.get(name),
+            label=f"{name} (ρ={_num(rho, 2)}, n={len(records)})",
+        )
+        limits += [float(np.abs(predicted).max()), float(np.abs(realised).max())]
+    if limits:
+        top = max(limits)
+        ax.plot(
+            [-top, top], [-top, top], color="black", lw=0.8, ls="--", label="realised = predicted"
+        )
+        ax.set_xscale("symlog", linthresh=top * 1e-3)
+        ax.set_yscale("symlog", linthresh=top * 1e-3)
+    ax.set(
+        xlabel="predicted cost (first order, from the step's gradients)",
+        ylabel="realised cost (batch loss after − before the reset)",
+        title=_title(report),
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Average performance against replacement rate per criterion (log x); the plain run as a
+    horizontal line, each criterion's degradation onset marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    rates = report["rates"]
+    for name, by_rate in report["summary"].items():
+        colour = _COLOURS.get(name)
+        if name == NONE:
+            ax.axhline(by_rate["any"]["average"], color=colour, ls="--", label="none (no reset)")
+            continue
+        values = [by_rate[f"{r:g}"]["average"] for r in rates]
+        ax.plot(rates, values, marker="o", color=colour, label=name)
+        onset = report["onset"][name]
+        if onset is not None:
+            ax.scatter(
+                [onset],
+                [by_rate[f"{onset:g}"]["average"]],
+                s=120,
+                facecolors="none",
+                edgecolors=colour,
+                linewidths=2,
+            )
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="replacement rate",
+        ylabel=f"average {report['problem']['metric']}",
+        title=_title(report) + "\n(circle: degradation onset)",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
