@@ -50,6 +50,9 @@ import torch
 from torch import Tensor, nn
 
 from gxd_optim import STATE_POLICIES, GXDReset
+from gxd_optim.bench.metrics import accuracy, dormant_fraction
+from gxd_optim.bench.models import relu_mlp
+from gxd_optim.bench.streams import minibatches, random_label_data
 
 LIBRARY_STATE_POLICY: str = inspect.signature(GXDReset).parameters["state_policy"].default
 """The library's default ``state_policy`` (used when ``--state-policy`` is not given)."""
@@ -115,7 +118,8 @@ def make_mlp(config: DemoConfig) -> nn.Sequential:
     """Build the ReLU MLP ``input → (Linear, ReLU) × depth → Linear → logits``.
 
     The weights are drawn from PyTorch's default initialisation under ``config.seed`` without
-    touching the caller's global random state, so every run starts from the same network.
+    touching the caller's global random state, so every run starts from the same network
+    (`gxd_optim.bench.models.relu_mlp`, shared with the benchmark's memorisation problem).
 
     Args:
         config: the demo configuration.
@@ -123,15 +127,8 @@ def make_mlp(config: DemoConfig) -> nn.Sequential:
     Returns:
         The model.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        layers: list[nn.Module] = []
-        fan_in = config.input_dim
-        for _ in range(config.depth):
-            layers += [nn.Linear(fan_in, config.width), nn.ReLU()]
-            fan_in = config.width
-        layers.append(nn.Linear(fan_in, config.classes))
-        return nn.Sequential(*layers)
+    sizes = (config.input_dim, *[config.width] * config.depth, config.classes)
+    return relu_mlp(sizes, seed=config.seed)
 
 
 def make_data(config: DemoConfig) -> tuple[Tensor, Tensor]:
@@ -144,10 +141,9 @@ def make_data(config: DemoConfig) -> tuple[Tensor, Tensor]:
         ``inputs`` of shape ``[samples, input_dim]`` and ``labels`` of shape
         ``[tasks, samples]`` (task ``t`` uses ``labels[t]``).
     """
-    generator = torch.Generator().manual_seed(config.seed)
-    inputs = torch.randn(config.samples, config.input_dim, generator=generator)
-    labels = torch.randint(0, config.classes, (config.tasks, config.samples), generator=generator)
-    return inputs, labels
+    return random_label_data(
+        config.samples, config.input_dim, config.classes, config.tasks, config.seed
+    )
 
 
 @torch.no_grad()
@@ -167,15 +163,9 @@ def evaluate(model: nn.Sequential, inputs: Tensor, labels: Tensor) -> tuple[floa
     """
     was_training = model.training
     model.eval()
-    h, dead, total = inputs, 0, 0
-    for module in model:
-        h = module(h)
-        if isinstance(module, nn.ReLU):
-            dead += int((h <= 0).all(dim=0).sum())
-            total += h.shape[1]
+    correct = float(accuracy(model(inputs), labels))
     model.train(was_training)
-    accuracy = float((h.argmax(dim=1) == labels).float().mean())
-    return accuracy, dead / max(total, 1)
+    return correct, dormant_fraction(model, inputs)
 
 
 def train_sequence(config: DemoConfig, method: str, log: bool = True) -> dict[str, Any]:
@@ -218,9 +208,7 @@ def train_sequence(config: DemoConfig, method: str, log: bool = True) -> dict[st
         targets = labels[task]
         loss = torch.zeros(())
         for _ in range(config.epochs):
-            permutation = torch.randperm(config.samples, generator=order)
-            for first in range(0, config.samples, config.batch_size):
-                batch = permutation[first : first + config.batch_size]
+            for batch in minibatches(config.samples, config.batch_size, order):
                 loss = loss_fn(model(inputs[batch]), targets[batch])
                 optimizer.zero_grad()
                 loss.backward()
