@@ -270,9 +270,12 @@ def _prepare(args: argparse.Namespace) -> tuple[object, dict[str, object], Optio
 def _run(args: argparse.Namespace) -> int:
     settings, reset, options = _prepare(args)
     problem = PROBLEMS[args.problem]
-    result = run_benchmark(
-        problem, settings, args.utilities, args.seeds, reset, options, quick=args.quick
-    )
+    try:
+        result = run_benchmark(
+            problem, settings, args.utilities, args.seeds, reset, options, quick=args.quick
+        )
+    except (ValueError, FileNotFoundError) as error:  # bad settings or data files
+        args.parser.error(str(error))
     written = [
         write_json(result, args.out, "run.json"),
         report.curve_plot(result, args.out / "curves.png"),
@@ -288,9 +291,19 @@ def _sweep(args: argparse.Namespace) -> int:
     if reset.get("selection", "budget") != "budget":
         args.parser.error("a sweep varies replacement_rate: use --selection budget")
     problem = PROBLEMS[args.problem]
-    result = run_sweep(
-        problem, settings, args.utilities, args.rates, args.seeds, reset, options, quick=args.quick
-    )
+    try:
+        result = run_sweep(
+            problem,
+            settings,
+            args.utilities,
+            args.rates,
+            args.seeds,
+            reset,
+            options,
+            quick=args.quick,
+        )
+    except (ValueError, FileNotFoundError) as error:  # bad settings or data files
+        args.parser.error(str(error))
     written = [
         write_json(result, args.out, "sweep.json"),
         report.sweep_plot(result, args.out / "sweep.png"),
