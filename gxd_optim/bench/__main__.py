@@ -17,6 +17,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -267,23 +268,39 @@ def _prepare(args: argparse.Namespace) -> tuple[object, dict[str, object], Optio
     return settings, reset, options
 
 
-def _run(args: argparse.Namespace) -> int:
-    settings, reset, options = _prepare(args)
-    problem = PROBLEMS[args.problem]
+def _report(
+    args: argparse.Namespace, compute: Callable[[], dict[str, Any]], files: dict[str, Any]
+) -> int:
+    """Compute a report, write it and its plots into ``args.out``, print its summary.
+
+    Args:
+        compute: runs the benchmark; a ``ValueError`` or ``FileNotFoundError`` (bad settings,
+            missing or malformed data files) becomes a usage error.
+        files: ``{file name: plot function}``; ``"*.json"`` names the JSON report.
+    """
     try:
-        result = run_benchmark(
-            problem, settings, args.utilities, args.seeds, reset, options, quick=args.quick
-        )
-    except (ValueError, FileNotFoundError) as error:  # bad settings or data files
+        result = compute()
+    except (ValueError, FileNotFoundError) as error:
         args.parser.error(str(error))
     written = [
-        write_json(result, args.out, "run.json"),
-        report.curve_plot(result, args.out / "curves.png"),
-        report.cost_plot(result, args.out / "costs.png"),
+        write_json(result, args.out, name) if plot is None else plot(result, args.out / name)
+        for name, plot in files.items()
     ]
     print(report.summary_text(result))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings, reset, options = _prepare(args)
+    problem = PROBLEMS[args.problem]
+    return _report(
+        args,
+        lambda: run_benchmark(
+            problem, settings, args.utilities, args.seeds, reset, options, quick=args.quick
+        ),
+        {"run.json": None, "curves.png": report.curve_plot, "costs.png": report.cost_plot},
+    )
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -291,8 +308,9 @@ def _sweep(args: argparse.Namespace) -> int:
     if reset.get("selection", "budget") != "budget":
         args.parser.error("a sweep varies replacement_rate: use --selection budget")
     problem = PROBLEMS[args.problem]
-    try:
-        result = run_sweep(
+    return _report(
+        args,
+        lambda: run_sweep(
             problem,
             settings,
             args.utilities,
@@ -301,16 +319,9 @@ def _sweep(args: argparse.Namespace) -> int:
             reset,
             options,
             quick=args.quick,
-        )
-    except (ValueError, FileNotFoundError) as error:  # bad settings or data files
-        args.parser.error(str(error))
-    written = [
-        write_json(result, args.out, "sweep.json"),
-        report.sweep_plot(result, args.out / "sweep.png"),
-    ]
-    print(report.summary_text(result))
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+        ),
+        {"sweep.json": None, "sweep.png": report.sweep_plot},
+    )
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (

@@ -224,6 +224,24 @@ def _mean_online(online: Tensor | None) -> float:
     return float(online.mean())
 
 
+class _Tasks:
+    """Settings whose segments are tasks; every number must be positive."""
+
+    tasks: int
+
+    def __post_init__(self) -> None:
+        _check_positive(self)
+
+    @property
+    def segments(self) -> int:
+        """Tasks."""
+        return self.tasks
+
+
+def _epoch_steps(epochs: int, examples: int, batch: int) -> int:
+    return epochs * -(-examples // batch)
+
+
 # -- bit-flipping ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BitFlipSettings:
@@ -280,7 +298,7 @@ def _bitflip(s: BitFlipSettings, seed: int, device: torch.device, _: Path | None
 
 # -- random-label memorisation -----------------------------------------------------------------
 @dataclass(frozen=True)
-class MemorisationSettings:
+class MemorisationSettings(_Tasks):
     """Random-label memorisation; defaults are those of ``examples/continual_demo.py``."""
 
     tasks: int = 60
@@ -293,18 +311,10 @@ class MemorisationSettings:
     batch: int = 100
     lr: float = 1e-3
 
-    def __post_init__(self) -> None:
-        _check_positive(self)
-
-    @property
-    def segments(self) -> int:
-        """Tasks."""
-        return self.tasks
-
     @property
     def steps_per_segment(self) -> int:
         """Adam steps per task."""
-        return self.epochs * -(-self.samples // self.batch)
+        return _epoch_steps(self.epochs, self.samples, self.batch)
 
 
 def _memorisation(
@@ -331,7 +341,7 @@ def _memorisation(
 
 # -- permuted digits ---------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DigitsSettings:
+class DigitsSettings(_Tasks):
     """Permuted scikit-learn digits."""
 
     tasks: int = 50
@@ -341,19 +351,11 @@ class DigitsSettings:
     lr: float = 1e-3
     test_fraction: float = 0.2
 
-    def __post_init__(self) -> None:
-        _check_positive(self)
-
-    @property
-    def segments(self) -> int:
-        """Tasks."""
-        return self.tasks
-
     @property
     def steps_per_segment(self) -> int:
         """Adam steps per task."""
         train = 1797 - int(1797 * self.test_fraction)
-        return self.epochs * -(-train // self.batch)
+        return _epoch_steps(self.epochs, train, self.batch)
 
 
 def _digits(s: DigitsSettings, seed: int, device: torch.device, _: Path | None) -> Instance:
@@ -382,7 +384,7 @@ def _digits(s: DigitsSettings, seed: int, device: torch.device, _: Path | None) 
 
 # -- online permuted MNIST ---------------------------------------------------------------------
 @dataclass(frozen=True)
-class MNISTSettings:
+class MNISTSettings(_Tasks):
     """Online permuted MNIST (read from ``--data-dir``): every example seen once per task."""
 
     tasks: int = 50
@@ -392,14 +394,9 @@ class MNISTSettings:
     lr: float = 0.01
 
     def __post_init__(self) -> None:
-        _check_positive(self)
+        super().__post_init__()
         if self.examples % self.batch:
             raise ValueError("examples must be a multiple of batch")
-
-    @property
-    def segments(self) -> int:
-        """Tasks."""
-        return self.tasks
 
     @property
     def steps_per_segment(self) -> int:
@@ -437,7 +434,7 @@ def _mnist(s: MNISTSettings, seed: int, device: torch.device, data_dir: Path | N
 
 # -- continual convolutional tasks -------------------------------------------------------------
 @dataclass(frozen=True)
-class CNNSettings:
+class CNNSettings(_Tasks):
     """Binary image tasks for a small CNN (generated, or CIFAR-10 from ``--data-dir``)."""
 
     tasks: int = 40
@@ -450,18 +447,10 @@ class CNNSettings:
     noise: float = 1.0
     lr: float = 1e-3
 
-    def __post_init__(self) -> None:
-        _check_positive(self)
-
-    @property
-    def segments(self) -> int:
-        """Tasks."""
-        return self.tasks
-
     @property
     def steps_per_segment(self) -> int:
         """Adam steps per task."""
-        return self.epochs * -(-self.train // self.batch)
+        return _epoch_steps(self.epochs, self.train, self.batch)
 
 
 def _cifar_tasks(
