@@ -40,6 +40,7 @@ __all__ = ["EdgeStats", "LayerStats", "Tracker"]
 
 _TINY = 1e-30
 _CHUNK = 1 << 17  # elements per chunk of a flat reduction (its one temporary); x8 for dot products
+_DEFER = 1 << 15  # consumer inputs this small are reduced at the commit, back to back
 
 
 @dataclass
@@ -97,7 +98,7 @@ class _Batch:
     With one consumer (the common case) the batch closes as soon as its gradient arrives.
     """
 
-    __slots__ = ("acc", "layer", "output_seen", "read", "reported", "samples")
+    __slots__ = ("acc", "arrived", "layer", "output_seen", "read", "reported", "samples")
 
     def __init__(self, layer: LayerStats, samples: int) -> None:
         self.layer = layer
@@ -105,7 +106,8 @@ class _Batch:
         self.acc: Tensor | None = None
         self.output_seen = False  # the producer's output gradient arrived (criteria reading it)
         self.read: set[str] = set()  # consumers that read this call's output
-        self.reported: set[str] = set()  # consumers whose gradient has arrived
+        self.arrived: set[str] = set()  # consumers whose gradient has arrived
+        self.reported: set[str] = set()  # consumers whose scores have been added
 
     def add(self, consumer: str, scores: Tensor) -> None:
         """Add one consumer's per-sample scores ``[N, U]``; close once all have reported."""
@@ -191,6 +193,7 @@ class Tracker:
         self.layers: dict[str, LayerStats] = {}
         self._readers: dict[str, tuple[LayerStats, EdgeStats]] = {}
         self._current: dict[str, _Batch] = {}
+        self._deferred: list[tuple[EdgeStats, _Batch, Tensor, Tensor]] = []
         self._handles: list[RemovableHandle] = []
         for name, info in layers.items():
             weight, _ = layer_params(modules[name])
@@ -256,18 +259,34 @@ class Tracker:
         return (probed, *args[1:])
 
     def _on_grad(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
-        if edge.edge.consumer in batch.reported:
+        consumer = edge.edge.consumer
+        if consumer in batch.arrived:
             return  # a further backward through the same forward (retain_graph, autograd.grad)
+        batch.arrived.add(consumer)
+        edge.grad_version = layer_params(self.modules[consumer])[0]._version
+        if h.numel() <= _DEFER:
+            # Between the large kernels of a backward pass the interpreter runs from a cold
+            # cache; small inputs cost little memory to keep and reduce faster together.
+            self._deferred.append((edge, batch, h.detach(), grad.detach()))
+        else:
+            self._reduce(edge, batch, h, grad)
+
+    def _flush(self) -> None:
+        """Reduce the deferred small inputs, in the order their gradients arrived."""
+        deferred, self._deferred = self._deferred, []
+        for pair in deferred:
+            self._reduce(*pair)
+
+    def _reduce(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
+        """Fold one consumer's ``(h, ∂ℓ/∂h)`` into the pending statistics."""
         layer = batch.layer
         units = layer.info.num_units
         dtype = edge.mean_ema.dtype
         with torch.no_grad():
             h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
             edge.pending_count += h.numel() // units
-            consumer_weight = layer_params(self.modules[edge.edge.consumer])[0]
-            edge.grad_version = consumer_weight._version
             if not self._fast:
-                self._score_generic(edge, batch, h4, g4, consumer_weight)
+                self._score_generic(edge, batch, h4, g4)
                 return
             alone = len(batch.read) == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
             parts = []
@@ -287,9 +306,7 @@ class Tracker:
             else:
                 batch.add(edge.edge.consumer, torch.cat(parts))
 
-    def _score_generic(
-        self, edge: EdgeStats, batch: _Batch, h4: Tensor, g4: Tensor, consumer_weight: Tensor
-    ) -> None:
+    def _score_generic(self, edge: EdgeStats, batch: _Batch, h4: Tensor, g4: Tensor) -> None:
         """Any criterion but the streamed GXD: running-mean sums, then the criterion's score."""
         dtype = edge.mean_ema.dtype
         units = batch.layer.info.num_units
@@ -303,6 +320,7 @@ class Tracker:
         h, grad = (t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4))
         mean = edge.mean_ema / edge.weight_ema.clamp_min(_TINY)
         producer_weight = layer_params(self.modules[batch.layer.info.name])[0]
+        consumer_weight = layer_params(self.modules[edge.edge.consumer])[0]
         view = ConsumerView(h, grad, edge.reference, mean, consumer_weight, producer_weight)
         batch.add(edge.edge.consumer, self.criterion.score(view))
 
@@ -346,6 +364,7 @@ class Tracker:
 
         All layers are updated together with ``torch._foreach_*`` kernels.
         """
+        self._flush()
         for layer in self.layers.values():
             for batch in list(layer.open_batches):
                 batch.close()
@@ -379,6 +398,7 @@ class Tracker:
     def discard(self) -> None:
         """Drop statistics of backward passes that no step committed."""
         self._current.clear()
+        self._deferred.clear()
         dirty = [
             layer for layer in self.layers.values() if _has_pending(layer) or layer.open_batches
         ]
@@ -469,6 +489,7 @@ class Tracker:
 
     def restart(self, name: str, index: Tensor) -> None:
         """Start the statistics of the given units again (after their reset)."""
+        self._flush()  # what the units saw before the reset is dropped below, as for the rest
         layer = self.layers[name]
         with torch.no_grad():
             layer.age.index_fill_(0, index.cpu(), 0)

@@ -189,18 +189,28 @@ def test_no_host_device_synchronisation_per_step_on_cuda() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_chunked_reduction_equals_one_chunk(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The streamed, chunk-by-chunk reduction gives the utilities of a single chunk."""
+@pytest.mark.parametrize(
+    ("setting", "values"),
+    [("_CHUNK", (1 << 30, 5)), ("_DEFER", (-1, 1 << 30))],
+    ids=["chunked-vs-one-chunk", "immediate-vs-deferred"],
+)
+def test_reduction_strategies_give_the_same_statistics(
+    case: str, setting: str, values: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk-by-chunk equals one chunk; reducing at the commit equals reducing at once."""
     make, shape = CASES[case]
     results = []
-    for chunk in (1 << 30, 5):
-        monkeypatch.setattr("gxd_optim.tracking._CHUNK", chunk)
+    for value in values:
+        monkeypatch.setattr(f"gxd_optim.tracking.{setting}", value)
         torch.manual_seed(0)
         model = make().double()
         opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
-        for _ in range(3):
+        for step in range(4):
             opt.zero_grad()
-            model(torch.randn(shape, dtype=torch.float64)).pow(2).sum().backward()
+            for _ in range(2):  # accumulation: several inputs wait for the same commit
+                model(torch.randn(shape, dtype=torch.float64)).pow(2).sum().backward()
+            if step == 2:  # a manual reset between backward and step drops what waited
+                opt.reset_units(next(iter(opt.layers)), [0])
             opt.step()
-        results.append(opt.utilities())
+        results.append((opt.utilities(), opt.state_dict()["gxd_reset"]["stats"]))
     torch.testing.assert_close(results[0], results[1])
