@@ -36,6 +36,13 @@ CASES = {
     "mlp": (lambda: MLP(MLPSpec(4, (6, 5), 2, two_heads=True)), (7, 4)),
     "cnn-flatten": (lambda: CNN(CNNSpec(2, (3, 2), 8, 2, pool="max", hidden=4)), (5, 2, 8, 8)),
     "tokens": (Tokens, (3, 5, 4)),
+    # plain [N, U] inputs, one without bias (a zero reference): reduced together when small
+    "mlp-plain": (
+        lambda: nn.Sequential(
+            nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 2)
+        ),
+        (7, 4),
+    ),
 }
 
 
@@ -214,3 +221,51 @@ def test_reduction_strategies_give_the_same_statistics(
             opt.step()
         results.append((opt.utilities(), opt.state_dict()["gxd_reset"]["stats"]))
     torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_flat_and_segment_commits_agree(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folding whole buffers at once equals folding layer by layer and pair by pair."""
+    make, shape = CASES[case]
+    results = []
+    for flat in (True, False):
+        if not flat:  # as if some segment had seen no data: the segment-by-segment path
+            monkeypatch.setattr("gxd_optim.tracking._Slab.counts", lambda self: [0])
+        torch.manual_seed(0)
+        model = make().double()
+        opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+        for step in range(4):
+            opt.zero_grad()
+            x = torch.randn(shape, dtype=torch.float64)
+            model(x * torch.inf if step == 1 else x).pow(2).sum().backward()  # one bad batch
+            opt.step()
+        assert opt._tracker is not None
+        edges = [e for layer in opt._tracker.layers.values() for e in layer.edges]
+        results.append(
+            (
+                opt.utilities(),
+                opt.state_dict()["gxd_reset"]["stats"],
+                [e.reference.clone() for e in edges],
+            )
+        )
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_copies_keep_the_statistics_views_on_their_own_buffers() -> None:
+    """deepcopy and pickle copy the flat buffers once: the per-layer views still track them."""
+    make, shape = CASES["mlp"]
+    model = make()
+    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+    x = torch.randn(shape)
+
+    def step(net: nn.Module, wrapper: GXDReset) -> None:
+        wrapper.zero_grad()
+        net(x).pow(2).sum().backward()
+        wrapper.step()
+
+    step(model, opt)
+    twin_model, twin = copy.deepcopy((model, opt))
+    for _ in range(2):
+        step(model, opt)
+        step(twin_model, twin)
+    torch.testing.assert_close(twin.utilities(), opt.utilities(), rtol=0, atol=0)
