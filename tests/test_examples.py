@@ -39,10 +39,6 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-def load_demo() -> ModuleType:
-    return load_example("continual_demo")
-
-
 def test_every_example_is_run_by_a_test() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == set(TESTED)
     assert all(callable(globals()[test]) for test in TESTED.values())
@@ -145,7 +141,7 @@ def test_tensorboard_example_writes_event_files(tmp_path: Path) -> None:
 def test_quick_demo_writes_plot_and_results(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str | None
 ) -> None:
-    demo = load_demo()
+    demo = load_example("continual_demo")
     threads = torch.get_num_threads()
     rng = torch.get_rng_state()
     argv = ["--quick", "--out", str(tmp_path / "out"), "--seed", "3"]
@@ -176,7 +172,7 @@ def test_quick_demo_writes_plot_and_results(
 
 
 def test_demo_runs_are_reproducible_and_share_their_start() -> None:
-    demo = load_demo()
+    demo = load_example("continual_demo")
     config = demo.DemoConfig(**{**demo.QUICK, "tasks": 2, "epochs": 2})
     first = demo.train_sequence(config, "gxd_reset", log=False)
     again = demo.train_sequence(config, "gxd_reset", log=False)
@@ -186,7 +182,7 @@ def test_demo_runs_are_reproducible_and_share_their_start() -> None:
 
 
 def test_demo_rejects_bad_arguments() -> None:
-    demo = load_demo()
+    demo = load_example("continual_demo")
     with pytest.raises(SystemExit):
         demo.parse_args(["--state-policy", "nonsense"])
     with pytest.raises(SystemExit):
