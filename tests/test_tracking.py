@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gxd_optim import Edge, GXDReset, LayerInfo
-from tests.nets import CNN, MLP, CNNSpec, MLPSpec
+from gxd_optim.testing.models import CNN, MLP, CNNSpec, MLPSpec
 
 
 class Tokens(nn.Module):
