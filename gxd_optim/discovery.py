@@ -50,6 +50,15 @@ class Edge:
             ``[i·k, (i+1)·k)`` (``k > 1`` when a conv output is flattened into a Linear).
         reference: ``"mean"`` or ``"zero"``: the reference this pair realises.
         note: why the reference differs from the one asked for (empty if it does not).
+
+    Example:
+        >>> import torch
+        >>> from gxd_optim import GXDReset
+        >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
+        >>> opt = GXDReset(torch.optim.SGD(net.parameters(), lr=0.1), net)
+        >>> opt.discover(torch.randn(2, 1, 4, 4))
+        >>> opt.layers["0"].edges
+        (Edge(consumer='3', columns_per_unit=4, reference='mean', note=''),)
     """
 
     consumer: str
@@ -68,6 +77,16 @@ class LayerInfo:
         edges: one `Edge` per consumer.
         norms: BatchNorm layers between the producer and its consumers.
         path: the operations found between producer and consumers (autograd node names).
+
+    Example:
+        >>> import torch
+        >>> from gxd_optim import GXDReset
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
+        >>> opt = GXDReset(torch.optim.SGD(net.parameters(), lr=0.1), net)
+        >>> opt.discover(torch.randn(5, 3))
+        >>> info = opt.layers["0"]
+        >>> (info.num_units, info.consumers, info.norms)
+        (4, ('3',), ('1',))
     """
 
     name: str

@@ -50,6 +50,10 @@ def unit_columns(index: Tensor, columns_per_unit: int) -> Tensor:
 
     Returns:
         Column indices, shape ``[m·k]``, ordered unit by unit.
+
+    Example:
+        >>> unit_columns(torch.tensor([0, 2]), 3)
+        tensor([0, 1, 2, 6, 7, 8])
     """
     if columns_per_unit == 1:
         return index
@@ -73,6 +77,12 @@ def reinit_units_(
         bias: producer bias ``[out]`` or ``None``.
         index: unit (row) indices, int64, on ``weight``'s device.
         generator: CPU generator the draw consumes.
+
+    Example:
+        >>> layer = nn.Linear(4, 3)
+        >>> reinit_units_(layer.weight, layer.bias, torch.tensor([1]), torch.Generator())
+        >>> bool(layer.weight[1].abs().max() <= 0.5)  # within 1/sqrt(fan_in)
+        True
     """
     fan_in = weight[0].numel()
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
@@ -110,6 +120,13 @@ def fold_and_zero_inputs_(
         bias: consumer bias ``[out]``; required when ``values`` is given.
         columns: input columns (dim 1 of ``weight``) to replace, int64.
         values: the constants ``r_j`` per column, or ``None`` for the zero reference.
+
+    Example:
+        >>> layer, x = nn.Linear(3, 2), torch.tensor([[1.0, 2.0, 3.0]])
+        >>> expected = layer(torch.tensor([[1.0, 0.5, 3.0]]))  # input 1 read as 0.5
+        >>> fold_and_zero_inputs_(layer.weight, layer.bias, torch.tensor([1]), torch.tensor([0.5]))
+        >>> torch.allclose(layer(x), expected)
+        True
     """
     with torch.no_grad():
         if values is not None:
@@ -126,6 +143,13 @@ def reset_norm_entries_(norm: nn.modules.batchnorm._BatchNorm, index: Tensor) ->
 
     ``weight = 1``, ``bias = 0``, ``running_mean = 0``, ``running_var = 1`` on ``index``;
     ``num_batches_tracked`` (a scalar) is left alone.
+
+    Example:
+        >>> norm = nn.BatchNorm1d(3)
+        >>> _ = norm.running_var.fill_(4.0)
+        >>> reset_norm_entries_(norm, torch.tensor([0]))
+        >>> norm.running_var
+        tensor([1., 4., 4.])
     """
     with torch.no_grad():
         for tensor, value in (
@@ -160,6 +184,18 @@ def clear_state_slices_(
         dim: the dimension that ``index`` selects along (0 for rows, 1 for input columns).
         index: touched indices, int64.
         policy: one of `STATE_POLICIES`.
+
+    Example:
+        >>> param = torch.zeros(3, 2)
+        >>> state = {"step": torch.tensor(5.0), "exp_avg": torch.ones(3, 2),
+        ...          "exp_avg_sq": torch.tensor([[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]])}
+        >>> clear_state_slices_(state, param, 0, torch.tensor([2]), "mean_scale")
+        >>> state["exp_avg"].select(0, 2)  # zeroed
+        tensor([0., 0.])
+        >>> state["exp_avg_sq"].select(0, 2)  # the mean of the other rows
+        tensor([2., 2.])
+        >>> state["step"]  # per-tensor state is left alone
+        tensor(5.)
     """
     if policy not in STATE_POLICIES:
         raise ValueError(f"unknown state_policy {policy!r}; expected one of {STATE_POLICIES}")

@@ -40,6 +40,7 @@ __all__ = ["EdgeStats", "LayerStats", "Tracker"]
 
 _TINY = 1e-30
 _CHUNK = 1 << 17  # elements per chunk of a flat reduction (its one temporary); x8 for dot products
+_DEFER = 1 << 15  # consumer inputs this small are reduced at the commit, back to back
 
 
 @dataclass
@@ -48,8 +49,8 @@ class EdgeStats:
 
     ``mean_ema`` is the EMA of the batch means of ``h`` and ``weight_ema`` its bias
     correction (the EMA of 1 over the steps this consumer saw data); ``reference`` is the ``r``
-    they imply (0 for a zero-reference pair); ``pending_h`` and ``pending_count`` sum ``h``
-    over the backward passes since the last commit.
+    they imply (0 for a zero-reference pair, whose ``reference_mask`` is 0); ``pending_h`` and
+    ``pending_count`` sum ``h`` over the backward passes since the last commit.
     """
 
     edge: Edge
@@ -58,6 +59,7 @@ class EdgeStats:
     weight_ema: Tensor
     reference: Tensor
     pending_h: Tensor
+    reference_mask: Tensor
     pending_count: int = 0
     grad_version: int | None = None  # the consumer weight's version at the last backward
 
@@ -91,13 +93,69 @@ class LayerStats:
     open_batches: list[_Batch] = field(default_factory=list)
 
 
+class _Slab:
+    """The statistics of all layers on one device and dtype, in flat buffers.
+
+    Every `LayerStats` and `EdgeStats` tensor is a view into these, so a commit in which every
+    layer and pair saw data updates all of them with a handful of kernels.
+    """
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self.size = 0
+        self.owners: list[LayerStats | EdgeStats] = []  # in the order of their segments
+        self._cursor = 0
+
+    def allocate(self) -> None:
+        """Create the buffers, once `size` is known."""
+        zeros = partial(torch.zeros, self.size, dtype=self.dtype, device=self.device)
+        self.ema, self.norm, self.reference, self.pending, self.mask = (zeros() for _ in range(5))
+
+    def take(self, units: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The next segment's views: EMA, its bias correction, reference, pending sum, mask."""
+        part = slice(self._cursor, self._cursor + units)
+        self._cursor += units
+        return (
+            self.ema[part],
+            self.norm[part],
+            self.reference[part],
+            self.pending[part],
+            self.mask[part],
+        )
+
+    def counts(self) -> list[int]:
+        """Samples (layers) or positions (pairs) pending per segment."""
+        return [
+            o.pending_samples if isinstance(o, LayerStats) else o.pending_count for o in self.owners
+        ]
+
+    def fold(self, counts: list[int], decay: float) -> None:
+        """Fold every segment's pending sum (all counts positive) into its EMA, and clear it."""
+        pending = [o.pending_abs if isinstance(o, LayerStats) else o.pending_h for o in self.owners]
+        torch._foreach_mul_(pending, [1.0 / n for n in counts])
+        _fold(self.pending, self.ema, self.norm, decay)
+        torch.div(self.ema, self.norm.clamp_min(_TINY), out=self.reference).mul_(self.mask)
+        self.pending.zero_()
+
+
+def _fold(value: Tensor, ema: Tensor, norm: Tensor, decay: float) -> None:
+    """``ema ← lerp(ema, value, 1 − decay)``, ``norm ← lerp(norm, 1, 1 − decay)``.
+
+    A non-finite batch value is first replaced by the current bias-corrected estimate, which
+    the update then leaves exactly as it was.
+    """
+    torch.where(value.isfinite(), value, ema / norm.clamp_min(_TINY), out=value)
+    ema.lerp_(value, 1.0 - decay)
+    norm.mul_(decay).add_(1.0 - decay)
+
+
 class _Batch:
     """Per-sample attributions of one producer call, summed over its consumers.
 
     With one consumer (the common case) the batch closes as soon as its gradient arrives.
     """
 
-    __slots__ = ("acc", "layer", "output_seen", "read", "reported", "samples")
+    __slots__ = ("acc", "arrived", "layer", "output_seen", "read", "reported", "samples")
 
     def __init__(self, layer: LayerStats, samples: int) -> None:
         self.layer = layer
@@ -105,7 +163,8 @@ class _Batch:
         self.acc: Tensor | None = None
         self.output_seen = False  # the producer's output gradient arrived (criteria reading it)
         self.read: set[str] = set()  # consumers that read this call's output
-        self.reported: set[str] = set()  # consumers whose gradient has arrived
+        self.arrived: set[str] = set()  # consumers whose gradient has arrived
+        self.reported: set[str] = set()  # consumers whose scores have been added
 
     def add(self, consumer: str, scores: Tensor) -> None:
         """Add one consumer's per-sample scores ``[N, U]``; close once all have reported."""
@@ -146,6 +205,17 @@ class _Probe(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         ctx.sink(x, grad)
         return grad, None
+
+
+def _plain(edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> bool:
+    """A Linear consumer reading ``[N, U]`` (no tokens, no flatten) of a single-consumer layer."""
+    return (
+        edge.linear
+        and h.dim() == 2
+        and h.shape[1] == batch.layer.info.num_units
+        and len(batch.read) == 1
+        and h.dtype == edge.reference.dtype
+    )
 
 
 def _has_pending(layer: LayerStats) -> bool:
@@ -191,27 +261,37 @@ class Tracker:
         self.layers: dict[str, LayerStats] = {}
         self._readers: dict[str, tuple[LayerStats, EdgeStats]] = {}
         self._current: dict[str, _Batch] = {}
+        self._deferred: list[tuple[EdgeStats, _Batch, Tensor, Tensor]] = []
         self._handles: list[RemovableHandle] = []
+        self._slabs: dict[tuple[torch.device, torch.dtype], _Slab] = {}
+        self._ages = torch.zeros(sum(i.num_units for i in layers.values()), dtype=torch.int64)
+        for info in layers.values():
+            self._slab(modules[info.name]).size += info.num_units * (1 + len(info.edges))
+        for slab in self._slabs.values():
+            slab.allocate()
+        start = 0
         for name, info in layers.items():
-            weight, _ = layer_params(modules[name])
-            float_type = torch.float64 if weight.dtype == torch.float64 else torch.float32
-            zeros = partial(torch.zeros, info.num_units, dtype=float_type, device=weight.device)
+            slab = self._slab(modules[name])
             edges = [
-                EdgeStats(
-                    e,
-                    isinstance(modules[e.consumer], nn.Linear),
-                    zeros(),
-                    zeros(),
-                    zeros(),
-                    zeros(),
-                )
+                EdgeStats(e, isinstance(modules[e.consumer], nn.Linear), *slab.take(info.num_units))
                 for e in info.edges
             ]
-            ages = torch.zeros(info.num_units, dtype=torch.int64)
-            stats = LayerStats(info, zeros(), zeros(), ages, edges, zeros())
+            ema, norm, _, pending, _ = slab.take(info.num_units)
+            ages = self._ages[start : start + info.num_units]
+            start += info.num_units
+            stats = LayerStats(info, ema, norm, ages, edges, pending)
+            slab.owners += [stats, *edges]
             self.layers[name] = stats
             for edge in edges:
                 self._readers[edge.edge.consumer] = (stats, edge)
+                if edge.mean:
+                    edge.reference_mask.fill_(1.0)
+
+    def _slab(self, module: nn.Module) -> _Slab:
+        """The slab of statistics for a layer's device and dtype (created empty if new)."""
+        weight, _ = layer_params(module)
+        float_type = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        return self._slabs.setdefault((weight.device, float_type), _Slab(float_type, weight.device))
 
     # -- hooks ------------------------------------------------------------------------------
     def attach(self) -> None:
@@ -256,18 +336,61 @@ class Tracker:
         return (probed, *args[1:])
 
     def _on_grad(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
-        if edge.edge.consumer in batch.reported:
+        consumer = edge.edge.consumer
+        if consumer in batch.arrived:
             return  # a further backward through the same forward (retain_graph, autograd.grad)
+        batch.arrived.add(consumer)
+        edge.grad_version = layer_params(self.modules[consumer])[0]._version
+        if h.numel() <= _DEFER:
+            # Between the large kernels of a backward pass the interpreter runs from a cold
+            # cache; small inputs cost little memory to keep and reduce faster together.
+            self._deferred.append((edge, batch, h.detach(), grad.detach()))
+        else:
+            self._reduce(edge, batch, h, grad)
+
+    def _flush(self) -> None:
+        """Reduce the deferred small inputs: together where they allow it, else one by one."""
+        deferred, self._deferred = self._deferred, []
+        together = len(deferred) > 1 and self._fast and all(_plain(*p) for p in deferred)
+        if together and len({h.shape[0] for _, _, h, _ in deferred}) == 1:
+            self._reduce_together(deferred)
+            return
+        for pair in deferred:
+            self._reduce(*pair)
+
+    @staticmethod
+    def _reduce_together(deferred: list[tuple[EdgeStats, _Batch, Tensor, Tensor]]) -> None:
+        """GXD of plain ``[N, U]`` inputs of several single-consumer layers in one pass.
+
+        The same sums as `_reduce` for each pair: ``Σ_x |g·(h − r)|`` per layer and ``Σ_x h``
+        per mean-reference pair.
+        """
+        edges = [edge for edge, _, _, _ in deferred]
+        with torch.no_grad():
+            h = torch.cat([h for _, _, h, _ in deferred], 1)
+            grad = torch.cat([g for _, _, _, g in deferred], 1)
+            reference = torch.cat([edge.reference for edge in edges])
+            sizes = [edge.reference.numel() for edge in edges]
+            abs_sums = torch.split((h - reference).mul_(grad).abs_().sum(0), sizes)
+            torch._foreach_add_([b.layer.pending_abs for _, b, _, _ in deferred], list(abs_sums))
+            means = [i for i, edge in enumerate(edges) if edge.mean]
+            if means:
+                h_sums = torch.split(h.sum(0), sizes)
+                torch._foreach_add_([edges[i].pending_h for i in means], [h_sums[i] for i in means])
+        for edge, batch, h_part, _ in deferred:
+            edge.pending_count += h_part.shape[0]
+            batch.add_reduced(edge.edge.consumer, h_part.shape[0])
+
+    def _reduce(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
+        """Fold one consumer's ``(h, ∂ℓ/∂h)`` into the pending statistics."""
         layer = batch.layer
         units = layer.info.num_units
         dtype = edge.mean_ema.dtype
         with torch.no_grad():
             h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
             edge.pending_count += h.numel() // units
-            consumer_weight = layer_params(self.modules[edge.edge.consumer])[0]
-            edge.grad_version = consumer_weight._version
             if not self._fast:
-                self._score_generic(edge, batch, h4, g4, consumer_weight)
+                self._score_generic(edge, batch, h4, g4)
                 return
             alone = len(batch.read) == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
             parts = []
@@ -287,9 +410,7 @@ class Tracker:
             else:
                 batch.add(edge.edge.consumer, torch.cat(parts))
 
-    def _score_generic(
-        self, edge: EdgeStats, batch: _Batch, h4: Tensor, g4: Tensor, consumer_weight: Tensor
-    ) -> None:
+    def _score_generic(self, edge: EdgeStats, batch: _Batch, h4: Tensor, g4: Tensor) -> None:
         """Any criterion but the streamed GXD: running-mean sums, then the criterion's score."""
         dtype = edge.mean_ema.dtype
         units = batch.layer.info.num_units
@@ -303,6 +424,7 @@ class Tracker:
         h, grad = (t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4))
         mean = edge.mean_ema / edge.weight_ema.clamp_min(_TINY)
         producer_weight = layer_params(self.modules[batch.layer.info.name])[0]
+        consumer_weight = layer_params(self.modules[edge.edge.consumer])[0]
         view = ConsumerView(h, grad, edge.reference, mean, consumer_weight, producer_weight)
         batch.add(edge.edge.consumer, self.criterion.score(view))
 
@@ -346,6 +468,7 @@ class Tracker:
 
         All layers are updated together with ``torch._foreach_*`` kernels.
         """
+        self._flush()
         for layer in self.layers.values():
             for batch in list(layer.open_batches):
                 batch.close()
@@ -353,32 +476,40 @@ class Tracker:
         if not done:
             return []
         self.steps += 1
-        weight = 1.0 - self.decay
+        layers = [layer for _, layer in done]
+        counts = [slab.counts() for slab in self._slabs.values()]
         with torch.no_grad():
-            layers = [layer for _, layer in done]
-            scored = [layer for layer in layers if layer.pending_samples]
-            edges = [e for lay in layers for e in lay.edges if e.pending_count]
-            batches = [lay.pending_abs for lay in scored] + [e.pending_h for e in edges]
-            counts = [lay.pending_samples for lay in scored] + [e.pending_count for e in edges]
-            emas = [lay.utility_ema for lay in scored] + [e.mean_ema for e in edges]
-            norms = [lay.weight_ema for lay in scored] + [e.weight_ema for e in edges]
-            torch._foreach_mul_(batches, [1.0 / n for n in counts])
-            for value, ema, norm in zip(batches, emas, norms, strict=True):
-                # A non-finite batch value is replaced by the current bias-corrected estimate,
-                # which the update below then leaves exactly as it was.
-                torch.where(value.isfinite(), value, ema / norm.clamp_min(_TINY), out=value)
-            torch._foreach_lerp_(emas, batches, weight)
-            torch._foreach_mul_(norms, self.decay)
-            torch._foreach_add_(norms, weight)
-            for layer in layers:
-                layer.age += 1
-                self.refresh_references(layer)
-            self._clear_pending(layers)
+            if all(all(c) for c in counts):  # every segment saw data: whole buffers at once
+                for slab, slab_counts in zip(self._slabs.values(), counts, strict=True):
+                    slab.fold(slab_counts, self.decay)
+                self._ages += 1
+                self._reset_counts(layers)
+            else:
+                self._commit_segments(layers)
         return [name for name, _ in done]
+
+    def _commit_segments(self, layers: list[LayerStats]) -> None:
+        """Commit segment by segment, skipping those that saw no data."""
+        segments = [
+            seg
+            for lay in layers
+            for seg in [
+                (lay.pending_abs, lay.utility_ema, lay.weight_ema, lay.pending_samples),
+                *((e.pending_h, e.mean_ema, e.weight_ema, e.pending_count) for e in lay.edges),
+            ]
+            if seg[3]
+        ]
+        for value, ema, norm, count in segments:
+            _fold(value.mul_(1.0 / count), ema, norm, self.decay)
+        for layer in layers:
+            layer.age += 1
+            self.refresh_references(layer)
+        self._clear_pending(layers)
 
     def discard(self) -> None:
         """Drop statistics of backward passes that no step committed."""
         self._current.clear()
+        self._deferred.clear()
         dirty = [
             layer for layer in self.layers.values() if _has_pending(layer) or layer.open_batches
         ]
@@ -386,16 +517,20 @@ class Tracker:
             layer.open_batches.clear()
         self._clear_pending(dirty)
 
-    @staticmethod
-    def _clear_pending(layers: list[LayerStats]) -> None:
+    @classmethod
+    def _clear_pending(cls, layers: list[LayerStats]) -> None:
         if not layers:
             return
         edges = [edge for layer in layers for edge in layer.edges]
         torch._foreach_zero_([layer.pending_abs for layer in layers] + [e.pending_h for e in edges])
+        cls._reset_counts(layers)
+
+    @staticmethod
+    def _reset_counts(layers: list[LayerStats]) -> None:
         for layer in layers:
             layer.pending_samples = 0
-        for edge in edges:
-            edge.pending_count = 0
+            for edge in layer.edges:
+                edge.pending_count = 0
 
     @staticmethod
     def refresh_references(layer: LayerStats) -> None:
@@ -469,6 +604,7 @@ class Tracker:
 
     def restart(self, name: str, index: Tensor) -> None:
         """Start the statistics of the given units again (after their reset)."""
+        self._flush()  # what the units saw before the reset is dropped below, as for the rest
         layer = self.layers[name]
         with torch.no_grad():
             layer.age.index_fill_(0, index.cpu(), 0)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from gxd_optim import GXDReset, gxd
-from tests.nets import MLP, MLPSpec
+from gxd_optim.testing.models import MLP, MLPSpec
 from tests.optimizers import OPTIMIZERS
 
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))

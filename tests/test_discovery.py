@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gxd_optim import GXDReset
-from tests.nets import CNN, MLP, CNNSpec, MLPSpec
+from gxd_optim.testing.models import CNN, MLP, CNNSpec, MLPSpec
 
 
 def _discovered(model: nn.Module, x: Tensor, **kwargs: object) -> GXDReset:

@@ -13,7 +13,7 @@ import torch.nn.utils.prune
 from torch import Tensor, nn
 
 from gxd_optim import GXDReset
-from tests.nets import MLP, MLPSpec
+from gxd_optim.testing.models import MLP, MLPSpec
 
 X = torch.randn(16, 4, generator=torch.Generator().manual_seed(3))
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gxd_optim import Edge, GXDReset, LayerInfo
-from tests.nets import CNN, MLP, CNNSpec, MLPSpec
+from gxd_optim.testing.models import CNN, MLP, CNNSpec, MLPSpec
 
 
 class Tokens(nn.Module):
@@ -36,6 +36,13 @@ CASES = {
     "mlp": (lambda: MLP(MLPSpec(4, (6, 5), 2, two_heads=True)), (7, 4)),
     "cnn-flatten": (lambda: CNN(CNNSpec(2, (3, 2), 8, 2, pool="max", hidden=4)), (5, 2, 8, 8)),
     "tokens": (Tokens, (3, 5, 4)),
+    # plain [N, U] inputs, one without bias (a zero reference): reduced together when small
+    "mlp-plain": (
+        lambda: nn.Sequential(
+            nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 2)
+        ),
+        (7, 4),
+    ),
 }
 
 
@@ -189,18 +196,76 @@ def test_no_host_device_synchronisation_per_step_on_cuda() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_chunked_reduction_equals_one_chunk(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The streamed, chunk-by-chunk reduction gives the utilities of a single chunk."""
+@pytest.mark.parametrize(
+    ("setting", "values"),
+    [("_CHUNK", (1 << 30, 5)), ("_DEFER", (-1, 1 << 30))],
+    ids=["chunked-vs-one-chunk", "immediate-vs-deferred"],
+)
+def test_reduction_strategies_give_the_same_statistics(
+    case: str, setting: str, values: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk-by-chunk equals one chunk; reducing at the commit equals reducing at once."""
     make, shape = CASES[case]
     results = []
-    for chunk in (1 << 30, 5):
-        monkeypatch.setattr("gxd_optim.tracking._CHUNK", chunk)
+    for value in values:
+        monkeypatch.setattr(f"gxd_optim.tracking.{setting}", value)
         torch.manual_seed(0)
         model = make().double()
         opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
-        for _ in range(3):
+        for step in range(4):
             opt.zero_grad()
-            model(torch.randn(shape, dtype=torch.float64)).pow(2).sum().backward()
+            for _ in range(2):  # accumulation: several inputs wait for the same commit
+                model(torch.randn(shape, dtype=torch.float64)).pow(2).sum().backward()
+            if step == 2:  # a manual reset between backward and step drops what waited
+                opt.reset_units(next(iter(opt.layers)), [0])
             opt.step()
-        results.append(opt.utilities())
+        results.append((opt.utilities(), opt.state_dict()["gxd_reset"]["stats"]))
     torch.testing.assert_close(results[0], results[1])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_flat_and_segment_commits_agree(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Folding whole buffers at once equals folding layer by layer and pair by pair."""
+    make, shape = CASES[case]
+    results = []
+    for flat in (True, False):
+        if not flat:  # as if some segment had seen no data: the segment-by-segment path
+            monkeypatch.setattr("gxd_optim.tracking._Slab.counts", lambda self: [0])
+        torch.manual_seed(0)
+        model = make().double()
+        opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+        for step in range(4):
+            opt.zero_grad()
+            x = torch.randn(shape, dtype=torch.float64)
+            model(x * torch.inf if step == 1 else x).pow(2).sum().backward()  # one bad batch
+            opt.step()
+        assert opt._tracker is not None
+        edges = [e for layer in opt._tracker.layers.values() for e in layer.edges]
+        results.append(
+            (
+                opt.utilities(),
+                opt.state_dict()["gxd_reset"]["stats"],
+                [e.reference.clone() for e in edges],
+            )
+        )
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_copies_keep_the_statistics_views_on_their_own_buffers() -> None:
+    """deepcopy and pickle copy the flat buffers once: the per-layer views still track them."""
+    make, shape = CASES["mlp"]
+    model = make()
+    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+    x = torch.randn(shape)
+
+    def step(net: nn.Module, wrapper: GXDReset) -> None:
+        wrapper.zero_grad()
+        net(x).pow(2).sum().backward()
+        wrapper.step()
+
+    step(model, opt)
+    twin_model, twin = copy.deepcopy((model, opt))
+    for _ in range(2):
+        step(model, opt)
+        step(twin_model, twin)
+    torch.testing.assert_close(twin.utilities(), opt.utilities(), rtol=0, atol=0)

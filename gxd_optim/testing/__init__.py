@@ -1,27 +1,34 @@
 """Checks to call from your own test suite before training with `GXDReset`.
 
-```python
-from gxd_optim.testing import assert_first_order, describe
+- `describe`: what will be reset, what is skipped, and why.
+- `assert_first_order`: resetting units changes the loss by their predicted cost, to first order.
+- `assert_reset_invariants`: a reset touches exactly the units' slices and keeps every object.
+- `gxd_optim.testing.strategies` (needs hypothesis): small models, matching batches and your
+  own modules with drawn arguments, to fuzz the checks above.
+- `gxd_optim.testing.models`: the small models the strategies draw, built from plain specs.
 
-print(describe(model, example_batch))          # what will be reset, what is skipped, why
-assert_first_order(model, example_batch, lambda out: out.pow(2).mean())
-```
+Example:
+    >>> import torch
+    >>> from gxd_optim.testing import assert_first_order
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    >>> assert_first_order(net, torch.randn(8, 3), lambda out: out.pow(2).mean())
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .discovery import Edge
-from .operator import SECOND_MOMENT_KEYS, unit_columns
-from .reset import GXDReset
+from ..discovery import Edge
+from ..operator import SECOND_MOMENT_KEYS, unit_columns
+from ..reset import GXDReset
 
 __all__ = ["assert_first_order", "assert_reset_invariants", "describe"]
 
@@ -58,11 +65,7 @@ def describe(model: nn.Module, *args: Any, **kwargs: Any) -> str:
           2  its units are part of the model's output
     """
     settings = {k[4:]: kwargs.pop(k) for k in list(kwargs) if k.startswith("gxd_")}
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = GXDReset(torch.optim.SGD(params, lr=0.0), model, replacement_rate=0.0, **settings)
-    try:
-        if settings.get("layers") is None:
-            opt.discover(*args, **kwargs)
+    with _discovered(model, args, kwargs, **settings) as opt:
         lines = ["eligible layers"]
         for name, info in opt.layers.items():
             consumers = ", ".join(_edge_text(e) for e in info.edges)
@@ -74,6 +77,19 @@ def describe(model: nn.Module, *args: Any, **kwargs: Any) -> str:
         lines.append("skipped layers")
         lines += [f"  {name}  {why}" for name, why in opt.skipped.items()] or ["  (none)"]
         return "\n".join(lines)
+
+
+@contextmanager
+def _discovered(
+    model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], **settings: Any
+) -> Iterator[GXDReset]:
+    """A throw-away `GXDReset` (learning rate 0, no resets) that has discovered ``model``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = GXDReset(torch.optim.SGD(params, lr=0.0), model, replacement_rate=0.0, **settings)
+    try:
+        if settings.get("layers") is None:
+            opt.discover(*args, **kwargs)
+        yield opt
     finally:
         opt.close()
 
@@ -120,6 +136,12 @@ def assert_first_order(
 
     Raises:
         AssertionError: naming the layer, the units and the errors per ``ε``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 1))
+        >>> x = torch.randn(8, 2, 6)
+        >>> assert_first_order(net, x, lambda out: out.pow(2).mean())  # every layer, 3 sets each
+        >>> assert_first_order(net, x, lambda out: out.mean(), units={"0": [[0, 3]]})
     """
     torch.manual_seed(seed)
     net = copy.deepcopy(model).double().train()
@@ -225,6 +247,15 @@ def assert_reset_invariants(opt: GXDReset, name: str, indices: Sequence[int]) ->
 
     Raises:
         AssertionError: naming the parameter or state entry that broke an invariant.
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
+        >>> opt = GXDReset(torch.optim.Adam(net.parameters(), lr=1e-2), net)
+        >>> for _ in range(3):  # some optimizer state to clear
+        ...     opt.zero_grad()
+        ...     net(torch.randn(4, 3)).pow(2).mean().backward()
+        ...     opt.step()
+        >>> assert_reset_invariants(opt, "0", [1, 4])
     """
     model = opt.model
     params = dict(model.named_parameters())
