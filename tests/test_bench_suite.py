@@ -35,6 +35,7 @@ def test_run_writes_report_plots_and_table(
     assert main([*argv, "--out", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "run.json").read_text())
+    assert json.loads((tmp_path / "summary.json").read_text())["runs"][1]["records"] > 0
     for name in ("curves.png", "costs.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
     assert report["criteria"] == ["none", "gxd", "random"] and report["seeds"] == 2

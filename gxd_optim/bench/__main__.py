@@ -276,15 +276,19 @@ def _report(
     Args:
         compute: runs the benchmark; a ``ValueError`` or ``FileNotFoundError`` (bad settings,
             missing or malformed data files) becomes a usage error.
-        files: ``{file name: plot function}``; ``"*.json"`` names the JSON report.
+        files: ``{file name: function}``: ``None`` writes the whole report as JSON, a function
+            ``(report) -> dict`` writes what it returns as JSON, a plot function
+            ``(report, path) -> path`` draws.
     """
     try:
         result = compute()
     except (ValueError, FileNotFoundError) as error:
         args.parser.error(str(error))
     written = [
-        write_json(result, args.out, name) if plot is None else plot(result, args.out / name)
-        for name, plot in files.items()
+        write_json(result if make is None else make(result), args.out, name)
+        if name.endswith(".json")
+        else make(result, args.out / name)
+        for name, make in files.items()
     ]
     print(report.summary_text(result))
     print("wrote " + ", ".join(str(p) for p in written))
@@ -299,7 +303,12 @@ def _run(args: argparse.Namespace) -> int:
         lambda: run_benchmark(
             problem, settings, args.utilities, args.seeds, reset, options, quick=args.quick
         ),
-        {"run.json": None, "curves.png": report.curve_plot, "costs.png": report.cost_plot},
+        {
+            "run.json": None,
+            "summary.json": report.compact,
+            "curves.png": report.curve_plot,
+            "costs.png": report.cost_plot,
+        },
     )
 
 
@@ -320,7 +329,7 @@ def _sweep(args: argparse.Namespace) -> int:
             options,
             quick=args.quick,
         ),
-        {"sweep.json": None, "sweep.png": report.sweep_plot},
+        {"sweep.json": None, "summary.json": report.compact, "sweep.png": report.sweep_plot},
     )
 
 

@@ -19,7 +19,15 @@ import numpy as np
 
 from .runner import NONE
 
-__all__ = ["cost_plot", "curve_plot", "run_table", "summary_text", "sweep_plot", "sweep_table"]
+__all__ = [
+    "compact",
+    "cost_plot",
+    "curve_plot",
+    "run_table",
+    "summary_text",
+    "sweep_plot",
+    "sweep_table",
+]
 
 _COLOURS = {
     "none": "tab:gray",
@@ -104,6 +112,18 @@ def summary_text(report: Mapping[str, Any]) -> str:
         + (" (--quick: not a measurement)" if problem["quick"] else ""),
     ]
     return "\n".join(lines)
+
+
+def compact(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report without the per-reset records (each run keeps their count): small enough to
+    commit next to the plots.
+
+    Example:
+        >>> compact({"runs": [{"criterion": "gxd", "records": [[1, "0", 1, 0.5, 0.4]]}]})
+        {'runs': [{'criterion': 'gxd', 'records': 1}]}
+    """
+    runs = [{**run, "records": len(run["records"])} for run in report["runs"]]
+    return {**report, "runs": runs}
 
 
 def _x_values(report: Mapping[str, Any], segments: int) -> np.ndarray:
