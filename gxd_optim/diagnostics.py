@@ -46,6 +46,10 @@ class ResetRecord:
             (NaN where the gradients were not fresh).
         realised: the measured change of the batch loss, ``L(after) − L(before)``; NaN unless
             a `RealisedCostMeter` was attached.
+
+    Example:
+        >>> ResetRecord(step=120, layer="fc1", units=2, predicted=3e-4)
+        ResetRecord(step=120, layer='fc1', units=2, predicted=0.0003, realised=nan)
     """
 
     step: int
@@ -71,6 +75,11 @@ class LayerSummary:
             (NaN if none).
         realised: mean realised cost per reset unit over the same resets (NaN if none was
             measured).
+
+    Example:
+        >>> s = LayerSummary("fc1", 64, 60, 3, (0.0, 0.1, 0.2, 0.3, 0.9), 0.05)
+        >>> (s.eligible, s.dormant, s.predicted)
+        (60, 0.05, nan)
     """
 
     name: str
@@ -125,16 +134,26 @@ def _per_unit(records: Sequence[ResetRecord], field: str) -> float:
 
 
 def format_table(rows: Sequence[LayerSummary], skipped: Mapping[str, str]) -> str:
-    """A fixed-width table of layer summaries, then the skipped layers."""
+    """A fixed-width table of layer summaries, then the skipped layers.
+
+    Example:
+        >>> row = LayerSummary("fc1", 64, 60, 3, (0.0, 0.1, 0.2, 0.3, 0.9), 0.05, 1e-4)
+        >>> print(format_table([row], {"head": "its units are part of the model's output"}))
+        layer  units eligible  resets  dormant  predicted   realised  utility min / median / max
+        ----------------------------------------------------------------------------------------
+        fc1       64       60       3     5.0%     0.0001          -  0 / 0.2 / 0.9
+        skipped: head: its units are part of the model's output
+    """
+    width = max([5, *(len(r.name) for r in rows)])
     header = (
-        f"{'layer':<20} {'units':>6} {'eligible':>8} {'resets':>7} {'dormant':>8}"
+        f"{'layer':<{width}} {'units':>6} {'eligible':>8} {'resets':>7} {'dormant':>8}"
         f" {'predicted':>10} {'realised':>10}  utility min / median / max"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         q = r.utility_quantiles
         lines.append(
-            f"{r.name:<20} {r.units:>6} {r.eligible:>8} {r.resets:>7} {r.dormant:>8.1%} "
+            f"{r.name:<{width}} {r.units:>6} {r.eligible:>8} {r.resets:>7} {r.dormant:>8.1%} "
             f"{_cost(r.predicted):>10} {_cost(r.realised):>10}  "
             f"{q[0]:.3g} / {q[2]:.3g} / {q[4]:.3g}"
         )
@@ -147,7 +166,16 @@ def _cost(value: float) -> str:
 
 
 class RealisedCostMeter:
-    """Measures the realised cost of every reset of ``opt``: see `measure_realised_cost`."""
+    """Measures the realised cost of every reset of ``opt``: see `measure_realised_cost`.
+
+    Example:
+        >>> from torch import nn
+        >>> from gxd_optim import GXDReset
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+        >>> meter = RealisedCostMeter(opt, lambda: model(torch.ones(2, 4)).sum())
+        >>> meter.remove()
+    """
 
     def __init__(self, opt: GXDReset, loss_fn: Callable[[], Tensor]) -> None:
         self._opt = opt

@@ -14,6 +14,10 @@ def accrue(budget: float, eligible: int, rate: float) -> float:
 
     Nothing accrues while no unit is eligible, so a young layer does not save up a burst of
     resets for the moment its units mature.
+
+    Example:
+        >>> accrue(0.5, eligible=2000, rate=1e-4), accrue(0.5, eligible=0, rate=1e-4)
+        (0.7, 0.5)
     """
     return budget + rate * eligible if eligible > 0 else budget
 

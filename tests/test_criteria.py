@@ -98,15 +98,14 @@ def test_random_scores_are_a_function_of_seed_step_and_layer() -> None:
 
 
 # -- the criteria inside the wrapper ------------------------------------------------------
-def _one_step(utility: str, model: nn.Module, **kwargs: object) -> dict[str, Tensor]:
-    opt = GXDReset(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        model,
-        utility=utility,
-        replacement_rate=0.0,
-        decay=0.0,
-        **kwargs,  # type: ignore[arg-type]
-    )
+def _tracking_only(utility: str, model: nn.Module) -> GXDReset:
+    """Weights that do not move, no resets, utilities of the last step alone (decay 0)."""
+    inner = torch.optim.SGD(model.parameters(), lr=0.0)
+    return GXDReset(inner, model, utility=utility, replacement_rate=0.0, decay=0.0)
+
+
+def _one_step(utility: str, model: nn.Module) -> dict[str, Tensor]:
+    opt = _tracking_only(utility, model)
     _step(model, opt)
     return opt.utilities()
 
@@ -137,13 +136,7 @@ def test_gradient_reads_the_output_before_an_in_place_relu() -> None:
     (model[1:](z) - Y).pow(2).mean().backward()
     assert z.grad is not None
     score = z.grad.abs().mean((2, 3)).mean(0) * x.shape[0]  # ∂ℓ(x)/∂z: per-sample loss
-    opt = GXDReset(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        model,
-        utility="gradient",
-        replacement_rate=0.0,
-        decay=0.0,
-    )
+    opt = _tracking_only("gradient", model)
     opt.zero_grad()
     (model(x) - Y).pow(2).mean().mul(x.shape[0]).backward()
     opt.step()
@@ -154,13 +147,7 @@ def test_gradient_reads_the_output_before_an_in_place_relu() -> None:
 
 def test_adaptable_contribution_uses_the_running_mean() -> None:
     model = _mlp()
-    opt = GXDReset(
-        torch.optim.SGD(model.parameters(), lr=0.0),
-        model,
-        utility="adaptable_contribution",
-        replacement_rate=0.0,
-        decay=0.0,
-    )
+    opt = _tracking_only("adaptable_contribution", model)
     first, second = X[:16], X[16:]
     _step(model, opt, first, Y[:16])
     _step(model, opt, second, Y[16:])
