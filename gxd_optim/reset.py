@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
@@ -21,6 +21,7 @@ from .config import Config
 from .diagnostics import (
     RECENT_RESETS,
     LayerSummary,
+    ResetLog,
     ResetRecord,
     format_table,
     summarise_layer,
@@ -192,7 +193,7 @@ class GXDReset(torch.optim.Optimizer):
         self._generator = torch.Generator().manual_seed(seed)
         self._reset_hooks: OrderedDict[int, ResetHook] = OrderedDict()
         self._reset_pre_hooks: OrderedDict[int, ResetHook] = OrderedDict()
-        self._reset_log: deque[ResetRecord] = deque(maxlen=LOG_LENGTH)
+        self._reset_log = ResetLog(LOG_LENGTH)
         self._tracker: Tracker | None = None
         self._layers: dict[str, LayerInfo] = {}
         self._skipped: dict[str, str] = {}
@@ -525,15 +526,16 @@ class GXDReset(torch.optim.Optimizer):
         return 0 if self._tracker is None else self._tracker.steps
 
     @property
-    def reset_log(self) -> tuple[ResetRecord, ...]:
+    def reset_log(self) -> ResetLog:
         """The latest resets (at most `LOG_LENGTH`), oldest first, one record per layer and step.
 
-        ``predicted`` is ``Σ c_i`` over the reset units from the gradients of that step
-        (NaN where none were fresh); ``realised`` is filled in by
-        `gxd_optim.diagnostics.measure_realised_cost`. The log is a diagnostic: it is not
-        saved in `state_dict`.
+        A read-only sequence of `gxd_optim.diagnostics.ResetRecord`; its ``total`` counts every
+        reset ever logged. ``predicted`` is ``Σ c_i`` over the reset units from the gradients
+        of that step, before the inner update (NaN where none were fresh); ``realised`` is
+        filled in by `gxd_optim.diagnostics.measure_realised_cost`. The log is a diagnostic:
+        it is not saved in `state_dict`.
         """
-        return tuple(self._reset_log)
+        return self._reset_log
 
     def register_reset_hook(self, hook: ResetHook) -> RemovableHandle:
         """Call ``hook(name, indices)`` after every reset (e.g. to mirror it into an EMA copy).

@@ -32,14 +32,14 @@ def test_run_writes_report_plots_and_table(
     threads, rng = torch.get_num_threads(), torch.get_rng_state()
     argv = ["run", "bitflip", "--quick", *TINY_BITFLIP, "--utilities", "gxd,random"]
     argv += ["--replacement-rate", "0.005", "--maturity", "20", "--seeds", "2", "--no-progress"]
-    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--reference", "zero", "--out", str(tmp_path)]) == 0
 
     report = json.loads((tmp_path / "run.json").read_text())
     assert json.loads((tmp_path / "summary.json").read_text())["runs"][1]["records"] > 0
     for name in ("curves.png", "costs.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG
     assert report["criteria"] == ["none", "gxd", "random"] and report["seeds"] == 2
-    assert report["reset"] == {"replacement_rate": 0.005, "maturity": 20}
+    assert report["reset"] == {"replacement_rate": 0.005, "maturity": 20, "reference": "zero"}
     assert report["problem"]["settings"]["examples"] == 1200 and report["machine"]["threads"] == 1
     assert len(report["runs"]) == 6
     for run in report["runs"]:
@@ -49,7 +49,7 @@ def test_run_writes_report_plots_and_table(
         if run["criterion"] == "none":
             assert run["records"] == [] and sum(run["resets"]) == 0
         else:
-            assert run["gxd"]["utility"] == run["criterion"]
+            assert run["gxd"]["utility"] == run["criterion"] and run["gxd"]["reference"] == "zero"
             assert sum(r[2] for r in run["records"]) == sum(run["resets"]) > 0
             assert all(math.isfinite(r[3]) and math.isfinite(r[4]) for r in run["records"])
     summary = report["summary"]["gxd"]

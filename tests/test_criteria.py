@@ -263,6 +263,7 @@ def test_reset_log_records_the_predicted_cost_before_the_inner_step() -> None:
     opt.register_reset_pre_hook(lambda name, index: chosen.append(index))
     opt.step()
     (record,) = opt.reset_log[-1:]
+    assert opt.reset_log.total == len(opt.reset_log) >= 2 and opt.reset_log[-1] is record
     assert record.step == opt.steps == 3 and record.layer == "0"
     assert record.units == len(chosen[0]) >= 1
     assert record.predicted == pytest.approx(float(cost[chosen[0]].sum()), rel=1e-6)

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..config import REFERENCES
 from . import overhead, report
 from .common import write_json
 from .problems import PROBLEMS
@@ -198,6 +199,9 @@ def _add_training(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=None, help="τ of threshold selection")
     parser.add_argument("--interval", type=_count(1), default=None, help="F of threshold selection")
     parser.add_argument("--maturity", type=_count(0), default=None, help="GXDReset maturity")
+    parser.add_argument(
+        "--reference", choices=REFERENCES, default=None, help="GXDReset reference (default mean)"
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="local MNIST / CIFAR-10 files")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument(
@@ -262,6 +266,7 @@ def _prepare(args: argparse.Namespace) -> tuple[object, dict[str, object], Optio
         "threshold": args.threshold,
         "interval": args.interval,
         "maturity": args.maturity,
+        "reference": args.reference,
     }
     reset = {k: v for k, v in given.items() if v is not None}
     options = Options(args.device, args.data_dir, args.threads, not args.no_progress)

@@ -106,13 +106,10 @@ def train_run(
     optimizer: torch.optim.Optimizer = instance.optimizer
     wrapper: GXDReset | None = None
     current: list[Tensor] = []
-    new_records = [0]
+    seen = 0  # reset records read so far
     if job.criterion != NONE:
         wrapper = GXDReset(optimizer, model, utility=job.criterion, seed=job.seed, **job.reset)
         measure_realised_cost(wrapper, lambda: instance.loss(model(current[0]), current[1]))
-        wrapper.register_reset_hook(
-            lambda name, index: new_records.__setitem__(0, new_records[0] + 1)
-        )
         optimizer = wrapper
     run: dict[str, Any] = {
         "criterion": job.criterion,
@@ -144,12 +141,13 @@ def train_run(
         resets_now = sum(wrapper.reset_counts.values()) if wrapper is not None else 0
         run["resets"].append(resets_now - resets_before)
         resets_before = resets_now
-        if wrapper is not None and new_records[0]:
+        if wrapper is not None and wrapper.reset_log.total > seen:
             log = wrapper.reset_log
-            kept = log[len(log) - min(new_records[0], len(log)) :]
-            run["records_lost"] += new_records[0] - len(kept)
+            new = log.total - seen
+            kept = log[len(log) - min(new, len(log)) :]
+            run["records_lost"] += new - len(kept)
             run["records"] += [[r.step, r.layer, r.units, r.predicted, r.realised] for r in kept]
-            new_records[0] = 0
+            seen = log.total
         if tick is not None:
             tick(settings.steps_per_segment)
     run["steps"] = steps
