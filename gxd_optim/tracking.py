@@ -172,6 +172,8 @@ class Tracker:
 
     Attributes:
         steps: committed steps (steps that saw at least one backward pass).
+        before_commit: called with the tracker at the start of `commit`, once the pending
+            sums are complete (e.g. to reduce them across processes, `gxd_optim.distributed`).
     """
 
     def __init__(
@@ -186,6 +188,7 @@ class Tracker:
         self.criterion = criterion
         self.seed = seed
         self.steps = 0
+        self.before_commit: Callable[[Tracker], None] | None = None
         self._fast = criterion is CRITERIA["gxd"]  # the streamed GXD path below
         self.modules = dict(modules)
         self.layers: dict[str, LayerStats] = {}
@@ -349,6 +352,8 @@ class Tracker:
         for layer in self.layers.values():
             for batch in list(layer.open_batches):
                 batch.close()
+        if self.before_commit is not None:
+            self.before_commit(self)
         done = [(n, layer) for n, layer in self.layers.items() if _has_pending(layer)]
         if not done:
             return []
