@@ -117,13 +117,25 @@ class AllReduceStatistics:
 
 
 def assert_replicas_in_sync(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, group: Any = None
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    buffers: bool = False,
+    group: Any = None,
 ) -> None:
-    """Check that every rank holds bit-identical parameters, buffers and optimizer state.
+    """Check that every rank holds bit-identical parameters and optimizer state.
 
     Call it on every rank of the group (it is a collective). The optimizer's full
     ``state_dict()`` is compared, so for a `GXDReset` that includes its statistics, budgets,
-    step count and generator state.
+    step count and generator state. Buffers are compared only when asked: DDP broadcasts rank
+    0's buffers at the start of each forward pass, so after a training forward the BatchNorm
+    running statistics legitimately differ until the next one.
+
+    Args:
+        model: the model (DDP-wrapped or not).
+        optimizer: the optimizer to compare as well, if any.
+        buffers: compare the model's buffers too.
+        group: the process group (``None``: the default group).
 
     Raises:
         AssertionError: on every rank, naming the first tensor (in a fixed order) that some
@@ -134,7 +146,7 @@ def assert_replicas_in_sync(
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
-    named = _named_tensors(model, optimizer)
+    named = _named_tensors(model, optimizer, buffers)
     names = [name for name, _ in named]
     everyone: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(everyone, names, group=group)
@@ -171,12 +183,13 @@ def assert_replicas_in_sync(
 
 
 def _named_tensors(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, buffers: bool
 ) -> list[tuple[str, Tensor]]:
     """Parameters, buffers and optimizer state flattened to named tensors, in a fixed order."""
     root = unwrap_model(model)
     out: list[tuple[str, Tensor]] = [(f"parameter {n}", p) for n, p in root.named_parameters()]
-    out += [(f"buffer {n}", b) for n, b in root.named_buffers()]
+    if buffers:
+        out += [(f"buffer {n}", b) for n, b in root.named_buffers()]
     if optimizer is not None:
         _flatten("optimizer", optimizer.state_dict(), out)
     return out

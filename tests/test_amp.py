@@ -16,7 +16,9 @@ INF_AT = (7, 8, 23)  # steps whose loss is made infinite: the scaler skips them
 
 def make(utility: str = "gxd", **kwargs: object) -> tuple[nn.Module, GXDReset]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 3))
+    model = nn.Sequential(
+        nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 3)
+    )
     inner = torch.optim.Adam(model.parameters(), lr=1e-2)
     options: dict[str, object] = {"replacement_rate": 0.05, "maturity": 3, **kwargs}
     opt = GXDReset(inner, model, utility=utility, **options)  # type: ignore[arg-type]
