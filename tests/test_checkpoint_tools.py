@@ -1,4 +1,4 @@
-"""torch.distributed.checkpoint: its zero-gradient step, and a round trip that resumes bit for bit."""
+"""torch.distributed.checkpoint: its zero-gradient step; a round trip resumes bit for bit."""
 
 from __future__ import annotations
 

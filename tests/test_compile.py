@@ -18,7 +18,7 @@ from gxd_optim import GXDReset
 STEPS = 25
 
 
-def build(order: str) -> tuple[nn.Module, Callable[[Tensor], Tensor], GXDReset]:
+def build(order: str) -> tuple[Callable[[Tensor], Tensor], GXDReset]:
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(2, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 16),
@@ -27,16 +27,16 @@ def build(order: str) -> tuple[nn.Module, Callable[[Tensor], Tensor], GXDReset]:
     inner = torch.optim.Adam(model.parameters(), lr=1e-2)
     options = {"replacement_rate": 0.1, "maturity": 2}
     if order == "eager":
-        return model, model, GXDReset(inner, model, **options)  # type: ignore[arg-type]
+        return model, GXDReset(inner, model, **options)  # type: ignore[arg-type]
     if order == "wrap_then_compile":
         opt = GXDReset(inner, model, **options)  # type: ignore[arg-type]
-        return model, torch.compile(model, backend="aot_eager"), opt
+        return torch.compile(model, backend="aot_eager"), opt
     compiled = torch.compile(model, backend="aot_eager")
-    return model, compiled, GXDReset(inner, compiled, **options)  # type: ignore[arg-type]
+    return compiled, GXDReset(inner, compiled, **options)  # type: ignore[arg-type]
 
 
 def train(order: str, check_recompiles: bool = False) -> tuple[dict[str, Tensor], dict[str, int]]:
-    model, forward, opt = build(order)
+    forward, opt = build(order)
     g = torch.Generator().manual_seed(1)
     for step in range(STEPS):
         if check_recompiles and step == 3:  # after discovery and the first resets
@@ -68,7 +68,7 @@ def test_compiled_matches_eager_without_recompiling(order: str) -> None:
 
 
 def test_hooks_stay_off_the_compiled_graph() -> None:
-    model, forward, opt = build("compile_then_wrap")
+    forward, opt = build("compile_then_wrap")
     x = torch.randn(4, 2, 8, 8)
     forward(x).sum().backward()
     opt.step()

@@ -16,7 +16,8 @@ from gxd_optim.copies import mirror_resets
 def make() -> tuple[nn.Module, GXDReset]:
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Linear(6, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 3)
+        nn.Linear(6, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 24), nn.Tanh(),
+        nn.Linear(24, 3),
     )  # fmt: skip
     inner = torch.optim.Adam(model.parameters(), lr=1e-2)
     return model, GXDReset(inner, model, replacement_rate=0.1, maturity=2)
