@@ -39,6 +39,7 @@ def train(rank: int, store: str) -> None:
     assert_replicas_in_sync(ddp, opt)  # raises, naming the first differing tensor, if not
     if rank == 0:
         print(f"replicas in sync after {opt.steps} steps; resets {opt.reset_counts}")
+    dist.barrier()  # no rank tears its connections down while another still reads from them
     dist.destroy_process_group()
 
 

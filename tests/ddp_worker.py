@@ -38,6 +38,7 @@ def _entry(rank: int, fn: Callable[..., None], store: str, *args: Any) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         fn(rank, *args)
+        dist.barrier()  # no rank tears its connections down while another still reads from them
     finally:
         dist.destroy_process_group()
 
