@@ -269,6 +269,7 @@ def measure_realised_cost(opt: GXDReset, loss_fn: Callable[[], Tensor]) -> Reali
     Example:
         >>> from torch import nn
         >>> from gxd_optim import GXDReset
+        >>> _ = torch.manual_seed(0)
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
         >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
         >>> x = torch.randn(32, 4)

@@ -4,6 +4,10 @@ A model deep-copied for an EMA/SWA teacher, or pickled with ``torch.save``, carr
 hooks along. These hooks hold only weak references, ignore every module but the one they
 were registered on, and turn into `Inert` when copied or pickled, so copies never feed (or
 trigger) the wrapper that hooked the original.
+
+Under ``torch.compile`` the hooks run eagerly: ``torch.compiler.disable`` makes the graph break
+around each call, so the statistics (and the autograd function that reports gradients) stay
+off the compiled graphs, and the wrapper's state never becomes a guard that recompiles.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
+import torch
 from torch import nn
 
 __all__ = ["Inert", "OwnedHook"]
@@ -32,6 +37,7 @@ class OwnedHook:
         self._method = method
         self._key = key
 
+    @torch.compiler.disable  # type: ignore[untyped-decorator]
     def __call__(self, module: nn.Module, *args: Any) -> Any:
         owner = self._owner()
         if owner is None or module is not self._module():

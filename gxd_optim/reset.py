@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
-from . import checkpoint
+from . import amp, checkpoint, distributed
 from .config import Config
 from .diagnostics import (
     RECENT_RESETS,
@@ -100,6 +100,9 @@ class GXDReset(torch.optim.Optimizer):
             ``replacement_rate`` is then not used.
         threshold: ``τ`` of ``selection="threshold"`` (default 0.1).
         interval: ``F`` of ``selection="threshold"``, in steps (default 1000).
+        grad_scaler: the ``torch.amp.GradScaler`` of the training loop; needed only when you
+            call ``scaler.unscale_(opt)`` yourself (e.g. to clip gradients), so that the
+            statistics can be unscaled too (see `gxd_optim.amp`).
 
     Example:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -109,6 +112,8 @@ class GXDReset(torch.optim.Optimizer):
         >>> dict(opt.layers)["0"].consumers
         ('2',)
     """
+
+    _step_supports_amp_scaling = True  # GradScaler.step hands over found_inf and grad_scale
 
     def __init__(
         self,
@@ -127,6 +132,7 @@ class GXDReset(torch.optim.Optimizer):
         selection: str = "budget",
         threshold: float | None = None,
         interval: int | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
@@ -199,6 +205,8 @@ class GXDReset(torch.optim.Optimizer):
         self._skipped: dict[str, str] = {}
         self._lazy_handle: RemovableHandle | None = None
         self._late_handles: dict[str, RemovableHandle] = {}
+        self._grad_scaler = grad_scaler
+        self._entry_restored = False  # load_reset_state_dict ran: a plain load needs no warning
         if explicit is not None:
             self._install(*explicit)
         else:
@@ -320,6 +328,7 @@ class GXDReset(torch.optim.Optimizer):
         config = self.config
         tracker = Tracker(layers, self._modules, config.criterion, config.decay, config.seed)
         tracker.attach()
+        tracker.before_commit = distributed.reducer_for(self.model)
         if self._lazy_handle is not None:
             self._lazy_handle.remove()
             self._lazy_handle = None
@@ -363,6 +372,8 @@ class GXDReset(torch.optim.Optimizer):
         before the inner optimizer moves the weights; they are reset after it. With a
         ``closure`` (which runs backward inside the inner step) everything happens after it.
         """
+        if getattr(self, "found_inf", None) is not None and not self._amp_prepare():
+            return None  # GradScaler found inf/NaN gradients: skip, reset nothing
         loss: Any
         if closure is not None:
             loss = self.optimizer.step(closure)
@@ -604,16 +615,7 @@ class GXDReset(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict plus the wrapper's entry under ``"gxd_reset"``."""
         out = self.optimizer.state_dict()
-        tracker = self._tracker
-        out[checkpoint.KEY] = {
-            "format_version": checkpoint.FORMAT_VERSION,
-            "config": self.config.to_dict(),
-            "layers": None if tracker is None else checkpoint.layers_to_dict(self._layers),
-            "skipped": dict(self._skipped),
-            "stats": None if tracker is None else checkpoint.pack_stats(tracker),
-            "steps": self.steps,
-            "generator": self._generator.get_state(),
-        }
+        out[checkpoint.KEY] = self.reset_state_dict()
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -625,48 +627,19 @@ class GXDReset(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         entry = state_dict.pop(checkpoint.KEY, None)
         if entry is None:
-            warnings.warn(
-                "loading a plain optimizer state dict into GXDReset: the inner optimizer is "
-                "restored, GXDReset's statistics and budgets are not",
-                stacklevel=2,
-            )
+            if not self._entry_restored:
+                warnings.warn(
+                    "loading a plain optimizer state dict into GXDReset: the inner optimizer is "
+                    "restored, GXDReset's statistics and budgets are not (restore them with "
+                    "opt.load_reset_state_dict(...) first)",
+                    stacklevel=2,
+                )
+            self._entry_restored = False
             self.optimizer.load_state_dict(state_dict)
             return
-        version = entry.get("format_version")
-        if version != checkpoint.FORMAT_VERSION:
-            raise ValueError(f"unsupported GXDReset checkpoint format {version!r}")
-        saved = None if entry["layers"] is None else checkpoint.layers_from_dict(entry["layers"])
-        if saved is not None:
-            current = self._layers if self._tracker is not None else None
-            named = dict(unwrap_model(self.model).named_modules())
-            checkpoint.check(
-                saved,
-                current,
-                self._modules,
-                named,
-                entry["stats"],
-                self.config.reference,
-                self._exclude,
-            )
-        changed = {
-            k: (v, getattr(self.config, k) if k != "utility" else self.config.utility_name)
-            for k, v in entry["config"].items()
-            if v != (getattr(self.config, k) if k != "utility" else self.config.utility_name)
-        }
+        saved = self._check_reset_entry(entry)
         self.optimizer.load_state_dict(state_dict)
-        if changed:
-            warnings.warn(
-                f"checkpoint was saved with other GXDReset settings; keeping this wrapper's: "
-                f"{ {k: f'{old} -> {new}' for k, (old, new) in changed.items()} }",
-                stacklevel=2,
-            )
-        if saved is not None:
-            if self._tracker is None:
-                self._install(saved, dict(entry["skipped"]))
-            tracker = self._require_tracker()
-            checkpoint.load_stats(tracker, entry["stats"])
-            tracker.steps = int(entry.get("steps", 0))
-        self._generator.set_state(entry["generator"])
+        self._apply_reset_entry(entry, saved)
 
     # -- copies -----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:  # type: ignore[override]
@@ -688,6 +661,117 @@ class GXDReset(torch.optim.Optimizer):
             self._arm_late_warnings()
         else:
             self._arm_discovery()
+
+    # -- the wrapper's own state, apart from the inner optimizer's ---------------------------
+    def reset_state_dict(self) -> dict[str, Any]:
+        """The wrapper's own state: what `state_dict` stores under ``"gxd_reset"``.
+
+        Tools that save only an optimizer's ``state`` and ``param_groups`` (such as
+        ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``) drop that entry;
+        save this next to their output and restore it with `load_reset_state_dict`.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> entry = opt.reset_state_dict()
+            >>> entry.keys() == opt.state_dict()["gxd_reset"].keys()
+            True
+        """
+        tracker = self._tracker
+        return {
+            "format_version": checkpoint.FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "layers": None if tracker is None else checkpoint.layers_to_dict(self._layers),
+            "skipped": dict(self._skipped),
+            "stats": None if tracker is None else checkpoint.pack_stats(tracker),
+            "steps": self.steps,
+            "generator": self._generator.get_state(),
+        }
+
+    def load_reset_state_dict(self, entry: Mapping[str, Any]) -> None:
+        """Restore the wrapper's own state saved by `reset_state_dict`; the inner optimizer's
+        state is left alone.
+
+        Call it before loading the inner state with a tool that keeps only ``state`` and
+        ``param_groups``; the plain load that follows then raises no warning.
+
+        Raises:
+            ValueError: the entry does not fit this model (nothing is changed).
+        """
+        saved = self._check_reset_entry(entry)
+        self._apply_reset_entry(entry, saved)
+        self._entry_restored = True
+
+    def _check_reset_entry(self, entry: Mapping[str, Any]) -> dict[str, LayerInfo] | None:
+        """Check an entry against this model and settings; its layers (``None`` if none)."""
+        version = entry.get("format_version")
+        if version != checkpoint.FORMAT_VERSION:
+            raise ValueError(f"unsupported GXDReset checkpoint format {version!r}")
+        saved = None if entry["layers"] is None else checkpoint.layers_from_dict(entry["layers"])
+        if saved is not None:
+            current = self._layers if self._tracker is not None else None
+            named = dict(unwrap_model(self.model).named_modules())
+            checkpoint.check(
+                saved,
+                current,
+                self._modules,
+                named,
+                entry["stats"],
+                self.config.reference,
+                self._exclude,
+            )
+        return saved
+
+    def _apply_reset_entry(
+        self, entry: Mapping[str, Any], saved: dict[str, LayerInfo] | None
+    ) -> None:
+        """Restore a checked entry: statistics, budgets, step count and generator."""
+        changed = {
+            k: (v, getattr(self.config, k) if k != "utility" else self.config.utility_name)
+            for k, v in entry["config"].items()
+            if v != (getattr(self.config, k) if k != "utility" else self.config.utility_name)
+        }
+        if changed:
+            warnings.warn(
+                f"checkpoint was saved with other GXDReset settings; keeping this wrapper's: "
+                f"{ {k: f'{old} -> {new}' for k, (old, new) in changed.items()} }",
+                stacklevel=3,
+            )
+        if saved is not None:
+            if self._tracker is None:
+                self._install(saved, dict(entry["skipped"]))
+            tracker = self._require_tracker()
+            checkpoint.load_stats(tracker, entry["stats"])
+            tracker.steps = int(entry.get("steps", 0))
+        self._generator.set_state(entry["generator"])
+
+    # -- mixed precision (see gxd_optim.amp) -------------------------------------------------
+    def _amp_prepare(self) -> bool:
+        """Inside ``GradScaler.step``: skip on inf/NaN, else unscale gradients and statistics.
+
+        Returns:
+            Whether the step goes ahead.
+        """
+        found_inf: Tensor = self.found_inf  # type: ignore[attr-defined]
+        grad_scale: Tensor | None = getattr(self, "grad_scale", None)
+        if bool(found_inf):
+            if self._tracker is not None:
+                self._tracker.discard()
+            return False
+        scale: Tensor | float
+        if grad_scale is not None:
+            amp.unscale_grads_(self.optimizer, grad_scale)
+            scale = grad_scale
+        elif self._grad_scaler is not None:
+            scale = self._grad_scaler.get_scale()  # unscale_ already divided the gradients
+        else:
+            raise RuntimeError(
+                "scaler.unscale_(opt) was called, so GradScaler does not tell GXDReset the loss "
+                "scale its statistics carry: pass it, GXDReset(..., grad_scaler=scaler)"
+            )
+        if self._tracker is not None:
+            amp.unscale_pending_(self._tracker, scale)
+        return True
 
 
 def _register(hooks: OrderedDict[int, ResetHook], hook: ResetHook) -> RemovableHandle:

@@ -242,6 +242,8 @@ class Tracker:
 
     Attributes:
         steps: committed steps (steps that saw at least one backward pass).
+        before_commit: called with the tracker at the start of `commit`, once the pending
+            sums are complete (e.g. to reduce them across processes, `gxd_optim.distributed`).
     """
 
     def __init__(
@@ -256,6 +258,7 @@ class Tracker:
         self.criterion = criterion
         self.seed = seed
         self.steps = 0
+        self.before_commit: Callable[[Tracker], None] | None = None
         self._fast = criterion is CRITERIA["gxd"]  # the streamed GXD path below
         self.modules = dict(modules)
         self.layers: dict[str, LayerStats] = {}
@@ -348,7 +351,7 @@ class Tracker:
         else:
             self._reduce(edge, batch, h, grad)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Reduce the deferred small inputs: together where they allow it, else one by one."""
         deferred, self._deferred = self._deferred, []
         together = len(deferred) > 1 and self._fast and all(_plain(*p) for p in deferred)
@@ -468,10 +471,12 @@ class Tracker:
 
         All layers are updated together with ``torch._foreach_*`` kernels.
         """
-        self._flush()
+        self.flush()
         for layer in self.layers.values():
             for batch in list(layer.open_batches):
                 batch.close()
+        if self.before_commit is not None:
+            self.before_commit(self)
         done = [(n, layer) for n, layer in self.layers.items() if _has_pending(layer)]
         if not done:
             return []
@@ -604,7 +609,7 @@ class Tracker:
 
     def restart(self, name: str, index: Tensor) -> None:
         """Start the statistics of the given units again (after their reset)."""
-        self._flush()  # what the units saw before the reset is dropped below, as for the rest
+        self.flush()  # what the units saw before the reset is dropped below, as for the rest
         layer = self.layers[name]
         with torch.no_grad():
             layer.age.index_fill_(0, index.cpu(), 0)

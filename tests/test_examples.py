@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,11 @@ TESTED = {
     "quickstart.py": "test_quickstart_trains_and_resets",
     "tensorboard_logging.py": "test_tensorboard_example_falls_back_to_logging",
     "test_my_model.py": "test_the_users_test_file_passes",
+    "amp.py": "test_how_to_example_runs",
+    "checkpointing.py": "test_how_to_example_runs",
+    "compile.py": "test_how_to_example_runs",
+    "ddp.py": "test_how_to_example_runs",
+    "ema.py": "test_how_to_example_runs",
 }
 """Each example and the test below that runs it."""
 
@@ -187,3 +193,29 @@ def test_demo_rejects_bad_arguments() -> None:
         demo.parse_args(["--state-policy", "nonsense"])
     with pytest.raises(SystemExit):
         demo.parse_args(["--tasks", "0"])
+
+
+HOW_TO_OUTPUT = {
+    "amp.py": "resets {'0': ",
+    "compile.py": "layers ['0', '2']",
+    "checkpointing.py": "resumed run bit-identical: True",
+    "ema.py": "mirrored into the teacher",
+    "ddp.py": "replicas in sync after 60 steps",
+}
+"""What each how-to page's example prints when it works."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(HOW_TO_OUTPUT))
+def test_how_to_example_runs(script: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / script)],
+        cwd=EXAMPLES.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert HOW_TO_OUTPUT[script] in done.stdout

@@ -1,0 +1,111 @@
+"""Model copies (EMA teachers, ``AveragedModel``): mirror the wrapper's resets into them.
+
+A copy made with ``copy.deepcopy`` (as ``torch.optim.swa_utils.AveragedModel`` does) carries
+the wrapper's hooks along, but they are inert there (`gxd_optim.hooks`): the copy never
+feeds the statistics. Its weights, however, average the trained model's, so right after a
+reset the two disagree on the reset units. `mirror_resets` applies every reset to the copy
+as well, with the same operator:
+
+1. before the reset, each consumer of the copy gets ``W_out·r`` folded into its bias and the
+   unit's outgoing weights zeroed, with the copy's own ``W_out`` and the wrapper's ``r``;
+2. after it, the copy takes the unit's new incoming weights from the model (the same draw),
+   and its BatchNorm entries are restored.
+
+Then the copy reads each reset unit as the same constant the model does, and both start the
+unit from the same new weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.hooks import RemovableHandle
+
+from .discovery import layer_params, unwrap_model
+from .operator import fold_and_zero_inputs_, reset_norm_entries_, unit_columns
+
+if TYPE_CHECKING:
+    from .reset import GXDReset
+
+__all__ = ["MirrorHandle", "mirror_resets"]
+
+
+class MirrorHandle:
+    """Undo `mirror_resets`: ``remove()`` unregisters both of its hooks."""
+
+    def __init__(self, handles: list[RemovableHandle]) -> None:
+        self._handles = handles
+
+    def remove(self) -> None:
+        """Stop mirroring."""
+        for handle in self._handles:
+            handle.remove()
+
+
+def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
+    """Apply every future reset of ``opt`` to ``copy`` too (see the module docstring).
+
+    Args:
+        opt: the wrapper, after its units are known.
+        copy: a copy of ``opt.model`` with the same layer names: a ``deepcopy`` or an
+            ``AveragedModel`` (its ``module`` is used).
+
+    Returns:
+        A handle whose ``remove()`` stops the mirroring.
+
+    Raises:
+        ValueError: ``copy`` lacks a layer the resets touch.
+
+    Example:
+        >>> import copy
+        >>> from gxd_optim import GXDReset
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+        >>> opt.discover(torch.randn(2, 4))
+        >>> teacher = copy.deepcopy(model)
+        >>> handle = mirror_resets(opt, teacher)
+        >>> opt.reset_units("0", [3])
+        >>> torch.equal(teacher[0].weight[3], model[0].weight[3])
+        True
+        >>> float(teacher[2].weight[:, 3].abs().sum())
+        0.0
+    """
+    target = unwrap_model(getattr(copy, "module", copy) if _is_averaged(copy) else copy)
+    named = dict(target.named_modules())
+    source = dict(unwrap_model(opt.model).named_modules())
+    for name, info in opt.layers.items():
+        missing = [n for n in (name, *info.consumers, *info.norms) if n not in named]
+        if missing:
+            raise ValueError(f"the copy has no layers {missing}: it is not a copy of opt.model")
+
+    def fold(name: str, index: Tensor) -> None:
+        for edge in opt._require_tracker().layers[name].edges:
+            weight, bias = layer_params(named[edge.edge.consumer])
+            k = edge.edge.columns_per_unit
+            values = None
+            if edge.mean:
+                values = edge.reference.index_select(0, index).repeat_interleave(k)
+            columns = unit_columns(index, k).to(weight.device)
+            fold_and_zero_inputs_(weight, bias, columns, values)
+
+    def take_new_weights(name: str, index: Tensor) -> None:
+        with torch.no_grad():
+            for mine, theirs in zip(
+                layer_params(named[name]), layer_params(source[name]), strict=True
+            ):
+                if mine is not None and theirs is not None:
+                    at = index.to(theirs.device)
+                    mine.index_copy_(0, at.to(mine.device), theirs.index_select(0, at).to(mine))
+        for norm in opt.layers[name].norms:
+            reset_norm_entries_(cast(_BatchNorm, named[norm]), index)
+
+    return MirrorHandle(
+        [opt.register_reset_pre_hook(fold), opt.register_reset_hook(take_new_weights)]
+    )
+
+
+def _is_averaged(model: nn.Module) -> bool:
+    return isinstance(model, torch.optim.swa_utils.AveragedModel)
