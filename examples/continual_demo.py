@@ -57,6 +57,9 @@ from gxd_optim.bench.streams import minibatches, random_label_data
 LIBRARY_STATE_POLICY: str = inspect.signature(GXDReset).parameters["state_policy"].default
 """The library's default ``state_policy`` (used when ``--state-policy`` is not given)."""
 
+LIBRARY_REPLACEMENT_RATE: float = inspect.signature(GXDReset).parameters["replacement_rate"].default
+"""The library's default ``replacement_rate``, which the demo uses unless told otherwise."""
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -89,7 +92,7 @@ class DemoConfig:
     batch_size: int = 100
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
-    replacement_rate: float = 3e-4
+    replacement_rate: float = LIBRARY_REPLACEMENT_RATE
     maturity: int = 100
     state_policy: str | None = None
     seed: int = 0

@@ -35,7 +35,7 @@ class Config:
 
     utility: str | UtilityFn = "gxd"
     reference: str = "mean"
-    replacement_rate: float = 1e-4
+    replacement_rate: float = 3e-4
     maturity: int = 100
     decay: float = 0.99
     seed: int = 0
