@@ -347,7 +347,8 @@ class Tracker:
         if h.numel() <= _DEFER:
             # Between the large kernels of a backward pass the interpreter runs from a cold
             # cache; small inputs cost little memory to keep and reduce faster together.
-            self._deferred.append((edge, batch, h.detach(), grad.detach()))
+            grad = grad.detach() if grad.requires_grad else grad  # a graph only with create_graph
+            self._deferred.append((edge, batch, h.detach(), grad))
         else:
             self._reduce(edge, batch, h, grad)
 

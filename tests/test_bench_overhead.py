@@ -39,6 +39,8 @@ def test_quick_overhead_writes_the_report(
     assert machine["threads"] == 1 and machine["device"] == "cpu"
     assert machine["torch"] == torch.__version__ and machine["cpu"] and machine["logical_cores"]
     assert {"timing", "memory"} <= set(report["method"])
+    allocator = report["method"]["allocator"]  # pinned on glibc, said otherwise
+    assert allocator.startswith("glibc: mmap threshold") or allocator.startswith("default (")
 
     cases = {case["name"]: case for case in report["cases"]}
     assert list(cases) == ["mlp-b1-sgd", "reset-step-mlp-b256-adam"]
