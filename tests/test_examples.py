@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +28,16 @@ TESTED = {
     "compile.py": "test_how_to_example_runs",
     "ddp.py": "test_how_to_example_runs",
     "ema.py": "test_how_to_example_runs",
+    "wrap.py": "test_wrap_example_does_what_the_page_says",
+    "architectures.py": "test_page_shows_what_its_example_prints",
+    "diagnostics.py": "test_page_shows_what_its_example_prints",
+    "skipped.py": "test_page_shows_what_its_example_prints",
 }
 """Each example and the test below that runs it."""
 
 USERS_TEST = "examples/test_my_model.py"
+
+DOCS = EXAMPLES.parent / "docs"
 
 
 def load_example(name: str) -> ModuleType:
@@ -219,3 +227,102 @@ def test_how_to_example_runs(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert HOW_TO_OUTPUT[script] in done.stdout
+
+
+PAGES = {
+    "architectures": "howto/architectures.md",
+    "diagnostics": "howto/diagnostics.md",
+    "skipped": "howto/skipped.md",
+}
+"""Examples whose page shows their output: every line they print is in one of its text blocks."""
+
+TEXT_BLOCK = re.compile(r"^( *)```text\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+NUMBER = re.compile(r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
+
+
+def run_example(name: str, capsys: pytest.CaptureFixture[str]) -> tuple[ModuleType, list[str]]:
+    """Run ``examples/<name>.py`` in this process; the module and the lines it printed."""
+    state = torch.get_rng_state()
+    try:
+        module = load_example(name)
+    finally:
+        torch.set_rng_state(state)
+    return module, capsys.readouterr().out.splitlines()
+
+
+def shown_outputs(page: Path) -> list[list[str]]:
+    """The lines of each ```` ```text ```` block of a docs page (the outputs it shows)."""
+    return [
+        [line.removeprefix(indent) for line in body.splitlines()]
+        for indent, body in TEXT_BLOCK.findall(page.read_text())
+    ]
+
+
+def same_line(shown: str, printed: str) -> bool:
+    """Equal up to runs of spaces, with decimals equal to 1% (other platforms round apart)."""
+    a, b = NUMBER.split(" ".join(shown.split())), NUMBER.split(" ".join(printed.split()))
+    if len(a) != len(b):
+        return False
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        decimal = i % 2 == 1 and any(c in x + y for c in ".e")
+        if not (math.isclose(float(x), float(y), rel_tol=0.01) if decimal else x == y):
+            return False
+    return True
+
+
+def find_block(block: list[str], printed: list[str]) -> int | None:
+    """Where ``block`` starts as consecutive lines of ``printed``, or None."""
+    for start in range(len(printed) - len(block) + 1):
+        if all(same_line(s, p) for s, p in zip(block, printed[start:], strict=False)):
+            return start
+    return None
+
+
+def test_same_line_compares_text_exactly_and_decimals_closely() -> None:
+    assert same_line("0:  min 1.47e-05  max 0.5", "0: min 1.4701e-05 max 0.5")
+    assert not same_line("0: min 1.47e-05", "0: min 1.6e-05")  # a decimal drifted
+    assert not same_line("resets {'0': 62}", "resets {'0': 63}")  # integers are exact
+    assert not same_line("reset 2: [4, 11]", "reset 2: [4, 11, 12]")
+    assert not same_line("skipped: head", "skipped: stem")
+
+
+@pytest.mark.parametrize("name", sorted(PAGES))
+def test_page_shows_what_its_example_prints(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _, printed = run_example(name, capsys)
+    blocks = shown_outputs(DOCS / PAGES[name])
+    assert blocks and printed
+    shown: set[int] = set()
+    for block in blocks:
+        start = find_block(block, printed)
+        assert start is not None, (
+            f"{PAGES[name]} shows\n"
+            + "\n".join(block)
+            + "\nbut the example printed\n"
+            + "\n".join(printed)
+        )
+        shown.update(range(start, start + len(block)))
+    missing = [line for i, line in enumerate(printed) if i not in shown]
+    assert not missing, f"{PAGES[name]} does not show what examples/{name}.py prints: {missing}"
+
+
+def test_diagnostics_example_measures_what_the_page_claims(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    example, _ = run_example("diagnostics", capsys)
+    opt = example.opt
+    true_change, estimate = (example.after - example.loss).item(), example.cost[[3, 7]].sum().item()
+    assert math.isclose(true_change, estimate, rel_tol=0.2)  # first order, on an unfitted batch
+    assert all(math.isfinite(r.realised) for r in opt.reset_log)  # the meter saw every reset
+    assert opt.reset_counts["0"] > 55 + 2 + 5  # the loop after mirror_resets reset units too
+
+
+def test_wrap_example_does_what_the_page_says(capsys: pytest.CaptureFixture[str]) -> None:
+    example, printed = run_example("wrap", capsys)
+    assert printed[0].startswith("trained 150 steps, resets {'0': ")
+    assert printed[1] == "accumulated 4 micro-batches into step 151"  # one step for four
+    assert "resumed run bit for bit: True" in printed[2]
+    assert printed[3] == "the copy steps its own parameters: True"
+    assert example.opt2.model is example.model2
+    assert printed[4].startswith("gradient-magnitude criterion: resets {'0': ")
+    lr = 0.1 * (1 + math.cos(math.pi * 150 / 10_000)) / 2  # the cosine schedule reached the wrapper
+    assert printed[5] == f"learning rate after 150 steps: {lr:.6f}"
