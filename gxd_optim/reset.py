@@ -215,7 +215,16 @@ class GXDReset(torch.optim.Optimizer):
     # -- delegation (load_state_dict of the inner optimizer rebinds these) ------------------
     @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:
-        """The inner optimizer's parameter groups (LR schedulers act through these)."""
+        """The inner optimizer's parameter groups (LR schedulers act through these).
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> group = opt.param_groups[0]
+            >>> group["lr"] = 0.05  # what LR schedulers do
+            >>> group is opt.optimizer.param_groups[0]
+            True
+        """
         return self.optimizer.param_groups
 
     @param_groups.setter
@@ -241,7 +250,15 @@ class GXDReset(torch.optim.Optimizer):
         self.optimizer.defaults = value
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a parameter group to the inner optimizer."""
+        """Add a parameter group to the inner optimizer.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model[0].parameters(), lr=0.1), model)
+            >>> opt.add_param_group({"params": model[2].parameters(), "lr": 0.01})
+            >>> len(opt.optimizer.param_groups)
+            2
+        """
         self.optimizer.add_param_group(param_group)
 
     def __repr__(self) -> str:
@@ -256,6 +273,13 @@ class GXDReset(torch.optim.Optimizer):
 
         Raises:
             ValueError: if no layer is eligible (the message lists why each was skipped).
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> list(opt.layers), dict(opt.skipped)
+            (['0'], {'2': "its units are part of the model's output"})
         """
         if self._tracker is not None:
             return
@@ -291,6 +315,13 @@ class GXDReset(torch.optim.Optimizer):
         """Remove every hook from the model; the wrapper then only steps the inner optimizer.
 
         Call this before wrapping the same model again (e.g. a new optimizer per task).
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> opt.close()  # the model has no hooks of this wrapper any more
+            >>> opt.step()  # still steps the inner optimizer
         """
         if self._lazy_handle is not None:
             self._lazy_handle.remove()
@@ -352,13 +383,29 @@ class GXDReset(torch.optim.Optimizer):
 
     @property
     def layers(self) -> Mapping[str, LayerInfo]:
-        """Eligible producers by qualified name: ``info.num_units``, ``info.consumers``, ..."""
+        """Eligible producers by qualified name: ``info.num_units``, ``info.consumers``, ...
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> opt.layers["0"].num_units, opt.layers["0"].consumers
+            (8, ('2',))
+        """
         self._require_tracker()
         return MappingProxyType(self._layers)
 
     @property
     def skipped(self) -> Mapping[str, str]:
-        """Linear/Conv layers that are not eligible, and why."""
+        """Linear/Conv layers that are not eligible, and why.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> opt.skipped["2"]
+            "its units are part of the model's output"
+        """
         self._require_tracker()
         return MappingProxyType(self._skipped)
 
@@ -371,6 +418,15 @@ class GXDReset(torch.optim.Optimizer):
         The units to reset are chosen, and their predicted cost recorded in `reset_log`,
         before the inner optimizer moves the weights; they are reset after it. With a
         ``closure`` (which runs backward inside the inner step) everything happens after it.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.zero_grad()
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.step()
+            >>> opt.steps
+            1
         """
         if getattr(self, "found_inf", None) is not None and not self._amp_prepare():
             return None  # GradScaler found inf/NaN gradients: skip, reset nothing
@@ -386,7 +442,16 @@ class GXDReset(torch.optim.Optimizer):
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the inner optimizer's gradients and drop statistics no step has committed."""
+        """Zero the inner optimizer's gradients and drop statistics no step has committed.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.zero_grad()  # gradients and uncommitted statistics are gone
+            >>> model[0].weight.grad is None, opt.steps
+            (True, 0)
+        """
         self.optimizer.zero_grad(set_to_none=set_to_none)
         if self._tracker is not None:
             self._tracker.discard()
@@ -433,7 +498,16 @@ class GXDReset(torch.optim.Optimizer):
 
     # -- queries and manual resets ----------------------------------------------------------
     def utilities(self) -> dict[str, Tensor]:
-        """Current bias-corrected utilities per layer (units never scored read 0)."""
+        """Current bias-corrected utilities per layer (units never scored read 0).
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.step()
+            >>> opt.utilities()["0"].shape
+            torch.Size([8])
+        """
         tracker = self._require_tracker()
         return {name: tracker.utilities(name) for name in self._layers}
 
@@ -449,6 +523,14 @@ class GXDReset(torch.optim.Optimizer):
         Raises:
             ValueError: ``name`` is not an eligible layer.
             RuntimeError: a consumer has no gradient yet.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> cost = opt.predicted_cost("0")  # after backward(), before step()
+            >>> cost.shape
+            torch.Size([8])
         """
         self._check_name(name)
         return self._require_tracker().predicted_cost(name)
@@ -458,6 +540,14 @@ class GXDReset(torch.optim.Optimizer):
 
         Raises:
             ValueError: unknown layer, or indices that are not integers in ``[0, num_units)``.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.reset_units("0", [1, 5])
+            >>> opt.reset_counts["0"], float(model[2].weight[:, [1, 5]].detach().abs().sum())
+            (2, 0.0)
         """
         self._check_name(name)
         units = self._layers[name].num_units
@@ -527,13 +617,29 @@ class GXDReset(torch.optim.Optimizer):
 
     @property
     def reset_counts(self) -> dict[str, int]:
-        """Units reset so far, per layer."""
+        """Units reset so far, per layer.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> opt.reset_counts
+            {'0': 0}
+        """
         tracker = self._require_tracker()
         return {name: layer.resets for name, layer in tracker.layers.items()}
 
     @property
     def steps(self) -> int:
-        """Committed steps: optimizer steps that followed at least one backward pass."""
+        """Committed steps: optimizer steps that followed at least one backward pass.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.step()  # no backward pass: nothing to commit
+            >>> opt.steps
+            0
+        """
         return 0 if self._tracker is None else self._tracker.steps
 
     @property
@@ -545,6 +651,15 @@ class GXDReset(torch.optim.Optimizer):
         of that step, before the inner update (NaN where none were fresh); ``realised`` is
         filled in by `gxd_optim.diagnostics.measure_realised_cost`. The log is a diagnostic:
         it is not saved in `state_dict`.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.reset_units("0", [3])
+            >>> record = opt.reset_log[-1]
+            >>> record.layer, record.units, opt.reset_log.total
+            ('0', 1, 1)
         """
         return self._reset_log
 
@@ -553,6 +668,15 @@ class GXDReset(torch.optim.Optimizer):
 
         Returns:
             A handle whose ``remove()`` unregisters the hook.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> handle = opt.register_reset_hook(lambda name, index: print(name, index.tolist()))
+            >>> opt.reset_units("0", [2])
+            0 [2]
+            >>> handle.remove()
         """
         return _register(self._reset_hooks, hook)
 
@@ -561,6 +685,18 @@ class GXDReset(torch.optim.Optimizer):
 
         Returns:
             A handle whose ``remove()`` unregisters the hook.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> seen = []
+            >>> handle = opt.register_reset_pre_hook(
+            ...     lambda name, index: seen.append(model[2].weight[:, index].abs().sum() > 0)
+            ... )
+            >>> opt.reset_units("0", [2])
+            >>> bool(seen[0])  # the outgoing weights were still there
+            True
         """
         return _register(self._reset_pre_hooks, hook)
 
@@ -613,7 +749,14 @@ class GXDReset(torch.optim.Optimizer):
 
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The inner optimizer's state dict plus the wrapper's entry under ``"gxd_reset"``."""
+        """The inner optimizer's state dict plus the wrapper's entry under ``"gxd_reset"``.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> sorted(opt.state_dict())
+            ['gxd_reset', 'param_groups', 'state']
+        """
         out = self.optimizer.state_dict()
         out[checkpoint.KEY] = self.reset_state_dict()
         return out
@@ -623,6 +766,17 @@ class GXDReset(torch.optim.Optimizer):
 
         Everything is checked before anything changes: a checkpoint from another architecture
         raises ``ValueError`` and leaves the wrapper and the inner optimizer as they were.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.step()
+            >>> saved = opt.state_dict()
+            >>> twin = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> twin.load_state_dict(saved)
+            >>> twin.steps
+            1
         """
         state_dict = dict(state_dict)
         entry = state_dict.pop(checkpoint.KEY, None)
@@ -697,6 +851,16 @@ class GXDReset(torch.optim.Optimizer):
 
         Raises:
             ValueError: the entry does not fit this model (nothing is changed).
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.step()
+            >>> twin = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> twin.load_reset_state_dict(opt.reset_state_dict())
+            >>> twin.steps
+            1
         """
         saved = self._check_reset_entry(entry)
         self._apply_reset_entry(entry, saved)
