@@ -82,6 +82,17 @@ def unscale_pending_(tracker: Tracker, grad_scale: Tensor | float) -> None:
 
     ``p`` is `gradient_degree` of the tracker's criterion; with ``p = 0`` nothing changes.
     The sums of ``h`` (running means) never depend on the gradient.
+
+    Example:
+        >>> from torch import nn
+        >>> from gxd_optim import GXDReset
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+        >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+        >>> model(torch.randn(16, 4)).sum().mul(1024.0).backward()  # a loss scaled by 1024
+        >>> tracker = opt._require_tracker()
+        >>> unscale_pending_(tracker, 1024.0)
+        >>> bool(tracker.layers["0"].pending_abs.isfinite().all())
+        True
     """
     power = gradient_degree(tracker.criterion)
     if power == 0:

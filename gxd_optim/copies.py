@@ -34,7 +34,17 @@ __all__ = ["MirrorHandle", "mirror_resets"]
 
 
 class MirrorHandle:
-    """Undo `mirror_resets`: ``remove()`` unregisters both of its hooks."""
+    """Undo `mirror_resets`: ``remove()`` unregisters both of its hooks.
+
+    Example:
+        >>> import copy
+        >>> from gxd_optim import GXDReset
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+        >>> opt.discover(torch.randn(2, 4))
+        >>> handle = mirror_resets(opt, copy.deepcopy(model))
+        >>> handle.remove()  # later resets leave the copy alone
+    """
 
     def __init__(self, handles: list[RemovableHandle]) -> None:
         self._handles = handles
@@ -70,7 +80,7 @@ def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
         >>> opt.reset_units("0", [3])
         >>> torch.equal(teacher[0].weight[3], model[0].weight[3])
         True
-        >>> float(teacher[2].weight[:, 3].abs().sum())
+        >>> float(teacher[2].weight[:, 3].detach().abs().sum())
         0.0
     """
     target = unwrap_model(getattr(copy, "module", copy) if _is_averaged(copy) else copy)

@@ -51,6 +51,10 @@ def reducer_for(model: nn.Module) -> AllReduceStatistics | None:
 
     A DDP-wrapped model reduces over its process group. A plain model in a job of several
     processes is trained independently per rank, as far as the wrapper can tell: it warns.
+
+    Example:
+        >>> reducer_for(torch.nn.Linear(2, 2)) is None  # one process, no DDP: nothing to reduce
+        True
     """
     ddp = find_ddp(model)
     if ddp is not None:
@@ -75,6 +79,10 @@ class AllReduceStatistics:
 
     Args:
         group: the process group (``None``: the default group).
+
+    Example:
+        >>> AllReduceStatistics().group is None  # the default group
+        True
     """
 
     def __init__(self, group: Any = None) -> None:

@@ -176,6 +176,12 @@ class ConsumerView:
         mean: ``[U]`` the running mean of ``h``.
         consumer_weight: the consumer's weight ``[out, U·k, *kernel]``.
         producer_weight: the producer's weight ``[U, in, *kernel]``.
+
+    Example:
+        >>> h = torch.ones(1, 2, 1); w_out = torch.tensor([[1.0, -2.0]]); w_in = torch.ones(2, 3)
+        >>> view = ConsumerView(h, h, torch.zeros(2), torch.zeros(2), w_out, w_in)
+        >>> view.out_weight(), view.in_weight()
+        (tensor([1., 2.]), tensor([3., 3.]))
     """
 
     h: Tensor
@@ -207,6 +213,12 @@ class Criterion:
         score: ``ConsumerView -> [N, U]`` for ``"consumer"``, ``[N, U, P] -> [N, U]`` for
             ``"output"``; ``None`` for ``"none"``.
         normalised: whether utilities are reported divided by their layer's mean.
+
+    Example:
+        >>> CRITERIA["activation"].reads, CRITERIA["activation"].normalised
+        ('consumer', True)
+        >>> Criterion.custom(gxd).reads
+        'consumer'
     """
 
     name: str
