@@ -52,10 +52,14 @@ from torch import Tensor, nn
 from gxd_optim import STATE_POLICIES, GXDReset
 from gxd_optim.bench.metrics import accuracy, dormant_fraction
 from gxd_optim.bench.models import relu_mlp
+from gxd_optim.bench.problems import MemorisationSettings
 from gxd_optim.bench.streams import minibatches, random_label_data
 
 LIBRARY_STATE_POLICY: str = inspect.signature(GXDReset).parameters["state_policy"].default
 """The library's default ``state_policy`` (used when ``--state-policy`` is not given)."""
+
+PROBLEM = MemorisationSettings()
+"""The benchmark's random-label memorisation problem: the demo runs it with fewer tasks."""
 
 LIBRARY_REPLACEMENT_RATE: float = inspect.signature(GXDReset).parameters["replacement_rate"].default
 """The library's default ``replacement_rate``, which the demo uses unless told otherwise."""
@@ -83,14 +87,14 @@ class DemoConfig:
     """
 
     tasks: int = 45
-    samples: int = 1000
-    input_dim: int = 32
-    classes: int = 10
-    width: int = 128
-    depth: int = 2
-    epochs: int = 100
-    batch_size: int = 100
-    lr: float = 1e-3
+    samples: int = PROBLEM.samples
+    input_dim: int = PROBLEM.input_dim
+    classes: int = PROBLEM.classes
+    width: int = PROBLEM.width
+    depth: int = PROBLEM.depth
+    epochs: int = PROBLEM.epochs
+    batch_size: int = PROBLEM.batch
+    lr: float = PROBLEM.lr
     betas: tuple[float, float] = (0.9, 0.999)
     replacement_rate: float = LIBRARY_REPLACEMENT_RATE
     maturity: int = 100

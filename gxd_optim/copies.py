@@ -25,7 +25,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
 from .discovery import layer_params, unwrap_model
-from .operator import fold_and_zero_inputs_, reset_norm_entries_, unit_columns
+from .operator import reset_norm_entries_
+from .tracking import fold_edge_
 
 if TYPE_CHECKING:
     from .reset import GXDReset
@@ -93,13 +94,7 @@ def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
 
     def fold(name: str, index: Tensor) -> None:
         for edge in opt._require_tracker().layers[name].edges:
-            weight, bias = layer_params(named[edge.edge.consumer])
-            k = edge.edge.columns_per_unit
-            values = None
-            if edge.mean:
-                values = edge.reference.index_select(0, index).repeat_interleave(k)
-            columns = unit_columns(index, k).to(weight.device)
-            fold_and_zero_inputs_(weight, bias, columns, values)
+            fold_edge_(edge, named[edge.edge.consumer], index)
 
     def take_new_weights(name: str, index: Tensor) -> None:
         with torch.no_grad():

@@ -38,14 +38,12 @@ from .discovery import (
 from .hooks import OwnedHook
 from .operator import (
     clear_state_slices_,
-    fold_and_zero_inputs_,
     reinit_units_,
     reset_norm_entries_,
-    unit_columns,
 )
 from .sandbox import untouched
 from .selection import accrue, below, lowest
-from .tracking import Tracker
+from .tracking import Tracker, fold_edge_
 from .utilities import UtilityFn, layer_normalised
 
 __all__ = ["GXDReset"]
@@ -716,14 +714,9 @@ class GXDReset(torch.optim.Optimizer):
         index = index.to(weight.device)
         policy = self.config.state_policy
         for edge in layer.edges:
-            consumer_weight, consumer_bias = layer_params(self._modules[edge.edge.consumer])
-            k = edge.edge.columns_per_unit
-            columns = unit_columns(index, k).to(consumer_weight.device)
-            values = None
-            if edge.edge.reference == "mean":
-                values = edge.reference.index_select(0, index).repeat_interleave(k)
-            fold_and_zero_inputs_(consumer_weight, consumer_bias, columns, values)
-            self._clear_state(consumer_weight, 1, columns, policy)
+            consumer = self._modules[edge.edge.consumer]
+            columns = fold_edge_(edge, consumer, index)
+            self._clear_state(layer_params(consumer)[0], 1, columns, policy)
         reinit_units_(weight, bias, index, self._generator)
         touched: list[Tensor | None] = [weight, bias]
         for norm in self._norms(name):

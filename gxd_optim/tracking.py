@@ -26,7 +26,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .discovery import Edge, LayerInfo, layer_params
 from .hooks import OwnedHook
-from .operator import unit_columns
+from .operator import fold_and_zero_inputs_, unit_columns
 from .utilities import (
     CRITERIA,
     ConsumerView,
@@ -36,7 +36,7 @@ from .utilities import (
     random_scores,
 )
 
-__all__ = ["EdgeStats", "LayerStats", "Tracker"]
+__all__ = ["EdgeStats", "LayerStats", "Tracker", "fold_edge_"]
 
 _TINY = 1e-30
 _CHUNK = 1 << 17  # elements per chunk of a flat reduction (its one temporary); x8 for dot products
@@ -205,6 +205,20 @@ class _Probe(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         ctx.sink(x, grad)
         return grad, None
+
+
+def fold_edge_(edge: EdgeStats, consumer: nn.Module, index: Tensor) -> Tensor:
+    """Apply the reset's fold to one consumer: ``b += W_out[:, i]·r_i``, then ``W_out[:, i] = 0``.
+
+    Returns:
+        The consumer input columns it touched (for clearing their optimizer state).
+    """
+    weight, bias = layer_params(consumer)
+    k = edge.edge.columns_per_unit
+    columns = unit_columns(index, k).to(weight.device)
+    values = edge.reference.index_select(0, index).repeat_interleave(k) if edge.mean else None
+    fold_and_zero_inputs_(weight, bias, columns, values)
+    return columns
 
 
 def _plain(edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> bool:

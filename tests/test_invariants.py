@@ -60,7 +60,7 @@ def test_the_invariant_check_catches_a_broken_operator(monkeypatch: pytest.Monke
     ) -> None:
         weight.detach()[:, columns].zero_()  # the classic bug: writes into a copy
 
-    monkeypatch.setattr(gxd_optim.reset, "fold_and_zero_inputs_", fold_without_zeroing)
+    monkeypatch.setattr(gxd_optim.tracking, "fold_and_zero_inputs_", fold_without_zeroing)
     _, opt = _trained("adam", "zero")
     with pytest.raises(AssertionError, match="outgoing weights of the units are not zero"):
         assert_reset_invariants(opt, "fc", [1])

@@ -299,7 +299,7 @@ def _bitflip(s: BitFlipSettings, seed: int, device: torch.device, _: Path | None
 # -- random-label memorisation -----------------------------------------------------------------
 @dataclass(frozen=True)
 class MemorisationSettings(_Tasks):
-    """Random-label memorisation; defaults are those of ``examples/continual_demo.py``."""
+    """Random-label memorisation; ``examples/continual_demo.py`` runs it with 45 tasks."""
 
     tasks: int = 60
     samples: int = 1000
