@@ -53,7 +53,7 @@ def test_reset_touches_exactly_the_unit(optimizer: str, policy: str) -> None:
 
 
 def test_the_invariant_check_catches_a_broken_operator(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gxd_optim.reset
+    import gxd_optim.tracking
 
     def fold_without_zeroing(
         weight: Tensor, bias: Tensor | None, columns: Tensor, values: object
