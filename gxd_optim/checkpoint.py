@@ -166,6 +166,7 @@ def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
             saved = stats[name]
             for key in ("utility_ema", "weight_ema", "age"):
                 _copy(getattr(layer, key), saved[key])
+            layer.recount_at = 0  # ages were replaced
             layer.budget = float(saved["budget"])
             layer.resets = int(saved["resets"])
             for edge, mean, norm in zip(

@@ -393,7 +393,6 @@ _UNARY = frozenset(
         *("Relu", "Threshold", "LeakyRelu", "Tanh", "Sigmoid", "Gelu", "Silu", "Elu", "Celu"),
         *("Hardtanh", "Softplus", "Mish", "Hardswish", "Hardsigmoid", "LogSigmoid"),
         *("RreluWithNoise", "PreluKernel", "NativeDropout", "ToCopy", "Clone", "Alias"),
-        "_Probe",  # another GXDReset's identity probe on the same model
     }
 )
 _BINARY = frozenset({"Add", "Sub", "Mul", "Div"})

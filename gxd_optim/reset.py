@@ -355,7 +355,9 @@ class GXDReset(torch.optim.Optimizer):
 
     def _install(self, layers: dict[str, LayerInfo], skipped: dict[str, str]) -> None:
         config = self.config
-        tracker = Tracker(layers, self._modules, config.criterion, config.decay, config.seed)
+        tracker = Tracker(
+            layers, self._modules, config.criterion, config.decay, config.seed, config.maturity
+        )
         tracker.attach()
         tracker.before_commit = distributed.reducer_for(self.model)
         if self._lazy_handle is not None:
@@ -469,21 +471,21 @@ class GXDReset(torch.optim.Optimizer):
         tracker = self._require_tracker()
         layer = tracker.layers[name]
         config = self.config
-        eligible = layer.age > config.maturity  # on the host: no device sync per step
         if config.selection == "threshold":
-            if tracker.steps % config.every or not eligible.any():
+            if tracker.steps % config.every or not tracker.eligible(name):
                 return None
             utility = tracker.utilities(name)
-            return below(layer_normalised(utility), eligible.to(utility.device), config.tau)
+            eligible = (layer.age > config.maturity).to(utility.device)
+            return below(layer_normalised(utility), eligible, config.tau)
         if config.replacement_rate == 0:
             return None
-        layer.budget = accrue(layer.budget, int(eligible.sum()), config.replacement_rate)
+        layer.budget = accrue(layer.budget, tracker.eligible(name), config.replacement_rate)
         count = int(layer.budget)
         if count < 1:
             return None
         layer.budget -= count
         utility = tracker.utilities(name)
-        return lowest(utility, eligible.to(utility.device), count)
+        return lowest(utility, (layer.age > config.maturity).to(utility.device), count)
 
     def _predicted(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` from the current gradients, or NaN where they are stale."""

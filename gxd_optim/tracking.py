@@ -1,20 +1,22 @@
 """Per-unit statistics collected by hooks, committed only when the optimizer steps.
 
-Each consumer's input passes through `_Probe`, an identity autograd function that saves
-the (already saved) input and, when the gradient arrives, reduces ``(h, ∂ℓ/∂h)`` at once to
-``[U]`` and ``[N, U]`` tensors. Nothing is kept beyond the backward pass; statistics wait in
-``pending`` buffers until `Tracker.commit` (the optimizer stepped) or `Tracker.discard`
-(``zero_grad`` without a step).
+Each consumer reads its input through an alias (``h.view_as(h)``) whose gradient hook, when
+the gradient arrives, reduces ``(h, ∂ℓ/∂h)`` at once to ``[U]`` and ``[N, U]`` tensors; the
+alias gives every consumer its own gradient, even where several read the same ``h``. Nothing
+is kept beyond the backward pass; statistics wait in ``pending`` buffers until
+`Tracker.commit` (the optimizer stepped) or `Tracker.discard` (``zero_grad`` without a step).
 
-Per backward pass and consumer the hot path reads the activation and its gradient once for
-``Σ_x |a(x)|``, chunk by chunk with one small in-place temporary, and once for ``Σ_x h``; with
-a single consumer (the common case) the per-sample scores are never stored. The signed sums that
-`predicted_cost` needs are not collected at all: they follow from the consumer's gradients
+Per backward pass and consumer the hot path reads the activation and its gradient once, in
+chunks of at most 2 MiB of float32 (one temporary): ``h − r`` gives ``Σ_x h`` (from its sum)
+and, multiplied by the gradient, ``Σ_x |a(x)|``. With a single consumer (the common case) the
+per-sample scores are never stored. The signed sums that `predicted_cost` needs are not
+collected at all: they follow from the consumer's gradients
 (see `gxd_optim.utilities.predicted_cost`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -39,7 +41,7 @@ from .utilities import (
 __all__ = ["EdgeStats", "LayerStats", "Tracker", "fold_edge_"]
 
 _TINY = 1e-30
-_CHUNK = 1 << 17  # elements per chunk of a flat reduction (its one temporary); x8 for dot products
+_CHUNK = 1 << 19  # elements per chunk of a reduction: its one temporary
 _DEFER = 1 << 15  # consumer inputs this small are reduced at the commit, back to back
 
 
@@ -79,6 +81,9 @@ class LayerStats:
             correction of every EMA of the layer, kept on the statistics' device.
         age: committed steps since each unit's last reset, on the host (eligibility is
             counted there, so the step never waits for the device).
+        commits: committed steps of the layer, the clock of ``age``.
+        eligible_count: units older than the tracker's maturity; recounted from ``age`` only
+            once ``commits`` reaches ``recount_at`` (see `Tracker.eligible`).
     """
 
     info: LayerInfo
@@ -91,6 +96,9 @@ class LayerStats:
     budget: float = 0.0
     resets: int = 0
     open_batches: list[_Batch] = field(default_factory=list)
+    commits: int = 0  # committed steps of this layer: the clock that ``age`` counts in
+    eligible_count: int = 0  # units older than maturity, valid while ``commits < recount_at``
+    recount_at: int = 0
 
 
 class _Slab:
@@ -105,16 +113,21 @@ class _Slab:
         self.size = 0
         self.owners: list[LayerStats | EdgeStats] = []  # in the order of their segments
         self._cursor = 0
+        self._segments: list[slice] = []
+        self._scaled_for: list[int] = []  # the counts that `scale` holds the inverses of
 
     def allocate(self) -> None:
         """Create the buffers, once `size` is known."""
         zeros = partial(torch.zeros, self.size, dtype=self.dtype, device=self.device)
         self.ema, self.norm, self.reference, self.pending, self.mask = (zeros() for _ in range(5))
+        self.scale = zeros()  # 1 / count of each segment's pending sum
+        self.ones = torch.ones_like(self.norm)  # what the bias correction is an EMA of
 
     def take(self, units: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The next segment's views: EMA, its bias correction, reference, pending sum, mask."""
         part = slice(self._cursor, self._cursor + units)
         self._cursor += units
+        self._segments.append(part)
         return (
             self.ema[part],
             self.norm[part],
@@ -130,23 +143,30 @@ class _Slab:
         ]
 
     def fold(self, counts: list[int], decay: float) -> None:
-        """Fold every segment's pending sum (all counts positive) into its EMA, and clear it."""
-        pending = [o.pending_abs if isinstance(o, LayerStats) else o.pending_h for o in self.owners]
-        torch._foreach_mul_(pending, [1.0 / n for n in counts])
-        _fold(self.pending, self.ema, self.norm, decay)
+        """Fold every segment's pending sum (all counts positive) into its EMA, and clear it.
+
+        The sums are divided by their counts with one product by `scale`, refilled (on the
+        device, without a transfer) only when the counts differ from the last step's.
+        """
+        if counts != self._scaled_for:
+            for part, n in zip(self._segments, counts, strict=True):
+                self.scale[part].fill_(1.0 / n)
+            self._scaled_for = counts
+        _fold(self.pending.mul_(self.scale), self.ema, self.norm, self.ones, decay)
         torch.div(self.ema, self.norm.clamp_min(_TINY), out=self.reference).mul_(self.mask)
         self.pending.zero_()
 
 
-def _fold(value: Tensor, ema: Tensor, norm: Tensor, decay: float) -> None:
+def _fold(value: Tensor, ema: Tensor, norm: Tensor, one: Tensor, decay: float) -> None:
     """``ema ← lerp(ema, value, 1 − decay)``, ``norm ← lerp(norm, 1, 1 − decay)``.
 
     A non-finite batch value is first replaced by the current bias-corrected estimate, which
-    the update then leaves exactly as it was.
+    the update then leaves exactly as it was. (``value − value`` is NaN exactly where
+    ``value`` is not finite: two kernels, where ``isfinite`` takes nine on a CPU.)
     """
-    torch.where(value.isfinite(), value, ema / norm.clamp_min(_TINY), out=value)
+    torch.where(torch.isnan(value - value), ema / norm.clamp_min(_TINY), value, out=value)
     ema.lerp_(value, 1.0 - decay)
-    norm.mul_(decay).add_(1.0 - decay)
+    norm.lerp_(one, 1.0 - decay)
 
 
 class _Batch:
@@ -189,22 +209,6 @@ class _Batch:
             self.acc = None
         if self in layer.open_batches:
             layer.open_batches.remove(self)
-
-
-class _Probe(torch.autograd.Function):
-    """Identity on the consumer's input whose backward reports ``(h, ∂ℓ/∂h)``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, sink: Callable[[Tensor, Tensor], None]) -> Tensor:
-        ctx.sink = sink
-        ctx.save_for_backward(x)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        (x,) = ctx.saved_tensors
-        ctx.sink(x, grad)
-        return grad, None
 
 
 def fold_edge_(edge: EdgeStats, consumer: nn.Module, index: Tensor) -> Tensor:
@@ -253,6 +257,7 @@ class Tracker:
         criterion: how units are scored (`gxd_optim.utilities.CRITERIA`).
         decay: EMA decay ``η`` of utilities and running means.
         seed: seed of the random criterion's scores.
+        maturity: a unit is eligible for a reset once older than this many committed steps.
 
     Attributes:
         steps: committed steps (steps that saw at least one backward pass).
@@ -267,8 +272,10 @@ class Tracker:
         criterion: Criterion,
         decay: float,
         seed: int = 0,
+        maturity: int = 0,
     ) -> None:
         self.decay = decay
+        self.maturity = maturity
         self.criterion = criterion
         self.seed = seed
         self.steps = 0
@@ -297,7 +304,7 @@ class Tracker:
             ages = self._ages[start : start + info.num_units]
             start += info.num_units
             stats = LayerStats(info, ema, norm, ages, edges, pending)
-            slab.owners += [stats, *edges]
+            slab.owners += [*edges, stats]  # the order of the `take` calls above
             self.layers[name] = stats
             for edge in edges:
                 self._readers[edge.edge.consumer] = (stats, edge)
@@ -349,14 +356,21 @@ class Tracker:
         if consumer in batch.read or x.shape[0] != batch.samples:
             return None  # a second call of the consumer, or a call on another batch
         batch.read.add(consumer)
-        probed = _Probe.apply(x, partial(self._on_grad, edge, batch))  # type: ignore[no-untyped-call]
+        probed = x.view_as(x)  # the consumer reads this alias: its gradient is the pair's own
+        probed.register_hook(partial(self._on_grad, edge, batch, [x]))  # type: ignore[no-untyped-call]
         return (probed, *args[1:])
 
-    def _on_grad(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
+    def _on_grad(self, edge: EdgeStats, batch: _Batch, held: list[Tensor], grad: Tensor) -> None:
+        """The gradient hook of a consumer's input ``held[0]``, which it lets go of at once.
+
+        The hook lives as long as the autograd graph; holding ``h`` only until the gradient
+        arrives frees it as early as autograd frees what it saved.
+        """
         consumer = edge.edge.consumer
-        if consumer in batch.arrived:
+        if consumer in batch.arrived or not held:
             return  # a further backward through the same forward (retain_graph, autograd.grad)
         batch.arrived.add(consumer)
+        h = held.pop()
         edge.grad_version = layer_params(self.modules[consumer])[0]._version
         if h.numel() <= _DEFER:
             # Between the large kernels of a backward pass the interpreter runs from a cold
@@ -412,17 +426,16 @@ class Tracker:
                 return
             alone = len(batch.read) == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
             parts = []
-            flat_input = h4.shape[1] * h4.shape[3] == 1
-            rows = max(1, (_CHUNK if flat_input else 8 * _CHUNK) // max(1, h4[0].numel()))
+            rows = max(1, _CHUNK // max(1, h4[0].numel()))
             for start in range(0, h4.shape[0], rows):
                 h_part, g_part = h4[start : start + rows], g4[start : start + rows]
-                if edge.mean:  # only a mean reference needs Σh; read it while it is in cache
-                    edge.pending_h += h_part.sum((0, 1, 3), dtype=dtype)
                 scores = self._scores(edge, h_part, g_part)
                 if alone:
-                    layer.pending_abs += scores.abs().sum(0, dtype=dtype)
+                    layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
                 else:
                     parts.append(scores)
+            if edge.mean:  # `_scores` summed h − r
+                edge.pending_h.add_(edge.reference, alpha=h.numel() // units)
             if alone:
                 batch.add_reduced(edge.edge.consumer, h4.shape[0])
             else:
@@ -463,22 +476,31 @@ class Tracker:
 
     @staticmethod
     def _scores(edge: EdgeStats, h4: Tensor, g4: Tensor) -> Tensor:
-        """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk ``[n, pre, U, k·post]``."""
+        """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk ``[n, pre, U, k·post]``.
+
+        For a mean reference the chunk's ``Σ (h − r)`` is added to ``pending_h`` on the way,
+        read from the one chunk-sized temporary while it is in cache (`_reduce` adds the
+        ``count · r`` that makes it ``Σ h``).
+        """
         n, pre, units, post = h4.shape
-        if pre == 1 and post == 1:  # a flat Linear input: one chunk-sized temporary
-            h2, g2 = h4.view(n, units), g4.view(n, units)
-            return (h2 - edge.reference).mul_(g2) if edge.mean else h2 * g2
-        if pre == 1 or post == 1:  # one position axis: a fused dot product per sample and unit
-            dim = 2 if pre == 1 else 1
-            h3, g3 = (
-                t.view(n, units, post) if pre == 1 else t.view(n, pre, units) for t in (h4, g4)
-            )
-            scores: Tensor = torch.linalg.vecdot(g3, h3, dim=dim)
-            if edge.mean:
-                scores -= edge.reference * g3.sum(dim)
-            return scores
-        product: Tensor = (h4 - edge.reference[:, None]).mul_(g4) if edge.mean else h4 * g4
-        return product.sum((1, 3))
+        positions: tuple[int, ...]
+        if pre == 1 and post == 1:  # a flat Linear input
+            h, g, positions = h4.view(n, units), g4.view(n, units), ()
+        elif pre == 1:  # convolution positions, or a flatten's columns per unit
+            h, g, positions = h4.view(n, units, post), g4.view(n, units, post), (2,)
+        elif post == 1:  # tokens
+            h, g, positions = h4.view(n, pre, units), g4.view(n, pre, units), (1,)
+        else:
+            h, g, positions = h4, g4, (1, 3)
+        if not edge.mean:
+            product = h * g
+        else:
+            product = h - (edge.reference[:, None] if post > 1 else edge.reference)
+            unit_dim = 2 if pre > 1 else 1
+            others = tuple(d for d in range(product.dim()) if d != unit_dim)
+            edge.pending_h += product.sum(others, dtype=edge.pending_h.dtype)
+            product.mul_(g)
+        return product.sum(positions) if positions else product
 
     # -- commit / discard -------------------------------------------------------------------
     def commit(self) -> list[str]:
@@ -503,6 +525,8 @@ class Tracker:
                 for slab, slab_counts in zip(self._slabs.values(), counts, strict=True):
                     slab.fold(slab_counts, self.decay)
                 self._ages += 1
+                for layer in layers:
+                    layer.commits += 1
                 self._reset_counts(layers)
             else:
                 self._commit_segments(layers)
@@ -520,9 +544,10 @@ class Tracker:
             if seg[3]
         ]
         for value, ema, norm, count in segments:
-            _fold(value.mul_(1.0 / count), ema, norm, self.decay)
+            _fold(value.mul_(1.0 / count), ema, norm, torch.ones_like(norm), self.decay)
         for layer in layers:
             layer.age += 1
+            layer.commits += 1
             self.refresh_references(layer)
         self._clear_pending(layers)
 
@@ -560,6 +585,23 @@ class Tracker:
                 torch.div(edge.mean_ema, edge.weight_ema.clamp_min(_TINY), out=edge.reference)
 
     # -- queries ----------------------------------------------------------------------------
+    def eligible(self, name: str) -> int:
+        """How many units of a layer are older than ``maturity``, without a tensor op per step.
+
+        The count can change only when a reset (or a checkpoint load) sets ages, or when the
+        oldest unit not yet eligible comes of age; it is recounted from ``age`` at those
+        moments and read from the host otherwise.
+        """
+        layer = self.layers[name]
+        if layer.commits >= layer.recount_at:
+            young = layer.age[layer.age <= self.maturity]
+            layer.eligible_count = layer.info.num_units - young.numel()
+            if young.numel():  # the oldest young unit comes of age after this many commits
+                layer.recount_at = layer.commits + self.maturity + 1 - int(young.max())
+            else:
+                layer.recount_at = sys.maxsize
+        return layer.eligible_count
+
     def utilities(self, name: str) -> Tensor:
         """Bias-corrected utilities of one layer (0 for units never scored).
 
@@ -626,6 +668,7 @@ class Tracker:
         """Start the statistics of the given units again (after their reset)."""
         self.flush()  # what the units saw before the reset is dropped below, as for the rest
         layer = self.layers[name]
+        layer.recount_at = 0  # ages changed: recount the eligible units
         with torch.no_grad():
             layer.age.index_fill_(0, index.cpu(), 0)
             for t in (layer.utility_ema, layer.weight_ema, layer.pending_abs):

@@ -269,3 +269,66 @@ def test_copies_keep_the_statistics_views_on_their_own_buffers() -> None:
         step(model, opt)
         step(twin_model, twin)
     torch.testing.assert_close(twin.utilities(), opt.utilities(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", [(3, 1, 4, 1), (3, 1, 4, 5), (3, 6, 4, 1), (3, 6, 4, 5)])
+@pytest.mark.parametrize("mean", [True, False], ids=["mean", "zero"])
+def test_chunk_scores_follow_the_definition_in_every_layout(
+    layout: tuple[int, int, int, int], mean: bool
+) -> None:
+    """``a = Σ_pos g·(h − r)`` per sample and unit, and ``Σ (h − r)`` for a mean reference.
+
+    Layouts ``[n, pre, U, post]``: flat, convolution positions (or a flatten's columns),
+    tokens, and tokens with columns per unit.
+    """
+    from types import SimpleNamespace
+
+    from gxd_optim.tracking import Tracker
+
+    torch.manual_seed(0)
+    h4, g4 = torch.randn(layout, dtype=torch.float64), torch.randn(layout, dtype=torch.float64)
+    reference = torch.randn(layout[2], dtype=torch.float64) if mean else torch.zeros(layout[2])
+    pending_h = torch.zeros(layout[2], dtype=torch.float64)
+    edge = SimpleNamespace(mean=mean, reference=reference, pending_h=pending_h)
+    scores = Tracker._scores(edge, h4, g4)  # type: ignore[arg-type]
+    centred = h4 - reference[:, None]
+    torch.testing.assert_close(scores, (centred * g4).sum((1, 3)))
+    expected_h = centred.sum((0, 1, 3)) if mean else torch.zeros_like(pending_h)
+    torch.testing.assert_close(pending_h, expected_h)
+
+
+def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-segment ``1/count`` scale is refilled whenever the counts change, and only then."""
+    make, shape = CASES["mlp"]
+    results = []
+    for flat in (True, False):
+        if not flat:  # the segment-by-segment path divides by each count directly
+            monkeypatch.setattr("gxd_optim.tracking._Slab.counts", lambda self: [0])
+        torch.manual_seed(0)
+        model = make().double()
+        opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+        for n in [8, 3, 3, 8, 5]:
+            opt.zero_grad()
+            model(torch.randn((n, *shape[1:]), dtype=torch.float64)).pow(2).sum().backward()
+            opt.step()
+        results.append(opt.state_dict()["gxd_reset"]["stats"])
+    torch.testing.assert_close(results[0], results[1])
+
+
+def test_consumer_inputs_are_freed_with_what_autograd_saved() -> None:
+    """The gradient hooks let go of ``h`` when its gradient arrives, not with the graph."""
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 2))
+    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    seen: list[weakref.ref[Tensor]] = []
+    model[2].register_forward_pre_hook(lambda m, args: seen.append(weakref.ref(args[0])))
+    for n in (8, 1024):  # a deferred (small) input and one reduced during the backward pass
+        opt.zero_grad()
+        loss = model(torch.randn(n, 4)).pow(2).sum()
+        loss.backward()  # the graph (and the hooks on it) stay alive as long as `loss`
+        opt.step()
+        gc.collect()
+        assert seen[-1]() is None, f"the input of {n} samples outlived its backward pass"
+        del loss
