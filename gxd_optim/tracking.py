@@ -64,6 +64,7 @@ class EdgeStats:
     reference_mask: Tensor
     pending_count: int = 0
     grad_version: int | None = None  # the consumer weight's version at the last backward
+    position: int = 0  # among the pairs of its slab, whose segments come in this order
 
     @property
     def mean(self) -> bool:
@@ -106,12 +107,19 @@ class _Slab:
 
     Every `LayerStats` and `EdgeStats` tensor is a view into these, so a commit in which every
     layer and pair saw data updates all of them with a handful of kernels.
+
+    The segments of all pairs come first, then those of all layers. Where every layer has one
+    consumer, the pairs' segments (``[:pair_units]``) and the layers' (``[pair_units:]``) then
+    hold the same units in the same order.
     """
 
     def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
         self.dtype, self.device = dtype, device
         self.size = 0
         self.owners: list[LayerStats | EdgeStats] = []  # in the order of their segments
+        self.edges: list[EdgeStats] = []
+        self.pair_units = 0
+        self.one_consumer_each = True  # every layer of the slab has exactly one consumer
         self._cursor = 0
         self._segments: list[slice] = []
         self._scaled_for: list[int] = []  # the counts that `scale` holds the inverses of
@@ -241,6 +249,27 @@ def _has_pending(layer: LayerStats) -> bool:
     return bool(layer.pending_samples) or any(e.pending_count for e in layer.edges)
 
 
+def _unit_view(t: Tensor, units: int, linear: bool) -> tuple[Tensor, tuple[int, ...], int]:
+    """A consumer input as the fewest dimensions that keep samples, units and positions apart.
+
+    Returns the view (a view for contiguous layouts), its position dimensions (summed per
+    sample) and its unit dimension: ``[N, U]`` for a flat Linear input, ``[N, U, P]`` for
+    convolution positions or a flatten's columns per unit, ``[N, T, U]`` for tokens and
+    ``[N, T, U, k]`` for tokens with columns per unit.
+    """
+    n = t.shape[0]
+    if linear:
+        k = t.shape[-1] // units
+        pre = t.numel() // (n * t.shape[-1]) if n else 1
+    else:
+        k, pre = t.numel() // (n * units) if n else 1, 1
+    if pre == 1:
+        return (t.reshape(n, units), (), 1) if k == 1 else (t.reshape(n, units, k), (2,), 1)
+    if k == 1:
+        return t.reshape(n, pre, units), (1,), 2
+    return t.reshape(n, pre, units, k), (1, 3), 2
+
+
 def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
     """View a consumer input as ``[N, pre, U, k·post]`` (a view for contiguous layouts)."""
     if linear:
@@ -293,20 +322,29 @@ class Tracker:
             self._slab(modules[info.name]).size += info.num_units * (1 + len(info.edges))
         for slab in self._slabs.values():
             slab.allocate()
-        start = 0
-        for name, info in layers.items():
+        edges_of: dict[str, list[EdgeStats]] = {}
+        for name, info in layers.items():  # every pair's segment first, then every layer's
             slab = self._slab(modules[name])
-            edges = [
+            edges_of[name] = [
                 EdgeStats(e, isinstance(modules[e.consumer], nn.Linear), *slab.take(info.num_units))
                 for e in info.edges
             ]
+            for edge in edges_of[name]:
+                edge.position = len(slab.edges)
+                slab.edges.append(edge)
+                slab.owners.append(edge)  # owners follow the order of the `take` calls
+            slab.pair_units += info.num_units * len(info.edges)
+            slab.one_consumer_each &= len(info.edges) == 1
+        start = 0
+        for name, info in layers.items():
+            slab = self._slab(modules[name])
             ema, norm, _, pending, _ = slab.take(info.num_units)
             ages = self._ages[start : start + info.num_units]
             start += info.num_units
-            stats = LayerStats(info, ema, norm, ages, edges, pending)
-            slab.owners += [*edges, stats]  # the order of the `take` calls above
+            stats = LayerStats(info, ema, norm, ages, edges_of[name], pending)
+            slab.owners.append(stats)
             self.layers[name] = stats
-            for edge in edges:
+            for edge in stats.edges:
                 self._readers[edge.edge.consumer] = (stats, edge)
                 if edge.mean:
                     edge.reference_mask.fill_(1.0)
@@ -390,25 +428,39 @@ class Tracker:
         for pair in deferred:
             self._reduce(*pair)
 
-    @staticmethod
-    def _reduce_together(deferred: list[tuple[EdgeStats, _Batch, Tensor, Tensor]]) -> None:
+    def _reduce_together(self, deferred: list[tuple[EdgeStats, _Batch, Tensor, Tensor]]) -> None:
         """GXD of plain ``[N, U]`` inputs of several single-consumer layers in one pass.
 
         The same sums as `_reduce` for each pair: ``Σ_x |g·(h − r)|`` per layer and ``Σ_x h``
-        per mean-reference pair.
+        per mean-reference pair. When the inputs are those of every pair of a slab whose
+        layers have one consumer each, the sums go into the slab's buffers in two products.
         """
         edges = [edge for edge, _, _, _ in deferred]
+        slab = self._slab(self.modules[edges[0].edge.consumer])
+        whole = slab.one_consumer_each and len(self._slabs) == 1 and len(edges) == len(slab.edges)
+        if whole:
+            deferred = sorted(deferred, key=lambda pair: pair[0].position)
+            whole = all(pair[0] is edge for pair, edge in zip(deferred, slab.edges, strict=True))
         with torch.no_grad():
             h = torch.cat([h for _, _, h, _ in deferred], 1)
             grad = torch.cat([g for _, _, _, g in deferred], 1)
-            reference = torch.cat([edge.reference for edge in edges])
-            sizes = [edge.reference.numel() for edge in edges]
-            abs_sums = torch.split((h - reference).mul_(grad).abs_().sum(0), sizes)
-            torch._foreach_add_([b.layer.pending_abs for _, b, _, _ in deferred], list(abs_sums))
-            means = [i for i, edge in enumerate(edges) if edge.mean]
-            if means:
-                h_sums = torch.split(h.sum(0), sizes)
-                torch._foreach_add_([edges[i].pending_h for i in means], [h_sums[i] for i in means])
+            if whole:
+                pairs = slice(0, slab.pair_units)
+                centred = h - slab.reference[pairs]
+                slab.pending[pairs].addcmul_(centred.sum(0), slab.mask[pairs])  # Σ (h − r)
+                slab.pending[pairs].add_(slab.reference[pairs], alpha=h.shape[0])  # ... + N·r
+                slab.pending[slab.pair_units :].add_(centred.mul_(grad).abs_().sum(0))
+            else:
+                reference = torch.cat([edge.reference for edge in edges])
+                sizes = [edge.reference.numel() for edge in edges]
+                abs_sums = torch.split((h - reference).mul_(grad).abs_().sum(0), sizes)
+                layers = [b.layer.pending_abs for _, b, _, _ in deferred]
+                torch._foreach_add_(layers, list(abs_sums))
+                means = [i for i, edge in enumerate(edges) if edge.mean]
+                if means:
+                    h_sums = torch.split(h.sum(0), sizes)
+                    means_h = [edges[i].pending_h for i in means]
+                    torch._foreach_add_(means_h, [h_sums[i] for i in means])
         for edge, batch, h_part, _ in deferred:
             edge.pending_count += h_part.shape[0]
             batch.add_reduced(edge.edge.consumer, h_part.shape[0])
@@ -419,17 +471,20 @@ class Tracker:
         units = layer.info.num_units
         dtype = edge.mean_ema.dtype
         with torch.no_grad():
-            h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
             edge.pending_count += h.numel() // units
             if not self._fast:
+                h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
                 self._score_generic(edge, batch, h4, g4)
                 return
+            samples = h.shape[0]
+            h, positions, unit_dim = _unit_view(h, units, edge.linear)
+            grad = grad.reshape(h.shape)
+            reference = edge.reference if unit_dim == h.dim() - 1 else edge.reference[:, None]
             alone = len(batch.read) == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
             parts = []
-            rows = max(1, _CHUNK // max(1, h4[0].numel()))
-            for start in range(0, h4.shape[0], rows):
-                h_part, g_part = h4[start : start + rows], g4[start : start + rows]
-                scores = self._scores(edge, h_part, g_part)
+            rows = max(1, _CHUNK * samples // max(1, h.numel()))
+            for h_part, g_part in zip(torch.split(h, rows), torch.split(grad, rows), strict=True):
+                scores = self._scores(edge, h_part, g_part, reference, positions, unit_dim)
                 if alone:
                     layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
                 else:
@@ -437,7 +492,7 @@ class Tracker:
             if edge.mean:  # `_scores` summed h − r
                 edge.pending_h.add_(edge.reference, alpha=h.numel() // units)
             if alone:
-                batch.add_reduced(edge.edge.consumer, h4.shape[0])
+                batch.add_reduced(edge.edge.consumer, samples)
             else:
                 batch.add(edge.edge.consumer, torch.cat(parts))
 
@@ -475,28 +530,24 @@ class Tracker:
             layer.pending_samples += n
 
     @staticmethod
-    def _scores(edge: EdgeStats, h4: Tensor, g4: Tensor) -> Tensor:
-        """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk ``[n, pre, U, k·post]``.
+    def _scores(
+        edge: EdgeStats,
+        h: Tensor,
+        g: Tensor,
+        reference: Tensor,
+        positions: tuple[int, ...],
+        unit_dim: int,
+    ) -> Tensor:
+        """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk laid out by `_unit_view`.
 
-        For a mean reference the chunk's ``Σ (h − r)`` is added to ``pending_h`` on the way,
-        read from the one chunk-sized temporary while it is in cache (`_reduce` adds the
-        ``count · r`` that makes it ``Σ h``).
+        For a mean reference (``reference`` shaped to broadcast over ``h``) the chunk's
+        ``Σ (h − r)`` is added to ``pending_h`` on the way, read from the one chunk-sized
+        temporary while it is in cache (`_reduce` adds the ``count · r`` that makes it ``Σ h``).
         """
-        n, pre, units, post = h4.shape
-        positions: tuple[int, ...]
-        if pre == 1 and post == 1:  # a flat Linear input
-            h, g, positions = h4.view(n, units), g4.view(n, units), ()
-        elif pre == 1:  # convolution positions, or a flatten's columns per unit
-            h, g, positions = h4.view(n, units, post), g4.view(n, units, post), (2,)
-        elif post == 1:  # tokens
-            h, g, positions = h4.view(n, pre, units), g4.view(n, pre, units), (1,)
-        else:
-            h, g, positions = h4, g4, (1, 3)
         if not edge.mean:
             product = h * g
         else:
-            product = h - (edge.reference[:, None] if post > 1 else edge.reference)
-            unit_dim = 2 if pre > 1 else 1
+            product = h - reference
             others = tuple(d for d in range(product.dim()) if d != unit_dim)
             edge.pending_h += product.sum(others, dtype=edge.pending_h.dtype)
             product.mul_(g)
