@@ -353,7 +353,10 @@ class Tracker:
         """The slab of statistics for a layer's device and dtype (created empty if new)."""
         weight, _ = layer_params(module)
         float_type = torch.float64 if weight.dtype == torch.float64 else torch.float32
-        return self._slabs.setdefault((weight.device, float_type), _Slab(float_type, weight.device))
+        key = (weight.device, float_type)
+        if key not in self._slabs:
+            self._slabs[key] = _Slab(float_type, weight.device)
+        return self._slabs[key]
 
     # -- hooks ------------------------------------------------------------------------------
     def attach(self) -> None:

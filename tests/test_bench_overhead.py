@@ -29,7 +29,7 @@ def test_quick_overhead_writes_the_report(
 ) -> None:
     threads = torch.get_num_threads()
     rng = torch.get_rng_state()
-    argv = ["overhead", "--quick", "--cases", "d,g", "--threads", "1", "--no-progress"]
+    argv = ["overhead", "--quick", "--cases", "d,g,j", "--threads", "1", "--no-progress"]
     assert main([*argv, "--out", str(tmp_path / "out")]) == 0
 
     report = json.loads((tmp_path / "out" / "overhead.json").read_text())
@@ -43,7 +43,7 @@ def test_quick_overhead_writes_the_report(
     assert allocator.startswith("glibc: mmap threshold") or allocator.startswith("default (")
 
     cases = {case["name"]: case for case in report["cases"]}
-    assert list(cases) == ["mlp-b1-sgd", "reset-step-mlp-b256-adam"]
+    assert list(cases) == ["mlp-b1-sgd", "reset-step-mlp-b256-adam", "contribution-mlp-b1-sgd"]
     for case in cases.values():
         timing, memory = case["timing"], case["memory"]
         for arm in ("baseline_ms", "candidate_ms"):
@@ -60,6 +60,9 @@ def test_quick_overhead_writes_the_report(
     assert isinstance(plain["within_goal"], bool)
     assert plain["arms"]["candidate"]["layers"] == ["0", "2", "4"]
     assert sum(plain["arms"]["candidate"]["resets"].values()) == 0
+    contribution = cases["contribution-mlp-b1-sgd"]  # continual backprop's criterion, no goal
+    assert contribution["compares"] == "contribution / bare" and contribution["goal"] is None
+    assert contribution["arms"]["candidate"]["layers"] == ["0", "2", "4"]
     resetting = cases["reset-step-mlp-b256-adam"]
     assert resetting["compares"] == "resetting / wrapped" and resetting["goal"] is None
     assert resetting["arms"]["candidate"]["resets_per_step"] >= 1  # every step resets
@@ -74,7 +77,7 @@ def test_quick_overhead_writes_the_report(
 def test_case_selection_and_goals() -> None:
     assert select_cases("a,mlp-b1-sgd,a") == ("mlp-b256-adam", "mlp-b1-sgd")
     assert select_cases("all") == tuple(case.name for case in CASES)
-    assert [case.key for case in CASES] == list("abcdefgh")
+    assert [case.key for case in CASES] == list("abcdefghij")
     assert set(GOALS) <= {case.name for case in CASES}
     with pytest.raises(ValueError, match="unknown case"):
         select_cases("a,nonsense")

@@ -356,6 +356,11 @@ ARMS: Mapping[str, str] = MappingProxyType(
             "and one more zero_grad + forward + backward: opt.predicted_cost(name) for every "
             "layer per call (between backward and step, where the API reads it), no step"
         ),
+        "contribution": (
+            f"GXDReset(optimizer, model, utility='contribution', maturity={NO_RESET_MATURITY}): "
+            "continual backprop's criterion |h|·Σ|w_out| through the same wrapper, one training "
+            "step per call"
+        ),
     }
 )
 """What each kind of arm does per call."""
@@ -365,6 +370,7 @@ _WRAPPER_SETTINGS: Mapping[str, dict[str, Any]] = MappingProxyType(
         "wrapped": {"maturity": NO_RESET_MATURITY},
         "resetting": {"maturity": 0, "replacement_rate": RESET_RATE},
         "predicted-cost": {"maturity": NO_RESET_MATURITY},
+        "contribution": {"maturity": NO_RESET_MATURITY, "utility": "contribution"},
     }
 )
 
@@ -472,7 +478,7 @@ class Case:
     """One comparison of the benchmark.
 
     Attributes:
-        key: one-letter alias (issue 6's list: ``a`` … ``h``).
+        key: one-letter alias (issue 6's list: ``a`` … ``h``; ``i``, ``j`` for comparison).
         name: readable name, e.g. ``mlp-b256-adam``.
         problem: the problem both arms train on.
         baseline: the arm the candidate is measured against (a key of `ARMS`).
@@ -507,8 +513,11 @@ CASES: tuple[Case, ...] = (
     Case("f", "ffn-t4096-adam", FFN_T4096_ADAM),
     Case("g", "reset-step-mlp-b256-adam", MLP_B256_ADAM, "wrapped", "resetting"),
     Case("h", "predicted-cost-mlp-b256-adam", MLP_B256_ADAM, "bare", "predicted-cost"),
+    Case("i", "contribution-mlp-b256-sgd", MLP_B256_SGD, "bare", "contribution"),
+    Case("j", "contribution-mlp-b1-sgd", MLP_B1_SGD, "bare", "contribution", repeat_scale=4),
 )
-"""Every case, in issue 6's order."""
+"""Every case: issue 6's list (``a`` … ``h``), then continual backprop's criterion through the
+same wrapper (``i``, ``j``) for comparison with the figures of its reference code."""
 
 _BY_NAME = {case.name: case for case in CASES}
 _BY_KEY = {case.key: case for case in CASES}
