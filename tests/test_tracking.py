@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
@@ -391,3 +393,39 @@ def test_consumer_inputs_are_freed_with_what_autograd_saved() -> None:
         gc.collect()
         assert seen[-1]() is None, f"the input of {n} samples outlived its backward pass"
         del loss
+
+
+@given(
+    maturity=st.integers(0, 6),
+    actions=st.lists(
+        st.one_of(st.just("step"), st.just("reload"), st.lists(st.integers(0, 5), max_size=3)),
+        max_size=25,
+    ),
+)
+def test_the_host_eligible_count_follows_the_ages(maturity: int, actions: list[Any]) -> None:
+    """``Tracker.eligible`` equals ``(age > maturity).sum()`` through steps, resets and loads."""
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    opt = GXDReset(
+        torch.optim.SGD(model.parameters(), lr=0.01), model, maturity=maturity, replacement_rate=0.0
+    )
+    x = torch.randn(4, 3)
+    for action in ["step", *actions]:
+        if action == "step":
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        elif action == "reload":  # a fresh wrapper, its ages from the checkpoint
+            state = opt.state_dict()
+            opt.close()
+            opt = GXDReset(
+                torch.optim.SGD(model.parameters(), lr=0.01),
+                model,
+                maturity=maturity,
+                replacement_rate=0.0,
+            )
+            opt.load_state_dict(state)
+        else:
+            opt.reset_units("0", sorted(set(action)))
+        assert opt._tracker is not None
+        layer = opt._tracker.layers["0"]
+        assert opt._tracker.eligible("0") == int((layer.age > maturity).sum())
