@@ -475,7 +475,7 @@ class GXDReset(torch.optim.Optimizer):
             if tracker.steps % config.every or not tracker.eligible(name):
                 return None
             utility = tracker.utilities(name)
-            eligible = (layer.age > config.maturity).to(utility.device)
+            eligible = tracker.eligible_units(name).to(utility.device)
             return below(layer_normalised(utility), eligible, config.tau)
         if config.replacement_rate == 0:
             return None
@@ -485,7 +485,7 @@ class GXDReset(torch.optim.Optimizer):
             return None
         layer.budget -= count
         utility = tracker.utilities(name)
-        return lowest(utility, (layer.age > config.maturity).to(utility.device), count)
+        return lowest(utility, tracker.eligible_units(name).to(utility.device), count)
 
     def _predicted(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` from the current gradients, or NaN where they are stale."""

@@ -639,6 +639,11 @@ class Tracker:
                 torch.div(edge.mean_ema, edge.weight_ema.clamp_min(_TINY), out=edge.reference)
 
     # -- queries ----------------------------------------------------------------------------
+    def eligible_units(self, name: str) -> Tensor:
+        """Which units of a layer are older than ``maturity`` (a mask on the host)."""
+        layer = self.layers[name]
+        return layer.age > self.maturity
+
     def eligible(self, name: str) -> int:
         """How many units of a layer are older than ``maturity``, without a tensor op per step.
 
@@ -648,7 +653,7 @@ class Tracker:
         """
         layer = self.layers[name]
         if layer.commits >= layer.recount_at:
-            young = layer.age[layer.age <= self.maturity]
+            young = layer.age[~self.eligible_units(name)]
             layer.eligible_count = layer.info.num_units - young.numel()
             if young.numel():  # the oldest young unit comes of age after this many commits
                 layer.recount_at = layer.commits + self.maturity + 1 - int(young.max())
