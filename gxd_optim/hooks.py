@@ -6,8 +6,8 @@ were registered on, and turn into `Inert` when copied or pickled, so copies neve
 trigger) the wrapper that hooked the original.
 
 Under ``torch.compile`` the hooks run eagerly: ``torch.compiler.disable`` makes the graph break
-around each call, so the statistics (and the autograd function that reports gradients) stay
-off the compiled graphs, and the wrapper's state never becomes a guard that recompiles.
+around each call, so the statistics (and the alias whose backward pre-hook reports gradients)
+stay off the compiled graphs, and the wrapper's state never becomes a guard that recompiles.
 """
 
 from __future__ import annotations

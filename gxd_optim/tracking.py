@@ -1,8 +1,9 @@
 """Per-unit statistics collected by hooks, committed only when the optimizer steps.
 
-Each consumer reads its input through an alias (``h.view_as(h)``) whose gradient hook, when
-the gradient arrives, reduces ``(h, ∂ℓ/∂h)`` at once to ``[U]`` and ``[N, U]`` tensors; the
-alias gives every consumer its own gradient, even where several read the same ``h``. Nothing
+Each consumer reads its input through an alias (``h.view_as(h)``); a pre-hook on the alias's
+backward node, when the gradient arrives, reduces ``(h, ∂ℓ/∂h)`` at once to ``[U]`` and
+``[N, U]`` tensors. The alias gives every consumer its own gradient, even where several read
+the same ``h``. Nothing
 is kept beyond the backward pass; statistics wait in ``pending`` buffers until
 `Tracker.commit` (the optimizer stepped) or `Tracker.discard` (``zero_grad`` without a step).
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
@@ -65,6 +66,10 @@ class EdgeStats:
     pending_count: int = 0
     grad_version: int | None = None  # the consumer weight's version at the last backward
     position: int = 0  # among the pairs of its slab, whose segments come in this order
+    reference_column: Tensor = field(init=False)  # ``reference[:, None]``, for ``[N, U, P]``
+
+    def __post_init__(self) -> None:
+        self.reference_column = self.reference[:, None]
 
     @property
     def mean(self) -> bool:
@@ -249,25 +254,35 @@ def _has_pending(layer: LayerStats) -> bool:
     return bool(layer.pending_samples) or any(e.pending_count for e in layer.edges)
 
 
-def _unit_view(t: Tensor, units: int, linear: bool) -> tuple[Tensor, tuple[int, ...], int]:
-    """A consumer input as the fewest dimensions that keep samples, units and positions apart.
+_Layout = tuple[tuple[int, ...], tuple[int, ...], int]  # view shape, positions, unit dimension
 
-    Returns the view (a view for contiguous layouts), its position dimensions (summed per
-    sample) and its unit dimension: ``[N, U]`` for a flat Linear input, ``[N, U, P]`` for
-    convolution positions or a flatten's columns per unit, ``[N, T, U]`` for tokens and
-    ``[N, T, U, k]`` for tokens with columns per unit.
+
+@lru_cache(maxsize=1024)
+def _layout(shape: torch.Size, units: int, linear: bool) -> _Layout:
+    """The fewest dimensions that keep a consumer input's samples, units and positions apart.
+
+    Returns the shape to view the input as, its position dimensions (summed per sample) and
+    its unit dimension: ``[N, U]`` for a flat Linear input, ``[N, U, P]`` for convolution
+    positions or a flatten's columns per unit, ``[N, T, U]`` for tokens and ``[N, T, U, k]``
+    for tokens with columns per unit. (Cached: a model feeds few distinct shapes.)
     """
-    n = t.shape[0]
+    n, numel = shape[0], shape.numel()
     if linear:
-        k = t.shape[-1] // units
-        pre = t.numel() // (n * t.shape[-1]) if n else 1
+        k = shape[-1] // units
+        pre = numel // (n * shape[-1]) if n else 1
     else:
-        k, pre = t.numel() // (n * units) if n else 1, 1
+        k, pre = numel // (n * units) if n else 1, 1
     if pre == 1:
-        return (t.reshape(n, units), (), 1) if k == 1 else (t.reshape(n, units, k), (2,), 1)
+        return ((n, units), (), 1) if k == 1 else ((n, units, k), (2,), 1)
     if k == 1:
-        return t.reshape(n, pre, units), (1,), 2
-    return t.reshape(n, pre, units, k), (1, 3), 2
+        return (n, pre, units), (1,), 2
+    return (n, pre, units, k), (1, 3), 2
+
+
+def _unit_view(t: Tensor, units: int, linear: bool) -> tuple[Tensor, tuple[int, ...], int]:
+    """A consumer input viewed as `_layout` says, its position dimensions and unit dimension."""
+    shape, positions, unit_dim = _layout(t.shape, units, linear)
+    return t.reshape(shape), positions, unit_dim
 
 
 def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
@@ -275,6 +290,41 @@ def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
     if linear:
         return t.reshape(t.shape[0], -1, units, t.shape[-1] // units)
     return t.reshape(t.shape[0], 1, units, -1)
+
+
+def _chunk_scores(
+    h: Tensor,
+    g: Tensor,
+    reference: Tensor,
+    positions: tuple[int, ...],
+    unit_dim: int,
+    mean: bool,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor | None]:
+    """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk laid out by `_unit_view`.
+
+    Args:
+        h: the chunk of the consumer's input.
+        g: its gradient, shaped as ``h``.
+        reference: ``r``, shaped to broadcast over ``h``.
+        positions: the dimensions summed per sample.
+        unit_dim: the dimension of the units.
+        mean: whether ``r`` is a running mean, whose ``Σ_x h`` the statistics need.
+        dtype: the statistics' dtype.
+
+    Returns:
+        ``a`` (``[rows, U]`` or, without positions, the chunk-sized temporary itself) and, for
+        a mean reference, the chunk's ``Σ (h − r)`` per unit (``None`` otherwise). Both come
+        from one temporary, ``h − r``, read while it is in cache.
+    """
+    if not mean:
+        product, centred = h * g, None
+    else:
+        product = h - reference
+        others = tuple(d for d in range(product.dim()) if d != unit_dim)
+        centred = product.sum(others, dtype=dtype)
+        product.mul_(g)
+    return (product.sum(positions) if positions else product), centred
 
 
 class Tracker:
@@ -398,18 +448,20 @@ class Tracker:
             return None  # a second call of the consumer, or a call on another batch
         batch.read.add(consumer)
         probed = x.view_as(x)  # the consumer reads this alias: its gradient is the pair's own
-        probed.register_hook(partial(self._on_grad, edge, batch, [x]))  # type: ignore[no-untyped-call]
+        probed.grad_fn.register_prehook(partial(self._on_grad, edge, batch, [x]))  # type: ignore[union-attr]
         return (probed, *args[1:])
 
-    def _on_grad(self, edge: EdgeStats, batch: _Batch, held: list[Tensor], grad: Tensor) -> None:
-        """The gradient hook of a consumer's input ``held[0]``, which it lets go of at once.
+    def _on_grad(
+        self, edge: EdgeStats, batch: _Batch, held: list[Tensor], grads: tuple[Tensor | None, ...]
+    ) -> None:
+        """The pre-hook of the alias's backward node: ``grads`` holds ``∂ℓ/∂h`` for ``held[0]``.
 
         The hook lives as long as the autograd graph; holding ``h`` only until the gradient
         arrives frees it as early as autograd frees what it saved.
         """
-        consumer = edge.edge.consumer
-        if consumer in batch.arrived or not held:
-            return  # a further backward through the same forward (retain_graph, autograd.grad)
+        consumer, grad = edge.edge.consumer, grads[0]
+        if grad is None or consumer in batch.arrived or not held:
+            return  # no gradient, or a further backward through the same forward (retain_graph)
         batch.arrived.add(consumer)
         h = held.pop()
         edge.grad_version = layer_params(self.modules[consumer])[0]._version
@@ -470,34 +522,52 @@ class Tracker:
 
     def _reduce(self, edge: EdgeStats, batch: _Batch, h: Tensor, grad: Tensor) -> None:
         """Fold one consumer's ``(h, ∂ℓ/∂h)`` into the pending statistics."""
+        if torch.is_grad_enabled():  # a backward with create_graph: keep this off the graph
+            with torch.no_grad():
+                self._reduce(edge, batch, h, grad)
+            return
         layer = batch.layer
         units = layer.info.num_units
         dtype = edge.mean_ema.dtype
-        with torch.no_grad():
-            edge.pending_count += h.numel() // units
-            if not self._fast:
-                h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
-                self._score_generic(edge, batch, h4, g4)
-                return
-            samples = h.shape[0]
-            h, positions, unit_dim = _unit_view(h, units, edge.linear)
-            grad = grad.reshape(h.shape)
-            reference = edge.reference if unit_dim == h.dim() - 1 else edge.reference[:, None]
-            alone = len(batch.read) == 1  # one consumer: reduce |a| chunk by chunk, keep nothing
-            parts = []
-            rows = max(1, _CHUNK * samples // max(1, h.numel()))
-            for h_part, g_part in zip(torch.split(h, rows), torch.split(grad, rows), strict=True):
-                scores = self._scores(edge, h_part, g_part, reference, positions, unit_dim)
-                if alone:
-                    layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
-                else:
-                    parts.append(scores)
-            if edge.mean:  # `_scores` summed h − r
-                edge.pending_h.add_(edge.reference, alpha=h.numel() // units)
+        samples, count = h.shape[0], h.numel() // units
+        edge.pending_count += count
+        if not self._fast:
+            h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
+            self._score_generic(edge, batch, h4, g4)
+            return
+        shape, positions, unit_dim = _layout(h.shape, units, edge.linear)
+        h, grad = h.reshape(shape), grad.reshape(shape)
+        reference = edge.reference if unit_dim == len(shape) - 1 else edge.reference_column
+        alone = len(batch.read) == 1  # one consumer: reduce |a| at once, keep nothing
+        rows = max(1, _CHUNK * samples // max(1, h.numel()))
+        chunks = (
+            [(h, grad)]
+            if rows >= samples
+            else zip(torch.split(h, rows), torch.split(grad, rows), strict=True)
+        )
+        parts: list[Tensor] = []
+        sums: list[Tensor] = []
+        for h_part, g_part in chunks:
+            scores, centred = _chunk_scores(
+                h_part, g_part, reference, positions, unit_dim, edge.mean, dtype
+            )
+            if centred is not None:
+                sums.append(centred)
+            if alone and not positions:  # the scores are the chunk-sized temporary
+                layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
+            else:  # one ``[rows, U]`` per chunk
+                parts.append(scores)
+        if sums:  # a mean reference: ``Σ h = Σ (h − r) + count · r``
+            total = sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)
+            edge.pending_h.add_(total).add_(edge.reference, alpha=count)
+        if parts:
+            scores = parts[0] if len(parts) == 1 else torch.cat(parts)
             if alone:
-                batch.add_reduced(edge.edge.consumer, samples)
+                layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
             else:
-                batch.add(edge.edge.consumer, torch.cat(parts))
+                batch.add(edge.edge.consumer, scores)
+        if alone:
+            batch.add_reduced(edge.edge.consumer, samples)
 
     def _score_generic(self, edge: EdgeStats, batch: _Batch, h4: Tensor, g4: Tensor) -> None:
         """Any criterion but the streamed GXD: running-mean sums, then the criterion's score."""
@@ -531,30 +601,6 @@ class Tracker:
             scores = self.criterion.score(g)
             layer.pending_abs += scores.abs().sum(0, dtype=layer.pending_abs.dtype)
             layer.pending_samples += n
-
-    @staticmethod
-    def _scores(
-        edge: EdgeStats,
-        h: Tensor,
-        g: Tensor,
-        reference: Tensor,
-        positions: tuple[int, ...],
-        unit_dim: int,
-    ) -> Tensor:
-        """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk laid out by `_unit_view`.
-
-        For a mean reference (``reference`` shaped to broadcast over ``h``) the chunk's
-        ``Σ (h − r)`` is added to ``pending_h`` on the way, read from the one chunk-sized
-        temporary while it is in cache (`_reduce` adds the ``count · r`` that makes it ``Σ h``).
-        """
-        if not edge.mean:
-            product = h * g
-        else:
-            product = h - reference
-            others = tuple(d for d in range(product.dim()) if d != unit_dim)
-            edge.pending_h += product.sum(others, dtype=edge.pending_h.dtype)
-            product.mul_(g)
-        return product.sum(positions) if positions else product
 
     # -- commit / discard -------------------------------------------------------------------
     def commit(self) -> list[str]:

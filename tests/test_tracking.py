@@ -338,24 +338,25 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
 ) -> None:
     """``a = Σ_pos g·(h − r)`` per sample and unit, and ``Σ (h − r)`` for a mean reference,
     in each layout the reduction views a consumer's input in (4 units)."""
-    from types import SimpleNamespace
-
-    from gxd_optim.tracking import Tracker, _as_units, _unit_view
+    from gxd_optim.tracking import _as_units, _chunk_scores, _unit_view
 
     torch.manual_seed(0)
     units = 4
     h, g = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
     reference = torch.randn(units, dtype=torch.float64) if mean else torch.zeros(units)
-    pending_h = torch.zeros(units, dtype=torch.float64)
-    edge = SimpleNamespace(mean=mean, reference=reference, pending_h=pending_h)
     view, positions, unit_dim = _unit_view(h, units, linear)
     shaped = reference if unit_dim == view.dim() - 1 else reference[:, None]
-    scores = Tracker._scores(edge, view, g.reshape(view.shape), shaped, positions, unit_dim)  # type: ignore[arg-type]
+    scores, centred = _chunk_scores(
+        view, g.reshape(view.shape), shaped, positions, unit_dim, mean, torch.float64
+    )
     h4, g4 = _as_units(h, units, linear), _as_units(g, units, linear)  # [N, pre, U, post]
-    centred = h4 - reference[:, None]
-    torch.testing.assert_close(scores, (centred * g4).sum((1, 3)))
-    expected_h = centred.sum((0, 1, 3)) if mean else torch.zeros_like(pending_h)
-    torch.testing.assert_close(pending_h, expected_h)
+    expected = h4 - reference[:, None]
+    torch.testing.assert_close(scores, (expected * g4).sum((1, 3)))
+    if mean:
+        assert centred is not None
+        torch.testing.assert_close(centred, expected.sum((0, 1, 3)))
+    else:
+        assert centred is None
 
 
 def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -374,6 +375,36 @@ def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch)
             opt.step()
         results.append(opt.state_dict()["gxd_reset"]["stats"])
     torch.testing.assert_close(results[0], results[1])
+
+
+class _NoGradient(torch.autograd.Function):
+    """The identity whose backward returns no gradient (an undefined one)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> None:
+        return None
+
+
+def test_an_undefined_consumer_gradient_adds_nothing() -> None:
+    """A consumer whose output sends back no gradient gives its input an undefined one: the
+    pair records nothing, and the step commits nothing for it."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    x = torch.randn(5, 4)
+    opt.discover(x)
+    h = model[1](model[0](x))
+    loss = _NoGradient.apply(model[2](h)).sum() + model[0].weight.sum()
+    loss.backward()  # type: ignore[no-untyped-call]
+    opt.step()
+    assert opt.steps == 0
+    assert not opt.utilities()["0"].any()
+    model(x).sum().backward()  # a normal backward afterwards is recorded as usual
+    opt.step()
+    assert opt.steps == 1 and opt.utilities()["0"].any()
 
 
 def test_consumer_inputs_are_freed_with_what_autograd_saved() -> None:
