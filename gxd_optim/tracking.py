@@ -149,6 +149,12 @@ class _Slab:
             self.mask[part],
         )
 
+    def split(self) -> None:
+        """Views of the pairs' and the layers' halves, once every segment is taken."""
+        pairs, layers = slice(0, self.pair_units), slice(self.pair_units, self.size)
+        self.pair_reference, self.pair_mask = self.reference[pairs], self.mask[pairs]
+        self.pair_pending, self.layer_pending = self.pending[pairs], self.pending[layers]
+
     def counts(self) -> list[int]:
         """Samples (layers) or positions (pairs) pending per segment."""
         return [
@@ -398,6 +404,8 @@ class Tracker:
                 self._readers[edge.edge.consumer] = (stats, edge)
                 if edge.mean:
                     edge.reference_mask.fill_(1.0)
+        for slab in self._slabs.values():
+            slab.split()
 
     def _slab(self, module: nn.Module) -> _Slab:
         """The slab of statistics for a layer's device and dtype (created empty if new)."""
@@ -500,11 +508,10 @@ class Tracker:
             h = torch.cat([h for _, _, h, _ in deferred], 1)
             grad = torch.cat([g for _, _, _, g in deferred], 1)
             if whole:
-                pairs = slice(0, slab.pair_units)
-                centred = h - slab.reference[pairs]
-                slab.pending[pairs].addcmul_(centred.sum(0), slab.mask[pairs])  # Σ (h − r)
-                slab.pending[pairs].add_(slab.reference[pairs], alpha=h.shape[0])  # ... + N·r
-                slab.pending[slab.pair_units :].add_(centred.mul_(grad).abs_().sum(0))
+                centred = h - slab.pair_reference
+                pending = slab.pair_pending.addcmul_(centred.sum(0), slab.pair_mask)  # Σ (h − r)
+                pending.add_(slab.pair_reference, alpha=h.shape[0])  # ... + N·r
+                slab.layer_pending.add_(centred.mul_(grad).abs_().sum(0))
             else:
                 reference = torch.cat([edge.reference for edge in edges])
                 sizes = [edge.reference.numel() for edge in edges]
