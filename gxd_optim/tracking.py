@@ -42,7 +42,8 @@ from .utilities import (
 __all__ = ["EdgeStats", "LayerStats", "Tracker", "fold_edge_"]
 
 _TINY = 1e-30
-_CHUNK = 1 << 19  # elements per chunk of a reduction: its one temporary
+_CHUNK = 1 << 19  # elements per chunk of a mean-reference reduction: its one temporary
+_CHUNK_ZERO = 1 << 21  # elements per chunk of a zero-reference reduction (see `_reduce`)
 _DEFER = 1 << 15  # consumer inputs this small are reduced at the commit, back to back
 
 
@@ -546,7 +547,13 @@ class Tracker:
         h, grad = h.reshape(shape), grad.reshape(shape)
         reference = edge.reference if unit_dim == len(shape) - 1 else edge.reference_column
         alone = len(batch.read) == 1  # one consumer: reduce |a| at once, keep nothing
-        rows = max(1, _CHUNK * samples // max(1, h.numel()))
+        # A mean reference re-reads its temporary three times (a sum, the product, a sum), so
+        # small chunks keep it in cache. A zero reference writes one product that one sum reads:
+        # fewer, larger kernels are faster, and its pairs are mostly zero-padded convolutions,
+        # whose large inputs the backward pass reaches last, after autograd freed most of what
+        # it saved.
+        limit = _CHUNK if edge.mean else _CHUNK_ZERO
+        rows = max(1, limit * samples // max(1, h.numel()))
         chunks = (
             [(h, grad)]
             if rows >= samples

@@ -47,6 +47,19 @@ CASES = {
         ),
         (7, 4),
     ),
+    # zero-padded convolutions after batch norm (zero references) read as [N, U, P]
+    "cnn-padded": (
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.BatchNorm2d(3),
+            nn.ReLU(),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 6 * 6, 2),
+        ),
+        (5, 2, 6, 6),
+    ),
 }
 
 
@@ -248,17 +261,18 @@ def test_no_host_device_synchronisation_per_step_on_cuda() -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize(
     ("setting", "values"),
-    [("_CHUNK", (1 << 30, 5)), ("_DEFER", (-1, 1 << 30))],
+    [(("_CHUNK", "_CHUNK_ZERO"), (1 << 30, 5)), (("_DEFER",), (-1, 1 << 30))],
     ids=["chunked-vs-one-chunk", "immediate-vs-deferred"],
 )
 def test_reduction_strategies_give_the_same_statistics(
-    case: str, setting: str, values: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+    case: str, setting: tuple[str, ...], values: tuple[int, int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Chunk-by-chunk equals one chunk; reducing at the commit equals reducing at once."""
     make, shape = CASES[case]
     results = []
     for value in values:
-        monkeypatch.setattr(f"gxd_optim.tracking.{setting}", value)
+        for name in setting:
+            monkeypatch.setattr(f"gxd_optim.tracking.{name}", value)
         torch.manual_seed(0)
         model = make().double()
         opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
