@@ -469,10 +469,12 @@ class Tracker:
         arrives frees it as early as autograd frees what it saved.
         """
         consumer, grad = edge.edge.consumer, grads[0]
-        if grad is None or consumer in batch.arrived or not held:
-            return  # no gradient, or a further backward through the same forward (retain_graph)
+        if consumer in batch.arrived or not held:
+            return  # a further backward through the same forward (retain_graph, autograd.grad)
         batch.arrived.add(consumer)
         h = held.pop()
+        if grad is None:  # an undefined gradient, which autograd means as zero
+            grad = torch.zeros_like(h)
         edge.grad_version = layer_params(self.modules[consumer])[0]._version
         if h.numel() <= _DEFER:
             # Between the large kernels of a backward pass the interpreter runs from a cold

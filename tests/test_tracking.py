@@ -403,22 +403,26 @@ class _NoGradient(torch.autograd.Function):
         return None
 
 
-def test_an_undefined_consumer_gradient_adds_nothing() -> None:
-    """A consumer whose output sends back no gradient gives its input an undefined one: the
-    pair records nothing, and the step commits nothing for it."""
+def test_an_undefined_consumer_gradient_counts_as_zero() -> None:
+    """A consumer whose output sends back no gradient gives its input an undefined one, which
+    autograd means as zero: the step commits a zero attribution and the running mean of h."""
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.0), model)
     x = torch.randn(5, 4)
     opt.discover(x)
     h = model[1](model[0](x))
     loss = _NoGradient.apply(model[2](h)).sum() + model[0].weight.sum()
     loss.backward()  # type: ignore[no-untyped-call]
     opt.step()
-    assert opt.steps == 0
+    assert opt.steps == 1
     assert not opt.utilities()["0"].any()
-    model(x).sum().backward()  # a normal backward afterwards is recorded as usual
+    edge = opt._require_tracker().layers["0"].edges[0]
+    torch.testing.assert_close(edge.reference, h.detach().mean(0))
+    opt.zero_grad()
+    model(x).sum().backward()  # a defined gradient afterwards is scored as usual
     opt.step()
-    assert opt.steps == 1 and opt.utilities()["0"].any()
+    assert opt.steps == 2 and opt.utilities()["0"].any()
 
 
 def test_consumer_inputs_are_freed_with_what_autograd_saved() -> None:
