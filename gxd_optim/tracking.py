@@ -322,16 +322,32 @@ def _chunk_scores(
     Returns:
         ``a`` (``[rows, U]`` or, without positions, the chunk-sized temporary itself) and, for
         a mean reference, the chunk's ``Σ (h − r)`` per unit (``None`` otherwise). Both come
-        from one temporary, ``h − r``, read while it is in cache.
+        from one temporary, ``h − r``, read while it is in cache. Sums over tokens are
+        products with a row of ones (`_token_sums`) where ``h`` has the statistics' dtype.
     """
+    tokens = positions == (1,) and h.dtype == dtype  # ``[rows, T, U]``, summed over T
     if not mean:
         product, centred = h * g, None
     else:
         product = h - reference
-        others = tuple(d for d in range(product.dim()) if d != unit_dim)
-        centred = product.sum(others, dtype=dtype)
+        if tokens:
+            centred = _token_sums(product).sum(0)
+        else:
+            others = tuple(d for d in range(product.dim()) if d != unit_dim)
+            centred = product.sum(others, dtype=dtype)
         product.mul_(g)
+    if tokens:
+        return _token_sums(product), centred
     return (product.sum(positions) if positions else product), centred
+
+
+def _token_sums(t: Tensor) -> Tensor:
+    """``t.sum(1)`` of a ``[rows, T, U]`` tensor, as a product with a row of ones.
+
+    The matrix product reads each element once; PyTorch's CPU reduction over a middle
+    dimension took about twice as long (45–50 µs against 20–30 µs for 2 MiB).
+    """
+    return torch.matmul(t.new_ones(1, t.shape[1]), t).squeeze(1)
 
 
 class Tracker:

@@ -358,19 +358,28 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
     units = 4
     h, g = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
     reference = torch.randn(units, dtype=torch.float64) if mean else torch.zeros(units)
-    view, positions, unit_dim = _unit_view(h, units, linear)
-    shaped = reference if unit_dim == view.dim() - 1 else reference[:, None]
-    scores, centred = _chunk_scores(
-        view, g.reshape(view.shape), shaped, positions, unit_dim, mean, torch.float64
-    )
     h4, g4 = _as_units(h, units, linear), _as_units(g, units, linear)  # [N, pre, U, post]
     expected = h4 - reference[:, None]
-    torch.testing.assert_close(scores, (expected * g4).sum((1, 3)))
-    if mean:
-        assert centred is not None
-        torch.testing.assert_close(centred, expected.sum((0, 1, 3)))
-    else:
-        assert centred is None
+    view, positions, unit_dim = _unit_view(h, units, linear)
+    shaped = reference if unit_dim == view.dim() - 1 else reference[:, None]
+    # statistics in the inputs' dtype (token sums as products), and in a wider one (AMP)
+    for inputs in (torch.float64, torch.float32):
+        scores, centred = _chunk_scores(
+            view.to(inputs),
+            g.reshape(view.shape).to(inputs),
+            shaped.to(inputs),
+            positions,
+            unit_dim,
+            mean,
+            torch.float64,
+        )
+        tolerance = {} if inputs == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+        torch.testing.assert_close(scores.double(), (expected * g4).sum((1, 3)), **tolerance)
+        if mean:
+            assert centred is not None and centred.dtype == torch.float64
+            torch.testing.assert_close(centred, expected.sum((0, 1, 3)), **tolerance)
+        else:
+            assert centred is None
 
 
 def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch) -> None:
