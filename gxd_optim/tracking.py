@@ -523,25 +523,23 @@ class Tracker:
         if whole:
             deferred = sorted(deferred, key=lambda pair: pair[0].position)
             whole = all(pair[0] is edge for pair, edge in zip(deferred, slab.edges, strict=True))
-        with torch.no_grad():
-            h = torch.cat([h for _, _, h, _ in deferred], 1)
-            grad = torch.cat([g for _, _, _, g in deferred], 1)
-            if whole:
-                centred = h - slab.pair_reference
-                pending = slab.pair_pending.addcmul_(centred.sum(0), slab.pair_mask)  # Σ (h − r)
-                pending.add_(slab.pair_reference, alpha=h.shape[0])  # ... + N·r
-                slab.layer_pending.add_(centred.mul_(grad).abs_().sum(0))
-            else:
-                reference = torch.cat([edge.reference for edge in edges])
-                sizes = [edge.reference.numel() for edge in edges]
-                abs_sums = torch.split((h - reference).mul_(grad).abs_().sum(0), sizes)
-                layers = [b.layer.pending_abs for _, b, _, _ in deferred]
-                torch._foreach_add_(layers, list(abs_sums))
-                means = [i for i, edge in enumerate(edges) if edge.mean]
-                if means:
-                    h_sums = torch.split(h.sum(0), sizes)
-                    means_h = [edges[i].pending_h for i in means]
-                    torch._foreach_add_(means_h, [h_sums[i] for i in means])
+        # The deferred tensors are detached: nothing here can enter a graph.
+        h = torch.cat([h for _, _, h, _ in deferred], 1)
+        grad = torch.cat([g for _, _, _, g in deferred], 1)
+        if whole:  # Σ h where the mask is 1 (r is 0 where it is 0), then Σ |g·(h − r)|
+            slab.pair_pending.addcmul_(h.sum(0), slab.pair_mask)
+            slab.layer_pending.add_((h - slab.pair_reference).mul_(grad).abs_().sum(0))
+        else:
+            reference = torch.cat([edge.reference for edge in edges])
+            sizes = [edge.reference.numel() for edge in edges]
+            abs_sums = torch.split((h - reference).mul_(grad).abs_().sum(0), sizes)
+            layers = [b.layer.pending_abs for _, b, _, _ in deferred]
+            torch._foreach_add_(layers, list(abs_sums))
+            means = [i for i, edge in enumerate(edges) if edge.mean]
+            if means:
+                h_sums = torch.split(h.sum(0), sizes)
+                means_h = [edges[i].pending_h for i in means]
+                torch._foreach_add_(means_h, [h_sums[i] for i in means])
         for edge, batch, h_part, _ in deferred:
             edge.pending_count += h_part.shape[0]
             batch.add_reduced(edge.edge.consumer, h_part.shape[0])
