@@ -322,10 +322,10 @@ def _chunk_scores(
     Returns:
         ``a`` (``[rows, U]`` or, without positions, the chunk-sized temporary itself) and, for
         a mean reference, the chunk's ``Σ (h − r)`` per unit (``None`` otherwise). Both come
-        from one temporary, ``h − r``, read while it is in cache. Sums over tokens are
-        products with a row of ones (`_token_sums`) where ``h`` has the statistics' dtype.
+        from one temporary, ``h − r``, read while it is in cache. On the CPU, sums over
+        tokens are products with a row of ones (`_token_sums`) where that keeps full precision.
     """
-    tokens = positions == (1,) and h.dtype == dtype  # ``[rows, T, U]``, summed over T
+    tokens = positions == (1,) and h.dtype == dtype and _full_precision_products(h)
     if not mean:
         product, centred = h * g, None
     else:
@@ -339,6 +339,17 @@ def _chunk_scores(
     if tokens:
         return _token_sums(product), centred
     return (product.sum(positions) if positions else product), centred
+
+
+def _full_precision_products(t: Tensor) -> bool:
+    """Whether a matrix product with ``t`` keeps full precision and is worth it.
+
+    A CPU tensor in float64, or in float32 with full-precision products (not the bfloat16
+    that ``torch.set_float32_matmul_precision`` may allow).
+    """
+    return t.device.type == "cpu" and (
+        t.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest"
+    )
 
 
 def _token_sums(t: Tensor) -> Tensor:

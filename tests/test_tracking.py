@@ -382,6 +382,38 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
             assert centred is None
 
 
+@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
+def test_token_sums_are_products_only_at_full_precision(
+    precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Float32 sums over tokens use a matrix product only at full matmul precision (no TF32
+    or bfloat16), and give the plain sum either way."""
+    from gxd_optim import tracking
+
+    used: list[bool] = []
+    real = tracking._token_sums
+
+    def spy(t: Tensor) -> Tensor:
+        used.append(True)
+        return real(t)
+
+    monkeypatch.setattr(tracking, "_token_sums", spy)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        torch.manual_seed(0)
+        h, g = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
+        reference = torch.randn(4)
+        scores, centred = tracking._chunk_scores(h, g, reference, (1,), 2, True, torch.float32)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert bool(used) == (precision == "highest")
+    expected = h.double() - reference.double()
+    torch.testing.assert_close(scores.double(), (expected * g.double()).sum(1))
+    assert centred is not None
+    torch.testing.assert_close(centred.double(), expected.sum((0, 1)))
+
+
 def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-segment ``1/count`` scale is refilled whenever the counts change, and only then."""
     make, shape = CASES["mlp"]
