@@ -286,12 +286,6 @@ def _layout(shape: torch.Size, units: int, linear: bool) -> _Layout:
     return (n, pre, units, k), (1, 3), 2
 
 
-def _unit_view(t: Tensor, units: int, linear: bool) -> tuple[Tensor, tuple[int, ...], int]:
-    """A consumer input viewed as `_layout` says, its position dimensions and unit dimension."""
-    shape, positions, unit_dim = _layout(t.shape, units, linear)
-    return t.reshape(shape), positions, unit_dim
-
-
 def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
     """View a consumer input as ``[N, pre, U, k·post]`` (a view for contiguous layouts)."""
     if linear:
@@ -308,7 +302,7 @@ def _chunk_scores(
     mean: bool,
     dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk laid out by `_unit_view`.
+    """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk laid out by `_layout`.
 
     Args:
         h: the chunk of the consumer's input.

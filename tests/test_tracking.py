@@ -352,7 +352,7 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
 ) -> None:
     """``a = Σ_pos g·(h − r)`` per sample and unit, and ``Σ (h − r)`` for a mean reference,
     in each layout the reduction views a consumer's input in (4 units)."""
-    from gxd_optim.tracking import _as_units, _chunk_scores, _unit_view
+    from gxd_optim.tracking import _as_units, _chunk_scores, _layout
 
     torch.manual_seed(0)
     units = 4
@@ -360,7 +360,8 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
     reference = torch.randn(units, dtype=torch.float64) if mean else torch.zeros(units)
     h4, g4 = _as_units(h, units, linear), _as_units(g, units, linear)  # [N, pre, U, post]
     expected = h4 - reference[:, None]
-    view, positions, unit_dim = _unit_view(h, units, linear)
+    layout, positions, unit_dim = _layout(h.shape, units, linear)
+    view = h.reshape(layout)
     shaped = reference if unit_dim == view.dim() - 1 else reference[:, None]
     # statistics in the inputs' dtype (token sums as products), and in a wider one (AMP)
     for inputs in (torch.float64, torch.float32):
