@@ -522,24 +522,26 @@ class Tracker:
         per mean-reference pair. When the inputs are those of every pair of a slab whose
         layers have one consumer each, the sums go into the slab's buffers in two products.
         """
-        edges = [edge for edge, _, _, _ in deferred]
-        slab = self._slab(self.modules[edges[0].edge.consumer])
-        whole = slab.one_consumer_each and len(self._slabs) == 1 and len(edges) == len(slab.edges)
+        slab = self._slab(self.modules[deferred[0][0].edge.consumer])
+        whole = (
+            slab.one_consumer_each and len(self._slabs) == 1 and len(deferred) == len(slab.edges)
+        )
         if whole:
             deferred = sorted(deferred, key=lambda pair: pair[0].position)
             whole = all(pair[0] is edge for pair, edge in zip(deferred, slab.edges, strict=True))
+        edges = [edge for edge, _, _, _ in deferred]  # in the order of the columns below
         # The deferred tensors are detached: nothing here can enter a graph.
         h = torch.cat([h for _, _, h, _ in deferred], 1)
         grad = torch.cat([g for _, _, _, g in deferred], 1)
-        if whole:  # Σ h where the mask is 1 (r is 0 where it is 0), then Σ |g·(h − r)|
+        reference = slab.pair_reference if whole else torch.cat([e.reference for e in edges])
+        abs_sum = (h - reference).mul_(grad).abs_().sum(0)  # Σ |g·(h − r)|
+        if whole:  # Σ h where the mask is 1 (r is 0 where it is 0)
             slab.pair_pending.addcmul_(h.sum(0), slab.pair_mask)
-            slab.layer_pending.add_((h - slab.pair_reference).mul_(grad).abs_().sum(0))
+            slab.layer_pending.add_(abs_sum)
         else:
-            reference = torch.cat([edge.reference for edge in edges])
             sizes = [edge.reference.numel() for edge in edges]
-            abs_sums = torch.split((h - reference).mul_(grad).abs_().sum(0), sizes)
             layers = [b.layer.pending_abs for _, b, _, _ in deferred]
-            torch._foreach_add_(layers, list(abs_sums))
+            torch._foreach_add_(layers, list(torch.split(abs_sum, sizes)))
             means = [i for i, edge in enumerate(edges) if edge.mean]
             if means:
                 h_sums = torch.split(h.sum(0), sizes)

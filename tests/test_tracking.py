@@ -47,6 +47,22 @@ CASES = {
         ),
         (7, 4),
     ),
+    # two small inputs (deferred) between two large ones: two accumulated backward passes
+    # defer as many inputs as the model has pairs, though not every pair
+    "mlp-mixed": (
+        lambda: nn.Sequential(
+            nn.Linear(4, 6),
+            nn.ReLU(),
+            nn.Linear(6, 5000),
+            nn.ReLU(),
+            nn.Linear(5000, 6),
+            nn.ReLU(),
+            nn.Linear(6, 5000),
+            nn.ReLU(),
+            nn.Linear(5000, 2),
+        ),
+        (7, 4),
+    ),
     # zero-padded convolutions after batch norm (zero references) read as [N, U, P]
     "cnn-padded": (
         lambda: nn.Sequential(
