@@ -8,8 +8,9 @@ is kept beyond the backward pass; statistics wait in ``pending`` buffers until
 `Tracker.commit` (the optimizer stepped) or `Tracker.discard` (``zero_grad`` without a step).
 
 Per backward pass and consumer the hot path reads the activation and its gradient once, in
-chunks of at most 2 MiB of float32 (one temporary): ``h − r`` gives ``Σ_x h`` (from its sum)
-and, multiplied by the gradient, ``Σ_x |a(x)|``. With a single consumer (the common case) the
+chunks of at most 2 MiB of float32 (one temporary): each chunk of ``h`` gives ``Σ_x h`` (for
+a mean reference) and then, as ``h − r`` times the gradient while it is in cache,
+``Σ_x |a(x)|``. With a single consumer (the common case) the
 per-sample scores are never stored. The signed sums that `predicted_cost` needs are not
 collected at all: they follow from the consumer's gradients
 (see `gxd_optim.utilities.predicted_cost`).
@@ -45,6 +46,7 @@ _TINY = 1e-30
 _CHUNK = 1 << 19  # elements per chunk of a mean-reference reduction: its one temporary
 _CHUNK_ZERO = 1 << 21  # elements per chunk of a zero-reference reduction (see `_reduce`)
 _DEFER = 1 << 15  # consumer inputs this small are reduced at the commit, back to back
+_PLANS = 64  # input shapes a pair keeps plans for (varying sequence lengths start over)
 
 
 @dataclass
@@ -55,10 +57,12 @@ class EdgeStats:
     correction (the EMA of 1 over the steps this consumer saw data); ``reference`` is the ``r``
     they imply (0 for a zero-reference pair, whose ``reference_mask`` is 0); ``pending_h`` and
     ``pending_count`` sum ``h`` over the backward passes since the last commit.
+    ``weight`` is the consumer's weight, whose version at the last backward is ``grad_version``.
     """
 
     edge: Edge
     linear: bool
+    weight: Tensor
     mean_ema: Tensor
     weight_ema: Tensor
     reference: Tensor
@@ -67,10 +71,7 @@ class EdgeStats:
     pending_count: int = 0
     grad_version: int | None = None  # the consumer weight's version at the last backward
     position: int = 0  # among the pairs of its slab, whose segments come in this order
-    reference_column: Tensor = field(init=False)  # ``reference[:, None]``, for ``[N, U, P]``
-
-    def __post_init__(self) -> None:
-        self.reference_column = self.reference[:, None]
+    plans: dict[torch.Size, _Plan] = field(default_factory=dict, repr=False)  # by input shape
 
     @property
     def mean(self) -> bool:
@@ -173,7 +174,8 @@ class _Slab:
                 self.scale[part].fill_(1.0 / n)
             self._scaled_for = counts
         _fold(self.pending.mul_(self.scale), self.ema, self.norm, self.ones, decay)
-        torch.div(self.ema, self.norm.clamp_min(_TINY), out=self.reference).mul_(self.mask)
+        # every segment was folded: each norm is at least ``1 − decay > 0``
+        torch.div(self.ema, self.norm, out=self.reference).mul_(self.mask)
         self.pending.zero_()
 
 
@@ -195,7 +197,7 @@ class _Batch:
     With one consumer (the common case) the batch closes as soon as its gradient arrives.
     """
 
-    __slots__ = ("acc", "arrived", "layer", "output_seen", "read", "reported", "samples")
+    __slots__ = ("acc", "layer", "output_seen", "read", "reported", "samples")
 
     def __init__(self, layer: LayerStats, samples: int) -> None:
         self.layer = layer
@@ -203,7 +205,6 @@ class _Batch:
         self.acc: Tensor | None = None
         self.output_seen = False  # the producer's output gradient arrived (criteria reading it)
         self.read: set[str] = set()  # consumers that read this call's output
-        self.arrived: set[str] = set()  # consumers whose gradient has arrived
         self.reported: set[str] = set()  # consumers whose scores have been added
 
     def add(self, consumer: str, scores: Tensor) -> None:
@@ -269,21 +270,71 @@ def _layout(shape: torch.Size, units: int, linear: bool) -> _Layout:
     """The fewest dimensions that keep a consumer input's samples, units and positions apart.
 
     Returns the shape to view the input as, its position dimensions (summed per sample) and
-    its unit dimension: ``[N, U]`` for a flat Linear input, ``[N, U, P]`` for convolution
-    positions or a flatten's columns per unit, ``[N, T, U]`` for tokens and ``[N, T, U, k]``
-    for tokens with columns per unit. (Cached: a model feeds few distinct shapes.)
+    its unit dimension: ``[N, U]`` for a flat Linear input, ``[N, U, k]`` for a flatten's
+    columns per unit, ``[N, T, U]`` for tokens, ``[N, T, U, k]`` for tokens with columns per
+    unit, and a convolution's own ``[N, U, *spatial]`` (no view, so a channels-last input is
+    not copied). (Cached: a model feeds few distinct shapes.)
     """
     n, numel = shape[0], shape.numel()
-    if linear:
-        k = shape[-1] // units
-        pre = numel // (n * shape[-1]) if n else 1
-    else:
-        k, pre = numel // (n * units) if n else 1, 1
+    if not linear:
+        return tuple(shape), tuple(range(2, len(shape))), 1
+    k = shape[-1] // units
+    pre = numel // (n * shape[-1]) if n else 1
     if pre == 1:
         return ((n, units), (), 1) if k == 1 else ((n, units, k), (2,), 1)
     if k == 1:
         return (n, pre, units), (1,), 2
     return (n, pre, units, k), (1, 3), 2
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one pair reduces its inputs of one shape: built once per shape by `_plan`.
+
+    Attributes:
+        view: the shape to view the input as (`_layout`), or ``None`` where its own serves.
+        positions: the dimensions summed per sample.
+        others: every dimension but the units' (``Σ h`` sums them).
+        reference: the pair's ``r``, shaped to broadcast over the viewed input (a view of
+            its statistics, so it follows their in-place updates).
+        ones: the row ``[1, T]`` that sums tokens (`_token_sums`), for ``[N, T, U]`` only.
+        rows: samples per chunk (all of them: one chunk).
+        count: positions per unit, ``h.numel() / U``: what ``Σ h`` sums over.
+    """
+
+    view: tuple[int, ...] | None
+    positions: tuple[int, ...]
+    others: tuple[int, ...]
+    reference: Tensor
+    ones: Tensor | None
+    rows: int
+    count: int
+
+
+def _plan(shape: torch.Size, reference: Tensor, linear: bool, mean: bool) -> _Plan:
+    """The `_Plan` of a pair's inputs of ``shape``, given its ``r`` (``[U]``), whether its
+    consumer is a Linear and whether ``r`` is a running mean (else zero).
+
+    A mean reference reads each chunk of ``h`` twice (its sum, then ``h − r``) and its
+    temporary twice (the product, a sum), so small chunks keep both in cache. A zero
+    reference writes one product that one sum reads: fewer, larger kernels are faster, and its
+    pairs are mostly zero-padded convolutions, whose large inputs the backward pass reaches
+    last, after autograd freed most of what it saved.
+    """
+    units = reference.numel()
+    view, positions, unit_dim = _layout(shape, units, linear)
+    dims = len(view)
+    samples, numel = shape[0], shape.numel()
+    limit = _CHUNK if mean else _CHUNK_ZERO
+    return _Plan(
+        view=None if view == tuple(shape) else view,
+        positions=positions,
+        others=tuple(d for d in range(dims) if d != unit_dim),
+        reference=reference.view(units, *(1,) * (dims - 1 - unit_dim)),
+        ones=reference.new_ones(1, view[1]) if positions == (1,) else None,
+        rows=max(1, limit * samples // max(1, numel)),
+        count=numel // units,
+    )
 
 
 def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
@@ -294,65 +345,55 @@ def _as_units(t: Tensor, units: int, linear: bool) -> Tensor:
 
 
 def _chunk_scores(
-    h: Tensor,
-    g: Tensor,
-    reference: Tensor,
-    positions: tuple[int, ...],
-    unit_dim: int,
-    mean: bool,
-    dtype: torch.dtype,
+    h: Tensor, g: Tensor, plan: _Plan, mean: bool, dtype: torch.dtype, ones: Tensor | None
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk laid out by `_layout`.
+    """Per-sample ``a = Σ_pos ∂ℓ/∂h · (h − r)`` of a chunk viewed as its `_Plan` says.
 
     Args:
         h: the chunk of the consumer's input.
         g: its gradient, shaped as ``h``.
-        reference: ``r``, shaped to broadcast over ``h``.
-        positions: the dimensions summed per sample.
-        unit_dim: the dimension of the units.
+        plan: the pair's plan for the input's shape.
         mean: whether ``r`` is a running mean, whose ``Σ_x h`` the statistics need.
         dtype: the statistics' dtype.
+        ones: the row of ones that sums tokens as a product (`_token_sums`), where that
+            keeps full precision; ``None`` for plain sums.
 
     Returns:
         ``a`` (``[rows, U]`` or, without positions, the chunk-sized temporary itself) and, for
-        a mean reference, the chunk's ``Σ (h − r)`` per unit (``None`` otherwise). Both come
-        from one temporary, ``h − r``, read while it is in cache. On the CPU, sums over
-        tokens are products with a row of ones (`_token_sums`) where that keeps full precision.
+        a mean reference, the chunk's ``Σ h`` per unit (``None`` otherwise), read just before
+        ``h − r``, so that the chunk is in cache for the second read.
     """
-    tokens = positions == (1,) and h.dtype == dtype and _full_precision_products(h)
     if not mean:
         product, centred = h * g, None
     else:
-        product = h - reference
-        if tokens:
-            centred = _token_sums(product).sum(0)
+        if ones is not None:
+            centred = _token_sums(h, ones).sum(0)
         else:
-            others = tuple(d for d in range(product.dim()) if d != unit_dim)
-            centred = product.sum(others, dtype=dtype)
-        product.mul_(g)
-    if tokens:
-        return _token_sums(product), centred
-    return (product.sum(positions) if positions else product), centred
+            centred = h.sum(plan.others, dtype=dtype)
+        product = (h - plan.reference).mul_(g)
+    if ones is not None:
+        return _token_sums(product, ones), centred
+    return (product.sum(plan.positions) if plan.positions else product), centred
 
 
-def _full_precision_products(t: Tensor) -> bool:
-    """Whether a matrix product with ``t`` keeps full precision and is worth it.
+def _token_ones(plan: _Plan, h: Tensor, dtype: torch.dtype) -> Tensor | None:
+    """The plan's row of ones where sums over tokens are matrix products, else ``None``.
 
-    A CPU tensor in float64, or in float32 with full-precision products (not the bfloat16
-    that ``torch.set_float32_matmul_precision`` may allow).
+    Products where they keep full precision and are worth it: a CPU input in the statistics'
+    dtype, float64 or float32 at full-precision products (not the bfloat16 that
+    ``torch.set_float32_matmul_precision`` may allow).
     """
-    return t.device.type == "cpu" and (
-        t.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest"
-    )
+    full = h.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest"
+    return plan.ones if h.dtype == dtype and h.device.type == "cpu" and full else None
 
 
-def _token_sums(t: Tensor) -> Tensor:
-    """``t.sum(1)`` of a ``[rows, T, U]`` tensor, as a product with a row of ones.
+def _token_sums(t: Tensor, ones: Tensor) -> Tensor:
+    """``t.sum(1)`` of a ``[rows, T, U]`` tensor, as a product with a row of ones ``[1, T]``.
 
     The matrix product reads each element once; PyTorch's CPU reduction over a middle
     dimension took about twice as long (45–50 µs against 20–30 µs for 2 MiB).
     """
-    return torch.matmul(t.new_ones(1, t.shape[1]), t).squeeze(1)
+    return torch.matmul(ones, t).squeeze(1)
 
 
 class Tracker:
@@ -388,9 +429,10 @@ class Tracker:
         self.steps = 0
         self.before_commit: Callable[[Tracker], None] | None = None
         self._fast = criterion is CRITERIA["gxd"]  # the streamed GXD path below
+        self._reads_output = criterion.reads == "output"
         self.modules = dict(modules)
         self.layers: dict[str, LayerStats] = {}
-        self._readers: dict[str, tuple[LayerStats, EdgeStats]] = {}
+        self._readers: dict[str, tuple[str, EdgeStats]] = {}  # consumer: (producer, pair)
         self._current: dict[str, _Batch] = {}
         self._deferred: list[tuple[EdgeStats, _Batch, Tensor, Tensor]] = []
         self._handles: list[RemovableHandle] = []
@@ -404,7 +446,12 @@ class Tracker:
         for name, info in layers.items():  # every pair's segment first, then every layer's
             slab = self._slab(modules[name])
             edges_of[name] = [
-                EdgeStats(e, isinstance(modules[e.consumer], nn.Linear), *slab.take(info.num_units))
+                EdgeStats(
+                    e,
+                    isinstance(modules[e.consumer], nn.Linear),
+                    layer_params(modules[e.consumer])[0],
+                    *slab.take(info.num_units),
+                )
                 for e in info.edges
             ]
             for edge in edges_of[name]:
@@ -423,7 +470,7 @@ class Tracker:
             slab.owners.append(stats)
             self.layers[name] = stats
             for edge in stats.edges:
-                self._readers[edge.edge.consumer] = (stats, edge)
+                self._readers[edge.edge.consumer] = (name, edge)
                 if edge.mean:
                     edge.reference_mask.fill_(1.0)
         for slab in self._slabs.values():
@@ -460,7 +507,7 @@ class Tracker:
     def _on_produce(self, name: str, module: nn.Module, inputs: Any, output: Any) -> None:
         if torch.is_grad_enabled() and module.training and isinstance(output, Tensor):
             batch = self._current[name] = _Batch(self.layers[name], output.shape[0])
-            if self.criterion.reads == "output" and output.requires_grad:
+            if self._reads_output and output.requires_grad:
                 linear = isinstance(module, nn.Linear)
                 output.register_hook(partial(self._on_output_grad, batch, linear))  # type: ignore[no-untyped-call]
         else:
@@ -470,8 +517,8 @@ class Tracker:
         if not (torch.is_grad_enabled() and module.training) or not args:
             return None
         x = args[0]
-        layer, edge = self._readers[consumer]
-        batch = self._current.get(layer.info.name)
+        producer, edge = self._readers[consumer]
+        batch = self._current.get(producer)
         if batch is None or not isinstance(x, Tensor) or not x.requires_grad:
             return None
         if consumer in batch.read or x.shape[0] != batch.samples:
@@ -489,14 +536,12 @@ class Tracker:
         The hook lives as long as the autograd graph; holding ``h`` only until the gradient
         arrives frees it as early as autograd frees what it saved.
         """
-        consumer, grad = edge.edge.consumer, grads[0]
-        if consumer in batch.arrived or not held:
+        if not held:
             return  # a further backward through the same forward (retain_graph, autograd.grad)
-        batch.arrived.add(consumer)
-        h = held.pop()
+        h, grad = held.pop(), grads[0]
         if grad is None:  # an undefined gradient, which autograd means as zero
             grad = torch.zeros_like(h)
-        edge.grad_version = layer_params(self.modules[consumer])[0]._version
+        edge.grad_version = edge.weight._version
         if h.numel() <= _DEFER:
             # Between the large kernels of a backward pass the interpreter runs from a cold
             # cache; small inputs cost little memory to keep and reduce faster together.
@@ -559,44 +604,38 @@ class Tracker:
             return
         layer = batch.layer
         units = layer.info.num_units
-        dtype = edge.mean_ema.dtype
-        samples, count = h.shape[0], h.numel() // units
-        edge.pending_count += count
+        plan = edge.plans.get(h.shape)
+        if plan is None:
+            if len(edge.plans) >= _PLANS:
+                edge.plans.clear()
+            plan = edge.plans[h.shape] = _plan(h.shape, edge.reference, edge.linear, edge.mean)
+        edge.pending_count += plan.count
         if not self._fast:
             h4, g4 = _as_units(h, units, edge.linear), _as_units(grad, units, edge.linear)
             self._score_generic(edge, batch, h4, g4)
             return
-        shape, positions, unit_dim = _layout(h.shape, units, edge.linear)
-        h, grad = h.reshape(shape), grad.reshape(shape)
-        reference = edge.reference if unit_dim == len(shape) - 1 else edge.reference_column
+        samples, dtype = h.shape[0], edge.mean_ema.dtype
+        if plan.view is not None:
+            h, grad = h.reshape(plan.view), grad.reshape(plan.view)
+        ones = None if plan.ones is None else _token_ones(plan, h, dtype)
         alone = len(batch.read) == 1  # one consumer: reduce |a| at once, keep nothing
-        # A mean reference re-reads its temporary three times (a sum, the product, a sum), so
-        # small chunks keep it in cache. A zero reference writes one product that one sum reads:
-        # fewer, larger kernels are faster, and its pairs are mostly zero-padded convolutions,
-        # whose large inputs the backward pass reaches last, after autograd freed most of what
-        # it saved.
-        limit = _CHUNK if edge.mean else _CHUNK_ZERO
-        rows = max(1, limit * samples // max(1, h.numel()))
         chunks = (
             [(h, grad)]
-            if rows >= samples
-            else zip(torch.split(h, rows), torch.split(grad, rows), strict=True)
+            if plan.rows >= samples
+            else zip(torch.split(h, plan.rows), torch.split(grad, plan.rows), strict=True)
         )
         parts: list[Tensor] = []
         sums: list[Tensor] = []
         for h_part, g_part in chunks:
-            scores, centred = _chunk_scores(
-                h_part, g_part, reference, positions, unit_dim, edge.mean, dtype
-            )
+            scores, centred = _chunk_scores(h_part, g_part, plan, edge.mean, dtype, ones)
             if centred is not None:
                 sums.append(centred)
-            if alone and not positions:  # the scores are the chunk-sized temporary
+            if alone and not plan.positions:  # the scores are the chunk-sized temporary
                 layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
             else:  # one ``[rows, U]`` per chunk
                 parts.append(scores)
-        if sums:  # a mean reference: ``Σ h = Σ (h − r) + count · r``
-            total = sums[0] if len(sums) == 1 else torch.stack(sums).sum(0)
-            edge.pending_h.add_(total).add_(edge.reference, alpha=count)
+        if sums:  # a mean reference
+            edge.pending_h.add_(sums[0] if len(sums) == 1 else torch.stack(sums).sum(0))
         if parts:
             scores = parts[0] if len(parts) == 1 else torch.cat(parts)
             if alone:
@@ -776,6 +815,8 @@ class Tracker:
                 weight, bias = layer_params(self.modules[edge.edge.consumer])
                 if weight.grad is None:
                     continue  # no gradient reached this consumer: it adds nothing
+                if weight is not edge.weight:  # replaced (``load_state_dict(assign=True)``):
+                    edge.weight, edge.grad_version = weight, None  # its version is unknown
                 if edge.grad_version is not None and weight._version != edge.grad_version:
                     raise RuntimeError(
                         f"predicted_cost({name!r}): `{edge.edge.consumer}` changed since the "

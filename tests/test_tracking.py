@@ -9,6 +9,7 @@ the batched (foreach) commit across layers and the gradient-derived predicted co
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import pytest
@@ -366,9 +367,9 @@ def test_copies_keep_the_statistics_views_on_their_own_buffers() -> None:
 def test_chunk_scores_follow_the_definition_in_every_layout(
     shape: tuple[int, ...], linear: bool, mean: bool
 ) -> None:
-    """``a = Σ_pos g·(h − r)`` per sample and unit, and ``Σ (h − r)`` for a mean reference,
-    in each layout the reduction views a consumer's input in (4 units)."""
-    from gxd_optim.tracking import _as_units, _chunk_scores, _layout
+    """``a = Σ_pos g·(h − r)`` per sample and unit, and ``Σ h`` for a mean reference, in each
+    layout the reduction views a consumer's input in (4 units)."""
+    from gxd_optim.tracking import _as_units, _chunk_scores, _plan, _token_ones
 
     torch.manual_seed(0)
     units = 4
@@ -376,27 +377,75 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
     reference = torch.randn(units, dtype=torch.float64) if mean else torch.zeros(units)
     h4, g4 = _as_units(h, units, linear), _as_units(g, units, linear)  # [N, pre, U, post]
     expected = h4 - reference[:, None]
-    layout, positions, unit_dim = _layout(h.shape, units, linear)
-    view = h.reshape(layout)
-    shaped = reference if unit_dim == view.dim() - 1 else reference[:, None]
     # statistics in the inputs' dtype (token sums as products), and in a wider one (AMP)
     for inputs in (torch.float64, torch.float32):
-        scores, centred = _chunk_scores(
-            view.to(inputs),
-            g.reshape(view.shape).to(inputs),
-            shaped.to(inputs),
-            positions,
-            unit_dim,
-            mean,
-            torch.float64,
-        )
+        plan = _plan(h.shape, reference.to(inputs), linear, mean)
+        view = h.shape if plan.view is None else plan.view
+        h_in, g_in = h.reshape(view).to(inputs), g.reshape(view).to(inputs)
+        ones = _token_ones(plan, h_in, torch.float64)
+        assert (ones is not None) == (plan.positions == (1,) and inputs == torch.float64)
+        scores, centred = _chunk_scores(h_in, g_in, plan, mean, torch.float64, ones)
         tolerance = {} if inputs == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
         torch.testing.assert_close(scores.double(), (expected * g4).sum((1, 3)), **tolerance)
         if mean:
             assert centred is not None and centred.dtype == torch.float64
-            torch.testing.assert_close(centred, expected.sum((0, 1, 3)), **tolerance)
+            torch.testing.assert_close(centred, h4.sum((0, 1, 3)), **tolerance)
         else:
             assert centred is None
+
+
+def test_plans_view_only_what_needs_a_view() -> None:
+    """A convolution's input and ``[N, U]``/``[N, T, U]`` inputs are read as they are (a
+    channels-last input is not copied); a flatten's columns and several token dimensions are
+    viewed; the reference is a view of the statistics, shaped to broadcast."""
+    from gxd_optim.tracking import _plan
+
+    reference = torch.arange(4.0)
+    cases = {
+        ((3, 4, 5, 6), False): (None, (2, 3), (4, 1, 1)),
+        ((3, 4), True): (None, (), (4,)),
+        ((3, 7, 4), True): (None, (1,), (4,)),
+        ((3, 2, 7, 4), True): ((3, 14, 4), (1,), (4,)),
+        ((3, 4 * 5), True): ((3, 4, 5), (2,), (4, 1)),
+    }
+    for (shape, linear), (view, positions, reference_shape) in cases.items():
+        plan = _plan(torch.Size(shape), reference, linear, mean=True)
+        assert (plan.view, plan.positions) == (view, positions), shape
+        assert plan.reference.shape == reference_shape
+        assert plan.reference.data_ptr() == reference.data_ptr()
+        assert (plan.ones is not None) == (positions == (1,))
+        assert plan.count == math.prod(shape) // 4
+    reference += 1.0  # in place, as a commit writes it
+    assert plan.reference.flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_channels_last_inputs_give_the_same_statistics() -> None:
+    """A channels-last CNN gets the same utilities and running means as a contiguous one."""
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Conv2d(3, 8, 3),
+            nn.ReLU(),
+            nn.Conv2d(8, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6 * 12 * 12, 2),
+        ).to(memory_format=memory_format)
+        opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.01), model, replacement_rate=0.0)
+        x = torch.randn(16, 3, 14, 14).to(memory_format=memory_format)
+        for _ in range(2):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        means = [
+            e.mean_ema.clone()
+            for layer in opt._require_tracker().layers.values()
+            for e in layer.edges
+        ]
+        results.append((opt.utilities(), means))
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
 
 
 @pytest.mark.parametrize("precision", ["highest", "high", "medium"])
@@ -404,15 +453,15 @@ def test_token_sums_are_products_only_at_full_precision(
     precision: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Float32 sums over tokens use a matrix product only at full matmul precision (no TF32
-    or bfloat16), and give the plain sum either way."""
+    or bfloat16) and for statistics in the inputs' dtype, and give the plain sum either way."""
     from gxd_optim import tracking
 
     used: list[bool] = []
     real = tracking._token_sums
 
-    def spy(t: Tensor) -> Tensor:
+    def spy(t: Tensor, ones: Tensor) -> Tensor:
         used.append(True)
-        return real(t)
+        return real(t, ones)
 
     monkeypatch.setattr(tracking, "_token_sums", spy)
     previous = torch.get_float32_matmul_precision()
@@ -421,14 +470,19 @@ def test_token_sums_are_products_only_at_full_precision(
         torch.manual_seed(0)
         h, g = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
         reference = torch.randn(4)
-        scores, centred = tracking._chunk_scores(h, g, reference, (1,), 2, True, torch.float32)
+        plan = tracking._plan(h.shape, reference, linear=True, mean=True)
+        ones = tracking._token_ones(plan, h, torch.float32)
+        wider = tracking._token_ones(plan, h, torch.float64)  # statistics wider than the inputs
+        scores, centred = tracking._chunk_scores(h, g, plan, True, torch.float32, ones)
     finally:
         torch.set_float32_matmul_precision(previous)
-    assert bool(used) == (precision == "highest")
+    assert bool(used) == (precision == "highest") == (ones is not None)
+    assert wider is None
     expected = h.double() - reference.double()
-    torch.testing.assert_close(scores.double(), (expected * g.double()).sum(1))
+    float32 = {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(scores.double(), (expected * g.double()).sum(1), **float32)
     assert centred is not None
-    torch.testing.assert_close(centred.double(), expected.sum((0, 1)))
+    torch.testing.assert_close(centred.double(), h.double().sum((0, 1)), **float32)
 
 
 def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch) -> None:
