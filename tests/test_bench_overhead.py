@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from gxd_optim.bench.overhead import (
     peak_live_bytes,
     select_cases,
     summarise_times,
+    time_interleaved,
 )
 
 
@@ -66,6 +68,11 @@ def test_quick_overhead_writes_the_report(
     resetting = cases["reset-step-mlp-b256-adam"]
     assert resetting["compares"] == "resetting / wrapped" and resetting["goal"] is None
     assert resetting["arms"]["candidate"]["resets_per_step"] >= 1  # every step resets
+    # --quick builds 2 copies of each arm: one warm-up call each, then 3 pairs between them
+    assert report["settings"]["copies"] == 2
+    assert resetting["arms"]["candidate"]["copies"] == 2
+    assert resetting["arms"]["candidate"]["training_steps"] == 2 * 1 + 3
+    assert [len(case["timing"]["per_copy"]) for case in cases.values()] == [2, 2, 2]
 
     out = capsys.readouterr().out
     assert "| case |" in out and "mlp-b1-sgd" in out and "overhead.json" in out
@@ -98,3 +105,34 @@ def test_pure_helpers() -> None:
     assert summary["pairs"] == 2 and summary["ratio"]["median"] == pytest.approx(1.1)
     with pytest.raises(ValueError):
         summarise_times([0.01], [])
+    by_copy = summarise_times([0.01, 0.02, 0.03, 0.04], [0.011, 0.026, 0.033, 0.052], copies=2)
+    assert [c["ratio"] for c in by_copy["per_copy"]] == pytest.approx([1.1, 1.3])
+    assert [c["baseline_ms"] for c in by_copy["per_copy"]] == pytest.approx([20.0, 30.0])
+    for copies in (0, 5):
+        with pytest.raises(ValueError, match="copies"):
+            summarise_times([0.01] * 4, [0.01] * 4, copies=copies)
+
+
+def test_pairs_take_the_copies_in_turn() -> None:
+    """Every copy is warmed up; pair ``r`` runs copy ``r mod 3`` of both workloads, the order
+    alternating from pair to pair."""
+    calls: list[tuple[str, int]] = []
+
+    def work(name: str) -> Callable[[int], None]:
+        return lambda i: calls.append((name, i))
+
+    base, cand = time_interleaved(
+        [work(f"a{j}") for j in range(3)], [work(f"b{j}") for j in range(3)], 6, warmup=1
+    )
+    assert len(base) == len(cand) == 6
+    assert calls[:6] == [("a0", 0), ("b0", 0), ("a1", 0), ("b1", 0), ("a2", 0), ("b2", 0)]
+    expected = []
+    for r in range(6):
+        first, second = ("a", "b") if r % 2 == 0 else ("b", "a")
+        expected += [(f"{first}{r % 3}", 1 + r), (f"{second}{r % 3}", 1 + r)]
+    assert calls[6:] == expected
+    for baseline, candidate in (([], []), ([work("a")], [work("b"), work("c")])):
+        with pytest.raises(ValueError, match="copies"):
+            time_interleaved(baseline, candidate, 1)
+    with pytest.raises(SystemExit):
+        main(["overhead", "--copies", "0"])

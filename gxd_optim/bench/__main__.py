@@ -115,8 +115,18 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         type=_count(0),
         default=None,
         help=(
-            f"untimed calls of each arm first (default {overhead.DEFAULT_WARMUP}; "
-            f"--quick {overhead.QUICK.warmup})"
+            f"untimed calls of each copy of each arm first (default "
+            f"{overhead.DEFAULT_WARMUP}; --quick {overhead.QUICK.warmup})"
+        ),
+    )
+    parser.add_argument(
+        "--copies",
+        type=_count(1),
+        default=None,
+        help=(
+            "copies of each arm, built from the same seed, that the timed pairs take in turn: "
+            "where a model's tensors happen to live can move one copy's step time by a few "
+            f"percent (default {overhead.DEFAULT_COPIES}; --quick {overhead.QUICK.copies})"
         ),
     )
     parser.add_argument(
@@ -147,6 +157,7 @@ def _overhead(args: argparse.Namespace) -> int:
         cases=args.cases or base.cases,
         repeats=base.repeats if args.repeats is None else args.repeats,
         warmup=base.warmup if args.warmup is None else args.warmup,
+        copies=base.copies if args.copies is None else args.copies,
         memory_steps=base.memory_steps,
         device=args.device,
         threads=args.threads,

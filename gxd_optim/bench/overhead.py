@@ -9,10 +9,13 @@ rest: the cost of a step on which resets happen (against the wrapped step withou
 the cost of `GXDReset.predicted_cost` for all layers (against a bare step).
 
 Timing:
-    each arm has its own copy of the model (same seed, so the same weights) and the two read
-    the same batches. After ``warmup`` untimed calls of each, ``repeats`` pairs are timed with
+    each arm is built ``copies`` times (same seed, so the same weights), and all read the same
+    batches. After ``warmup`` untimed calls of each copy, ``repeats`` pairs are timed with
     `time.perf_counter`, interleaved, the order alternating from pair to pair
-    (A B, B A, A B, ...) so neither arm always runs first; on CUDA the device is synchronised
+    (A B, B A, A B, ...) so neither arm always runs first, and pair ``r`` taking copy
+    ``r mod copies`` of each arm. Copies of the same arm can differ by a few percent, only
+    because their tensors live at other addresses; taking turns spreads that over both arms
+    instead of leaving the ratio to the luck of one layout. On CUDA the device is synchronised
     before and after every timed call. A training step is ``zero_grad`` + forward + loss +
     backward + ``step``. The reported ratio is the median of the per-pair ratios
     candidate / baseline, the reported times the medians of each arm. The garbage collector
@@ -75,6 +78,7 @@ __all__ = [
     "Problem",
     "Settings",
     "arm_memory",
+    "copies_report",
     "failed_goals",
     "machine_info",
     "make_batches",
@@ -113,14 +117,18 @@ RESET_RATE = 1.0 / MLP_SIZES[1]
 DEFAULT_REPEATS = 150
 """Timed pairs per case (times the case's ``repeat_scale``)."""
 DEFAULT_WARMUP = 5
-"""Untimed calls of each arm before timing."""
+"""Untimed calls of each copy of each arm before timing."""
+DEFAULT_COPIES = 3
+"""Copies of each arm that the timed pairs take in turn."""
 DEFAULT_MEMORY_STEPS = 3
 """Calls of each arm inside the peak-memory window."""
 
 TIMING_METHOD = (
-    "Each arm has its own copy of the model (same seed) and reads the same batches. After "
-    "`warmup` untimed calls of each arm, `repeats` pairs are timed with time.perf_counter, "
-    "interleaved with the order alternating per pair (A B, B A, ...); on CUDA the device is "
+    "Each arm is built `copies` times (same seed) and every copy reads the same batches. "
+    "After `warmup` untimed calls of each copy, `repeats` pairs are timed with "
+    "time.perf_counter, interleaved with the order alternating per pair (A B, B A, ...), pair "
+    "r taking copy r mod `copies` of each arm (copies differ only in where their tensors live, "
+    "which can move one copy's step time by a few percent); on CUDA the device is "
     "synchronised before and after each timed call. A training step is zero_grad + forward + "
     "loss + backward + step. ratio = median over pairs of candidate time / baseline time; "
     "times are per-arm medians. The garbage collector stays enabled. On glibc the allocator "
@@ -472,6 +480,27 @@ class Arm:
             )
 
 
+def copies_report(copies: Sequence[Arm]) -> dict[str, Any]:
+    """The report of an arm built several times: `Arm.report` of the first, with the training
+    steps and resets of all copies added up and their number as ``copies``.
+
+    Raises:
+        ValueError: no copies, or copies of different arms.
+    """
+    if not copies or len({arm.kind for arm in copies}) != 1:
+        raise ValueError("need one or more copies of the same arm")
+    out = copies[0].report() | {"copies": len(copies)}
+    steps = sum(arm.steps for arm in copies)
+    out["training_steps"] = steps
+    if copies[0].wrapper is not None:
+        resets: dict[str, int] = {}
+        for arm in copies:
+            for name, count in arm.report()["resets"].items():
+                resets[name] = resets.get(name, 0) + count
+        out |= {"resets": resets, "resets_per_step": sum(resets.values()) / max(steps, 1)}
+    return out
+
+
 # -- cases -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
@@ -559,7 +588,8 @@ class Settings:
     Attributes:
         cases: names of the cases to run (see `select_cases`).
         repeats: timed pairs per case (times the case's ``repeat_scale``).
-        warmup: untimed calls of each arm before timing.
+        warmup: untimed calls of each copy of each arm before timing.
+        copies: copies of each arm, taken in turn by the timed pairs.
         memory_steps: calls of each arm inside the peak-memory window.
         device: ``"cpu"`` or ``"cuda"``.
         threads: ``torch.set_num_threads`` for the run; ``None`` keeps the current setting.
@@ -572,6 +602,7 @@ class Settings:
     cases: tuple[str, ...] = tuple(case.name for case in CASES)
     repeats: int = DEFAULT_REPEATS
     warmup: int = DEFAULT_WARMUP
+    copies: int = DEFAULT_COPIES
     memory_steps: int = DEFAULT_MEMORY_STEPS
     device: str = "cpu"
     threads: int | None = None
@@ -585,6 +616,8 @@ class Settings:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.copies < 1:
+            raise ValueError(f"copies must be >= 1, got {self.copies}")
         if self.memory_steps < 1:
             raise ValueError(f"memory_steps must be >= 1, got {self.memory_steps}")
         if self.device not in ("cpu", "cuda"):
@@ -598,10 +631,10 @@ class Settings:
 
     def calls(self, case: Case) -> int:
         """Calls of both arms a case makes (warm-up, timed and memory): the progress total."""
-        return 2 * (self.warmup + self.pairs(case) + self.memory_steps)
+        return 2 * (self.copies * self.warmup + self.pairs(case) + self.memory_steps)
 
 
-QUICK = Settings(repeats=3, warmup=1, memory_steps=2, quick=True)
+QUICK = Settings(repeats=3, warmup=1, copies=2, memory_steps=2, quick=True)
 """The ``--quick`` configuration: seconds per case, for tests of the command itself."""
 
 
@@ -617,8 +650,8 @@ def _timed(work: Callable[[int], None], i: int, sync: bool) -> float:
 
 
 def time_interleaved(
-    baseline: Callable[[int], None],
-    candidate: Callable[[int], None],
+    baseline: Sequence[Callable[[int], None]],
+    candidate: Sequence[Callable[[int], None]],
     repeats: int,
     warmup: int = DEFAULT_WARMUP,
     *,
@@ -627,33 +660,57 @@ def time_interleaved(
 ) -> tuple[list[float], list[float]]:
     """Time two workloads in interleaved pairs, the order alternating from pair to pair.
 
+    Each workload comes in copies (the same work, e.g. on models built from the same seed);
+    pair ``r`` times copy ``r mod len(baseline)`` of each.
+
     Args:
-        baseline: ``baseline(i)`` does call ``i`` of the baseline.
-        candidate: ``candidate(i)`` does call ``i`` of the candidate (same ``i`` in a pair).
+        baseline: the baseline's copies; ``baseline[j](i)`` does call ``i`` on copy ``j``.
+        candidate: the candidate's copies, as many (same ``i`` in a pair).
         repeats: timed pairs.
-        warmup: untimed calls of each before timing.
+        warmup: untimed calls of each copy before timing.
         sync: synchronise CUDA before and after each timed call.
         tick: progress callback, called with the number of calls just made.
 
     Returns:
         Seconds per call of the baseline and of the candidate, pair by pair.
+
+    Raises:
+        ValueError: no copies, or not as many of each.
+
+    Example:
+        >>> calls = []
+        >>> base, cand = time_interleaved(
+        ...     [lambda i: calls.append(("a0", i)), lambda i: calls.append(("a1", i))],
+        ...     [lambda i: calls.append(("b0", i)), lambda i: calls.append(("b1", i))],
+        ...     repeats=3,
+        ...     warmup=0,
+        ... )
+        >>> calls
+        [('a0', 0), ('b0', 0), ('b1', 1), ('a1', 1), ('a0', 2), ('b0', 2)]
     """
+    if not baseline or len(baseline) != len(candidate):
+        raise ValueError(
+            f"need as many copies of each workload, at least one; got {len(baseline)} "
+            f"and {len(candidate)}"
+        )
     for i in range(warmup):
-        baseline(i)
-        candidate(i)
-        if tick is not None:
-            tick(2)
+        for base_copy, cand_copy in zip(baseline, candidate, strict=True):
+            base_copy(i)
+            cand_copy(i)
+            if tick is not None:
+                tick(2)
     gc.collect()
     base: list[float] = []
     cand: list[float] = []
     for r in range(repeats):
         i = warmup + r
+        base_copy, cand_copy = baseline[r % len(baseline)], candidate[r % len(candidate)]
         if r % 2 == 0:
-            base.append(_timed(baseline, i, sync))
-            cand.append(_timed(candidate, i, sync))
+            base.append(_timed(base_copy, i, sync))
+            cand.append(_timed(cand_copy, i, sync))
         else:
-            cand.append(_timed(candidate, i, sync))
-            base.append(_timed(baseline, i, sync))
+            cand.append(_timed(cand_copy, i, sync))
+            base.append(_timed(base_copy, i, sync))
         if tick is not None:
             tick(2)
     return base, cand
@@ -689,17 +746,21 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def summarise_times(baseline_s: Sequence[float], candidate_s: Sequence[float]) -> dict[str, Any]:
+def summarise_times(
+    baseline_s: Sequence[float], candidate_s: Sequence[float], copies: int = 1
+) -> dict[str, Any]:
     """Medians, quartiles and per-pair ratios of two interleaved timing series.
 
     Args:
         baseline_s: seconds per baseline call, pair by pair.
         candidate_s: seconds per candidate call, pair by pair.
+        copies: copies of each arm that the pairs took in turn (see `time_interleaved`).
 
     Returns:
         ``baseline_ms`` / ``candidate_ms`` / ``ratio`` spreads (``median``, its 95% interval
         ``median_ci95`` (see `median_ci`), ``p25``, ``p75``, ``min``, ``max``),
-        ``ratio_of_medians``, ``pairs`` and the raw ``samples`` in ms.
+        ``ratio_of_medians``, ``pairs``, the raw ``samples`` in ms, and ``per_copy``: the
+        median times and ratio of each copy's pairs.
 
     Example:
         >>> times = summarise_times([0.010, 0.012, 0.011], [0.011, 0.012, 0.0121])
@@ -708,6 +769,8 @@ def summarise_times(baseline_s: Sequence[float], candidate_s: Sequence[float]) -
     """
     if len(baseline_s) != len(candidate_s) or not baseline_s:
         raise ValueError("need two non-empty series of the same length")
+    if not 1 <= copies <= len(baseline_s):
+        raise ValueError(f"copies must be in [1, {len(baseline_s)}] (the pairs), got {copies}")
     base_ms = [1e3 * t for t in baseline_s]
     cand_ms = [1e3 * t for t in candidate_s]
     ratios = [c / b for b, c in zip(base_ms, cand_ms, strict=True)]
@@ -718,6 +781,14 @@ def summarise_times(baseline_s: Sequence[float], candidate_s: Sequence[float]) -
         "candidate_ms": cand,
         "ratio": _spread(ratios),
         "ratio_of_medians": cand["median"] / base["median"],
+        "per_copy": [
+            {
+                "baseline_ms": float(np.median(base_ms[j::copies])),
+                "candidate_ms": float(np.median(cand_ms[j::copies])),
+                "ratio": float(np.median(ratios[j::copies])),
+            }
+            for j in range(copies)
+        ],
         "samples": {"baseline_ms": base_ms, "candidate_ms": cand_ms},
     }
 
@@ -895,8 +966,11 @@ def measure_case(case: Case, settings: Settings, tick: Tick | None = None) -> di
     device = torch.device(settings.device)
     problem = case.problem
     batches = make_batches(problem, device)
-    baseline = Arm(case.baseline, problem, batches, device)
-    candidate = Arm(case.candidate, problem, batches, device)
+    baseline: list[Arm] = []
+    candidate: list[Arm] = []
+    for _ in range(settings.copies):  # built in turn, so that neither arm's copies come first
+        baseline.append(Arm(case.baseline, problem, batches, device))
+        candidate.append(Arm(case.candidate, problem, batches, device))
     base_s, cand_s = time_interleaved(
         baseline,
         candidate,
@@ -905,11 +979,11 @@ def measure_case(case: Case, settings: Settings, tick: Tick | None = None) -> di
         sync=device.type == "cuda",
         tick=tick,
     )
-    for arm in (baseline, candidate):
+    for arm in (*baseline, *candidate):
         arm.check()
-    arms = {"baseline": baseline.report(), "candidate": candidate.report()}
+    arms = {"baseline": copies_report(baseline), "candidate": copies_report(candidate)}
     del baseline, candidate, batches
-    timing = summarise_times(base_s, cand_s)
+    timing = summarise_times(base_s, cand_s, min(settings.copies, settings.pairs(case)))
     memory = summarise_memory(
         arm_memory(case.baseline, problem, device, settings.memory_steps, tick),
         arm_memory(case.candidate, problem, device, settings.memory_steps, tick),
@@ -1067,8 +1141,9 @@ def summary_text(report: Mapping[str, Any]) -> str:
             "",
             f"device {machine['device']}: {where}; torch {machine['torch']}; "
             f"gxd_optim {source['gxd_optim']} ({commit})",
-            f"{settings['warmup']} warm-up calls per arm, {settings['memory_steps']} calls in "
-            f"each memory window, {report['seconds']:.0f} s in all; "
+            f"{settings['copies']} copies of each arm taking turns, {settings['warmup']} "
+            f"warm-up calls per copy, {settings['memory_steps']} calls in each memory window, "
+            f"{report['seconds']:.0f} s in all; "
             f"{environment_text(report['environment'])}"
             + (" (--quick: not a measurement)" if settings["quick"] else ""),
             f"allocator: {report['method']['allocator']}",
