@@ -44,7 +44,7 @@ __all__ = ["EdgeStats", "LayerStats", "Tracker", "fold_edge_"]
 
 _TINY = 1e-30
 _CHUNK = 1 << 19  # elements per chunk of a mean-reference reduction: its one temporary
-_CHUNK_ZERO = 1 << 21  # elements per chunk of a zero-reference reduction (see `_reduce`)
+_CHUNK_ZERO = 1 << 21  # elements per chunk of a zero-reference reduction (see `_plan`)
 _DEFER = 1 << 15  # consumer inputs this small are reduced at the commit, back to back
 _PLANS = 64  # input shapes a pair keeps plans for (varying sequence lengths start over)
 
@@ -57,7 +57,8 @@ class EdgeStats:
     correction (the EMA of 1 over the steps this consumer saw data); ``reference`` is the ``r``
     they imply (0 for a zero-reference pair, whose ``reference_mask`` is 0); ``pending_h`` and
     ``pending_count`` sum ``h`` over the backward passes since the last commit.
-    ``weight`` is the consumer's weight, whose version at the last backward is ``grad_version``.
+    ``weight`` is the consumer's weight when the wrapper was built (`Tracker.predicted_cost`
+    refuses to read one that replaced it), its version at the last backward ``grad_version``.
     """
 
     edge: Edge
@@ -143,6 +144,9 @@ class _Slab:
         part = slice(self._cursor, self._cursor + units)
         self._cursor += units
         self._segments.append(part)
+        return self._views(part)
+
+    def _views(self, part: slice) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         return (
             self.ema[part],
             self.norm[part],
@@ -150,6 +154,23 @@ class _Slab:
             self.pending[part],
             self.mask[part],
         )
+
+    def relink(self) -> None:
+        """Make every owner's tensors views of the buffers again.
+
+        ``copy.deepcopy`` and ``torch.save`` keep views of one storage together; plain
+        ``pickle`` gives each view a storage of its own (with the same values), after which
+        a commit would update the buffers and leave the owners' tensors behind.
+        """
+        for owner, part in zip(self.owners, self._segments, strict=True):
+            ema, norm, reference, pending, mask = self._views(part)
+            if isinstance(owner, EdgeStats):
+                owner.mean_ema, owner.weight_ema, owner.reference = ema, norm, reference
+                owner.pending_h, owner.reference_mask = pending, mask
+                owner.plans.clear()  # their reference views are views of the old storage
+            else:
+                owner.utility_ema, owner.weight_ema, owner.pending_abs = ema, norm, pending
+        self.split()
 
     def split(self) -> None:
         """Views of the pairs' and the layers' halves, once every segment is taken."""
@@ -298,7 +319,7 @@ class _Plan:
         reference: the pair's ``r``, shaped to broadcast over the viewed input (a view of
             its statistics, so it follows their in-place updates).
         ones: the row ``[1, T]`` that sums tokens (`_token_sums`), for ``[N, T, U]`` only.
-        rows: samples per chunk (all of them: one chunk).
+        rows: samples per chunk (at least the batch's samples where one chunk holds it all).
         count: positions per unit, ``h.numel() / U``: what ``Σ h`` sums over.
     """
 
@@ -460,13 +481,11 @@ class Tracker:
                 slab.owners.append(edge)  # owners follow the order of the `take` calls
             slab.pair_units += info.num_units * len(info.edges)
             slab.one_consumer_each &= len(info.edges) == 1
-        start = 0
-        for name, info in layers.items():
+        ages = self._age_views([info.num_units for info in layers.values()])
+        for (name, info), age in zip(layers.items(), ages, strict=True):
             slab = self._slab(modules[name])
             ema, norm, _, pending, _ = slab.take(info.num_units)
-            ages = self._ages[start : start + info.num_units]
-            start += info.num_units
-            stats = LayerStats(info, ema, norm, ages, edges_of[name], pending)
+            stats = LayerStats(info, ema, norm, age, edges_of[name], pending)
             slab.owners.append(stats)
             self.layers[name] = stats
             for edge in stats.edges:
@@ -475,6 +494,21 @@ class Tracker:
                     edge.reference_mask.fill_(1.0)
         for slab in self._slabs.values():
             slab.split()
+
+    def _age_views(self, units: list[int]) -> list[Tensor]:
+        """Consecutive views of ``_ages``, one per layer of ``units`` units."""
+        starts = [sum(units[:i]) for i in range(len(units))]
+        return [self._ages[start : start + n] for start, n in zip(starts, units, strict=True)]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle with every statistic a view of its buffer again (see `_Slab.relink`)."""
+        self.__dict__.update(state)
+        for slab in self._slabs.values():
+            slab.relink()
+        layers = list(self.layers.values())
+        ages = self._age_views([layer.info.num_units for layer in layers])
+        for layer, age in zip(layers, ages, strict=True):
+            layer.age = age
 
     def _slab(self, module: nn.Module) -> _Slab:
         """The slab of statistics for a layer's device and dtype (created empty if new)."""
@@ -815,8 +849,13 @@ class Tracker:
                 weight, bias = layer_params(self.modules[edge.edge.consumer])
                 if weight.grad is None:
                     continue  # no gradient reached this consumer: it adds nothing
-                if weight is not edge.weight:  # replaced (``load_state_dict(assign=True)``):
-                    edge.weight, edge.grad_version = weight, None  # its version is unknown
+                if weight is not edge.weight:
+                    raise RuntimeError(
+                        f"predicted_cost({name!r}): the weight of `{edge.edge.consumer}` is not "
+                        "the parameter it was when GXDReset was built (replaced, e.g. by "
+                        "load_state_dict(assign=True)); the inner optimizer still holds the "
+                        "old one: build the optimizer and GXDReset again"
+                    )
                 if edge.grad_version is not None and weight._version != edge.grad_version:
                     raise RuntimeError(
                         f"predicted_cost({name!r}): `{edge.edge.consumer}` changed since the "

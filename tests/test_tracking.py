@@ -9,7 +9,10 @@ the batched (foreach) commit across layers and the gradient-derived predicted co
 from __future__ import annotations
 
 import copy
+import io
 import math
+import pickle
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -332,8 +335,25 @@ def test_flat_and_segment_commits_agree(case: str, monkeypatch: pytest.MonkeyPat
     torch.testing.assert_close(results[0], results[1])
 
 
-def test_copies_keep_the_statistics_views_on_their_own_buffers() -> None:
-    """deepcopy and pickle copy the flat buffers once: the per-layer views still track them."""
+def _pickled(obj: Any) -> Any:
+    return pickle.loads(pickle.dumps(obj))
+
+
+def _saved(obj: Any) -> Any:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize(
+    "duplicate", [copy.deepcopy, _pickled, _saved], ids=["deepcopy", "pickle", "torch.save"]
+)
+def test_copies_keep_the_statistics_views_on_their_own_buffers(
+    duplicate: Callable[[Any], Any],
+) -> None:
+    """deepcopy, pickle and torch.save copy the flat buffers once: the per-layer statistics and
+    ages are views of the copy's buffers and follow its commits."""
     make, shape = CASES["mlp"]
     model = make()
     opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
@@ -345,11 +365,23 @@ def test_copies_keep_the_statistics_views_on_their_own_buffers() -> None:
         wrapper.step()
 
     step(model, opt)
-    twin_model, twin = copy.deepcopy((model, opt))
+    twin_model, twin = duplicate((model, opt))
     for _ in range(2):
         step(model, opt)
         step(twin_model, twin)
     torch.testing.assert_close(twin.utilities(), opt.utilities(), rtol=0, atol=0)
+    tracker = twin._require_tracker()
+    (slab,) = tracker._slabs.values()
+    for layer in tracker.layers.values():
+        assert layer.age.tolist() == [3] * layer.info.num_units
+        assert layer.age.untyped_storage().data_ptr() == tracker._ages.untyped_storage().data_ptr()
+        stats = [layer.utility_ema, layer.weight_ema, layer.pending_abs]
+        stats += [t for e in layer.edges for t in (e.mean_ema, e.reference, e.pending_h)]
+        buffers = {
+            b.untyped_storage().data_ptr()
+            for b in (slab.ema, slab.norm, slab.reference, slab.pending)
+        }
+        assert {t.untyped_storage().data_ptr() for t in stats} <= buffers
 
 
 @pytest.mark.parametrize(
