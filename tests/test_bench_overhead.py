@@ -18,6 +18,7 @@ from gxd_optim.bench.overhead import (
     CASES,
     GOALS,
     Goal,
+    Settings,
     failed_goals,
     peak_live_bytes,
     select_cases,
@@ -114,25 +115,34 @@ def test_pure_helpers() -> None:
 
 
 def test_pairs_take_the_copies_in_turn() -> None:
-    """Every copy is warmed up; pair ``r`` runs copy ``r mod 3`` of both workloads, the order
-    alternating from pair to pair."""
+    """Every copy is warmed up; pair ``r`` runs copy ``r mod 3`` of both workloads, and each
+    copy's pairs alternate which runs first."""
     calls: list[tuple[str, int]] = []
 
     def work(name: str) -> Callable[[int], None]:
         return lambda i: calls.append((name, i))
 
     base, cand = time_interleaved(
-        [work(f"a{j}") for j in range(3)], [work(f"b{j}") for j in range(3)], 6, warmup=1
+        [work(f"a{j}") for j in range(3)], [work(f"b{j}") for j in range(3)], 12, warmup=1
     )
-    assert len(base) == len(cand) == 6
+    assert len(base) == len(cand) == 12
     assert calls[:6] == [("a0", 0), ("b0", 0), ("a1", 0), ("b1", 0), ("a2", 0), ("b2", 0)]
-    expected = []
-    for r in range(6):
-        first, second = ("a", "b") if r % 2 == 0 else ("b", "a")
-        expected += [(f"{first}{r % 3}", 1 + r), (f"{second}{r % 3}", 1 + r)]
-    assert calls[6:] == expected
+    timed = calls[6:]
+    for j in range(3):  # copy j: pairs j, j + 3, j + 6, j + 9, the first arm alternating
+        pairs = [timed[2 * r : 2 * r + 2] for r in range(j, 12, 3)]
+        assert [[name for name, _ in pair] for pair in pairs] == [
+            [f"a{j}", f"b{j}"],
+            [f"b{j}", f"a{j}"],
+            [f"a{j}", f"b{j}"],
+            [f"b{j}", f"a{j}"],
+        ]
+        assert [pair[0][1] for pair in pairs] == [1 + r for r in range(j, 12, 3)]
     for baseline, candidate in (([], []), ([work("a")], [work("b"), work("c")])):
         with pytest.raises(ValueError, match="copies"):
             time_interleaved(baseline, candidate, 1)
     with pytest.raises(SystemExit):
         main(["overhead", "--copies", "0"])
+    # a case builds no more copies than it times pairs, so every copy is timed
+    few = Settings(repeats=2, warmup=0, copies=3)
+    (case,) = [c for c in CASES if c.key == "g"]
+    assert few.copies_of(case) == 2 and few.calls(case) == 2 * (0 + 2 + few.memory_steps)

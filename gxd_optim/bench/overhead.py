@@ -11,9 +11,9 @@ the cost of `GXDReset.predicted_cost` for all layers (against a bare step).
 Timing:
     each arm is built ``copies`` times (same seed, so the same weights), and all read the same
     batches. After ``warmup`` untimed calls of each copy, ``repeats`` pairs are timed with
-    `time.perf_counter`, interleaved, the order alternating from pair to pair
-    (A B, B A, A B, ...) so neither arm always runs first, and pair ``r`` taking copy
-    ``r mod copies`` of each arm. Copies of the same arm can differ by a few percent, only
+    `time.perf_counter`, interleaved: pair ``r`` takes copy ``r mod copies`` of each arm, and
+    each copy's pairs alternate which arm runs first (A B, B A, A B, ...), so neither arm
+    always runs first. Copies of the same arm can differ by a few percent, only
     because their tensors live at other addresses; taking turns spreads that over both arms
     instead of leaving the ratio to the luck of one layout. On CUDA the device is synchronised
     before and after every timed call. A training step is ``zero_grad`` + forward + loss +
@@ -126,13 +126,14 @@ DEFAULT_MEMORY_STEPS = 3
 TIMING_METHOD = (
     "Each arm is built `copies` times (same seed) and every copy reads the same batches. "
     "After `warmup` untimed calls of each copy, `repeats` pairs are timed with "
-    "time.perf_counter, interleaved with the order alternating per pair (A B, B A, ...), pair "
-    "r taking copy r mod `copies` of each arm (copies differ only in where their tensors live, "
-    "which can move one copy's step time by a few percent); on CUDA the device is "
-    "synchronised before and after each timed call. A training step is zero_grad + forward + "
-    "loss + backward + step. ratio = median over pairs of candidate time / baseline time; "
-    "times are per-arm medians. The garbage collector stays enabled. On glibc the allocator "
-    "is pinned first (see `pin_allocator`), so that freed gradients stay mapped."
+    "time.perf_counter, interleaved: pair r takes copy r mod `copies` of each arm (copies "
+    "differ only in where their tensors live, which can move one copy's step time by a few "
+    "percent) and each copy's pairs alternate which arm runs first (A B, B A, ...); on CUDA "
+    "the device is synchronised before and after each timed call. A training step is "
+    "zero_grad + forward + loss + backward + step. ratio = median over pairs of candidate "
+    "time / baseline time; times are per-arm medians. The garbage collector stays enabled. On "
+    "glibc the allocator is pinned first (see `pin_allocator`), so that freed gradients stay "
+    "mapped."
 )
 MEMORY_METHOD: Mapping[str, str] = MappingProxyType(
     {
@@ -629,9 +630,13 @@ class Settings:
         """Timed pairs of a case."""
         return self.repeats * case.repeat_scale
 
+    def copies_of(self, case: Case) -> int:
+        """Copies of each arm a case builds: `copies`, but no more than its timed pairs."""
+        return min(self.copies, self.pairs(case))
+
     def calls(self, case: Case) -> int:
         """Calls of both arms a case makes (warm-up, timed and memory): the progress total."""
-        return 2 * (self.copies * self.warmup + self.pairs(case) + self.memory_steps)
+        return 2 * (self.copies_of(case) * self.warmup + self.pairs(case) + self.memory_steps)
 
 
 QUICK = Settings(repeats=3, warmup=1, copies=2, memory_steps=2, quick=True)
@@ -658,10 +663,11 @@ def time_interleaved(
     sync: bool = False,
     tick: Tick | None = None,
 ) -> tuple[list[float], list[float]]:
-    """Time two workloads in interleaved pairs, the order alternating from pair to pair.
+    """Time two workloads in interleaved pairs, in alternating order.
 
-    Each workload comes in copies (the same work, e.g. on models built from the same seed);
-    pair ``r`` times copy ``r mod len(baseline)`` of each.
+    Each workload comes in ``K`` copies (the same work, e.g. on models built from the same
+    seed); pair ``r`` times copy ``r mod K`` of each, and each copy's pairs alternate which
+    arm runs first (pair ``r`` runs the baseline first when ``r // K`` is even).
 
     Args:
         baseline: the baseline's copies; ``baseline[j](i)`` does call ``i`` on copy ``j``.
@@ -686,7 +692,7 @@ def time_interleaved(
         ...     warmup=0,
         ... )
         >>> calls
-        [('a0', 0), ('b0', 0), ('b1', 1), ('a1', 1), ('a0', 2), ('b0', 2)]
+        [('a0', 0), ('b0', 0), ('a1', 1), ('b1', 1), ('b0', 2), ('a0', 2)]
     """
     if not baseline or len(baseline) != len(candidate):
         raise ValueError(
@@ -704,8 +710,9 @@ def time_interleaved(
     cand: list[float] = []
     for r in range(repeats):
         i = warmup + r
-        base_copy, cand_copy = baseline[r % len(baseline)], candidate[r % len(candidate)]
-        if r % 2 == 0:
+        turn, copy = divmod(r, len(baseline))
+        base_copy, cand_copy = baseline[copy], candidate[copy]
+        if turn % 2 == 0:
             base.append(_timed(base_copy, i, sync))
             cand.append(_timed(cand_copy, i, sync))
         else:
@@ -968,7 +975,7 @@ def measure_case(case: Case, settings: Settings, tick: Tick | None = None) -> di
     batches = make_batches(problem, device)
     baseline: list[Arm] = []
     candidate: list[Arm] = []
-    for _ in range(settings.copies):  # built in turn, so that neither arm's copies come first
+    for _ in range(settings.copies_of(case)):  # in turn: neither arm's copies all come first
         baseline.append(Arm(case.baseline, problem, batches, device))
         candidate.append(Arm(case.candidate, problem, batches, device))
     base_s, cand_s = time_interleaved(
@@ -983,7 +990,7 @@ def measure_case(case: Case, settings: Settings, tick: Tick | None = None) -> di
         arm.check()
     arms = {"baseline": copies_report(baseline), "candidate": copies_report(candidate)}
     del baseline, candidate, batches
-    timing = summarise_times(base_s, cand_s, min(settings.copies, settings.pairs(case)))
+    timing = summarise_times(base_s, cand_s, settings.copies_of(case))
     memory = summarise_memory(
         arm_memory(case.baseline, problem, device, settings.memory_steps, tick),
         arm_memory(case.candidate, problem, device, settings.memory_steps, tick),
