@@ -8,12 +8,11 @@ is kept beyond the backward pass; statistics wait in ``pending`` buffers until
 `Tracker.commit` (the optimizer stepped) or `Tracker.discard` (``zero_grad`` without a step).
 
 Per backward pass and consumer the hot path reads the activation and its gradient once, in
-chunks of at most 2 MiB of float32 (one temporary): each chunk of ``h`` gives ``Σ_x h`` (for
-a mean reference) and then, as ``h − r`` times the gradient while it is in cache,
-``Σ_x |a(x)|``. With a single consumer (the common case) the
-per-sample scores are never stored. The signed sums that `predicted_cost` needs are not
-collected at all: they follow from the consumer's gradients
-(see `gxd_optim.utilities.predicted_cost`).
+chunks with one temporary each (see `_plan`): each chunk of ``h`` gives ``Σ_x h`` (for a mean
+reference) and then, as ``h − r`` times the gradient while it is in cache, ``Σ_x |a(x)|``.
+With a single consumer (the common case) the per-sample scores are never stored. The signed
+sums that `predicted_cost` needs are not collected at all: they follow from the consumer's
+gradients (see `gxd_optim.utilities.predicted_cost`).
 """
 
 from __future__ import annotations

@@ -622,3 +622,25 @@ def test_the_host_eligible_count_follows_the_ages(maturity: int, actions: list[A
         assert opt._tracker is not None
         layer = opt._tracker.layers["0"]
         assert opt._tracker.eligible("0") == int((layer.age > maturity).sum())
+
+
+def test_a_pair_keeps_a_bounded_number_of_plans() -> None:
+    """Inputs of ever new shapes (varying sequence lengths) start a pair's plans over instead
+    of growing them without bound, and every shape's running-mean sums follow the definition."""
+    from gxd_optim import tracking
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2))
+    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.0), model, replacement_rate=0.0)
+    opt.discover(torch.randn(2, 5, 3))
+    (edge,) = opt._require_tracker().layers["0"].edges
+    first = tracking._DEFER // 8 + 1  # 2 samples × 4 units × tokens: reduced during backward
+    for tokens in range(first, first + tracking._PLANS + 8):
+        x = torch.randn(2, tokens, 3)
+        opt.zero_grad()
+        model(x).pow(2).sum().backward()
+        assert 0 < len(edge.plans) <= tracking._PLANS
+        assert edge.pending_count == 2 * tokens
+        with torch.no_grad():
+            expected = F.gelu(model[0](x)).sum((0, 1))
+        torch.testing.assert_close(edge.pending_h, expected, rtol=1e-5, atol=1e-3)
