@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -496,8 +497,8 @@ class Tracker:
 
     def _age_views(self, units: list[int]) -> list[Tensor]:
         """Consecutive views of ``_ages``, one per layer of ``units`` units."""
-        starts = [sum(units[:i]) for i in range(len(units))]
-        return [self._ages[start : start + n] for start, n in zip(starts, units, strict=True)]
+        ends = list(accumulate(units))
+        return [self._ages[end - n : end] for end, n in zip(ends, units, strict=True)]
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle with every statistic a view of its buffer again (see `_Slab.relink`)."""
