@@ -384,17 +384,16 @@ def _chunk_scores(
         a mean reference, the chunk's ``Σ h`` per unit (``None`` otherwise), read just before
         ``h − r``, so that the chunk is in cache for the second read.
     """
+    h_sum: Tensor | None = None
     if not mean:
-        product, centred = h * g, None
+        product = h * g
+    elif ones is not None:
+        h_sum, product = _token_sums(h, ones).sum(0), (h - plan.reference).mul_(g)
     else:
-        if ones is not None:
-            centred = _token_sums(h, ones).sum(0)
-        else:
-            centred = h.sum(plan.others, dtype=dtype)
-        product = (h - plan.reference).mul_(g)
+        h_sum, product = h.sum(plan.others, dtype=dtype), (h - plan.reference).mul_(g)
     if ones is not None:
-        return _token_sums(product, ones), centred
-    return (product.sum(plan.positions) if plan.positions else product), centred
+        return _token_sums(product, ones), h_sum
+    return (product.sum(plan.positions) if plan.positions else product), h_sum
 
 
 def _token_ones(plan: _Plan, h: Tensor, dtype: torch.dtype) -> Tensor | None:
@@ -404,8 +403,10 @@ def _token_ones(plan: _Plan, h: Tensor, dtype: torch.dtype) -> Tensor | None:
     dtype, float64 or float32 at full-precision products (not the bfloat16 that
     ``torch.set_float32_matmul_precision`` may allow).
     """
+    if plan.ones is None or h.dtype != dtype or h.device.type != "cpu":
+        return None
     full = h.dtype == torch.float64 or torch.get_float32_matmul_precision() == "highest"
-    return plan.ones if h.dtype == dtype and h.device.type == "cpu" and full else None
+    return plan.ones if full else None
 
 
 def _token_sums(t: Tensor, ones: Tensor) -> Tensor:
@@ -651,7 +652,7 @@ class Tracker:
         samples, dtype = h.shape[0], edge.mean_ema.dtype
         if plan.view is not None:
             h, grad = h.reshape(plan.view), grad.reshape(plan.view)
-        ones = None if plan.ones is None else _token_ones(plan, h, dtype)
+        ones = _token_ones(plan, h, dtype)
         alone = len(batch.read) == 1  # one consumer: reduce |a| at once, keep nothing
         chunks = (
             [(h, grad)]
@@ -661,9 +662,9 @@ class Tracker:
         parts: list[Tensor] = []
         sums: list[Tensor] = []
         for h_part, g_part in chunks:
-            scores, centred = _chunk_scores(h_part, g_part, plan, edge.mean, dtype, ones)
-            if centred is not None:
-                sums.append(centred)
+            scores, h_sum = _chunk_scores(h_part, g_part, plan, edge.mean, dtype, ones)
+            if h_sum is not None:
+                sums.append(h_sum)
             if alone and not plan.positions:  # the scores are the chunk-sized temporary
                 layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
             else:  # one ``[rows, U]`` per chunk

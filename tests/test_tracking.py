@@ -416,14 +416,14 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
         h_in, g_in = h.reshape(view).to(inputs), g.reshape(view).to(inputs)
         ones = _token_ones(plan, h_in, torch.float64)
         assert (ones is not None) == (plan.positions == (1,) and inputs == torch.float64)
-        scores, centred = _chunk_scores(h_in, g_in, plan, mean, torch.float64, ones)
+        scores, h_sum = _chunk_scores(h_in, g_in, plan, mean, torch.float64, ones)
         tolerance = {} if inputs == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
         torch.testing.assert_close(scores.double(), (expected * g4).sum((1, 3)), **tolerance)
         if mean:
-            assert centred is not None and centred.dtype == torch.float64
-            torch.testing.assert_close(centred, h4.sum((0, 1, 3)), **tolerance)
+            assert h_sum is not None and h_sum.dtype == torch.float64
+            torch.testing.assert_close(h_sum, h4.sum((0, 1, 3)), **tolerance)
         else:
-            assert centred is None
+            assert h_sum is None
 
 
 def test_plans_view_only_what_needs_a_view() -> None:
@@ -505,7 +505,7 @@ def test_token_sums_are_products_only_at_full_precision(
         plan = tracking._plan(h.shape, reference, linear=True, mean=True)
         ones = tracking._token_ones(plan, h, torch.float32)
         wider = tracking._token_ones(plan, h, torch.float64)  # statistics wider than the inputs
-        scores, centred = tracking._chunk_scores(h, g, plan, True, torch.float32, ones)
+        scores, h_sum = tracking._chunk_scores(h, g, plan, True, torch.float32, ones)
     finally:
         torch.set_float32_matmul_precision(previous)
     assert bool(used) == (precision == "highest") == (ones is not None)
@@ -513,8 +513,8 @@ def test_token_sums_are_products_only_at_full_precision(
     expected = h.double() - reference.double()
     float32 = {"rtol": 1e-5, "atol": 1e-5}
     torch.testing.assert_close(scores.double(), (expected * g.double()).sum(1), **float32)
-    assert centred is not None
-    torch.testing.assert_close(centred.double(), h.double().sum((0, 1)), **float32)
+    assert h_sum is not None
+    torch.testing.assert_close(h_sum.double(), h.double().sum((0, 1)), **float32)
 
 
 def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch) -> None:
