@@ -654,10 +654,12 @@ class Tracker:
             h, grad = h.reshape(plan.view), grad.reshape(plan.view)
         ones = _token_ones(plan, h, dtype)
         alone = len(batch.read) == 1  # one consumer: reduce |a| at once, keep nothing
+        # Last rows first: the backward pass wrote and read them last, so they are still in
+        # cache; the first rows, which the next backward node reads first, are in cache after.
         chunks = (
             [(h, grad)]
             if plan.rows >= samples
-            else zip(torch.split(h, plan.rows), torch.split(grad, plan.rows), strict=True)
+            else zip(*(reversed(torch.split(t, plan.rows)) for t in (h, grad)), strict=True)
         )
         parts: list[Tensor] = []
         sums: list[Tensor] = []
@@ -672,7 +674,7 @@ class Tracker:
         if sums:  # a mean reference
             edge.pending_h.add_(sums[0] if len(sums) == 1 else torch.stack(sums).sum(0))
         if parts:
-            scores = parts[0] if len(parts) == 1 else torch.cat(parts)
+            scores = parts[0] if len(parts) == 1 else torch.cat(parts[::-1])  # samples in order
             if alone:
                 layer.pending_abs += scores.abs_().sum(0, dtype=dtype)
             else:

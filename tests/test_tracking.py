@@ -9,6 +9,7 @@ the batched (foreach) commit across layers and the gradient-derived predicted co
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import math
 import pickle
@@ -449,6 +450,33 @@ def test_plans_view_only_what_needs_a_view() -> None:
         assert plan.count == math.prod(shape) // 4
     reference += 1.0  # in place, as a commit writes it
     assert plan.reference.flatten().tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("mean", [True, False], ids=["mean", "zero"])
+def test_chunked_scores_come_in_the_samples_order(
+    mean: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With several consumers the per-sample scores wait in the batch; reduced chunk by chunk
+    (last rows first), they are still ``a = Σ_t g·(h − r)`` of sample 0, 1, … in that order."""
+    from gxd_optim import tracking
+
+    for limit in ("_CHUNK", "_CHUNK_ZERO"):  # 2 of the 7 samples (6 x 6 each) per chunk
+        monkeypatch.setattr(tracking, limit, 80)
+    torch.manual_seed(0)
+    model = Tokens()
+    opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+    model(torch.randn(2, 6, 4)).sum().backward()  # discovery
+    tracker = opt._require_tracker()
+    layer = tracker.layers["up"]
+    edge = layer.edges[0]
+    edge.reference.copy_(torch.randn(6) if mean else torch.zeros(6))
+    edge.edge = dataclasses.replace(edge.edge, reference="mean" if mean else "zero")
+    h, g = torch.randn(7, 6, 6), torch.randn(7, 6, 6)  # chunks of 2, 2, 2 and 1 samples
+    batch = tracking._Batch(layer, 7)
+    batch.read = {"down", "another consumer"}  # keeps the scores until both have reported
+    tracker._reduce(edge, batch, h, g)
+    assert batch.acc is not None
+    torch.testing.assert_close(batch.acc, ((h - edge.reference) * g).sum(1))
 
 
 def test_channels_last_inputs_give_the_same_statistics() -> None:
