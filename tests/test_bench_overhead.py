@@ -5,10 +5,12 @@ No timing is asserted: how fast the wrapper is belongs to the benchmark, not to 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from gxd_optim.bench.overhead import (
     Goal,
     Settings,
     failed_goals,
+    markdown_table,
     peak_live_bytes,
     select_cases,
     summarise_times,
@@ -112,6 +115,43 @@ def test_pure_helpers() -> None:
     for copies in (0, 5):
         with pytest.raises(ValueError, match="copies"):
             summarise_times([0.01] * 4, [0.01] * 4, copies=copies)
+
+
+def test_the_table_says_which_figure_missed_its_goal() -> None:
+    """A ratio that rounds to its goal (1.0303 against 1.03) is shown with the figure that
+    missed, not as a bare "no" next to "1.030"."""
+
+    def record(key: str, ratio: float, memory: float, goal: Goal | None) -> dict[str, Any]:
+        failed = failed_goals(goal, ratio, memory)
+        return {
+            "key": key,
+            "name": f"case-{key}",
+            "compares": "wrapped / bare",
+            "timing": {
+                "pairs": 10,
+                "baseline_ms": {"median": 100.0},
+                "candidate_ms": {"median": 100.0 * ratio},
+                "ratio": {"median": ratio, "median_ci95": [ratio - 0.01, ratio + 0.01]},
+            },
+            "memory": {"increase_percent": memory},
+            "goal": None if goal is None else dataclasses.asdict(goal),
+            "within_goal": None if failed is None else not failed,
+            "failed": failed,
+        }
+
+    rows = markdown_table(
+        [
+            record("a", 1.03031, 0.21, Goal(1.03)),
+            record("b", 1.0612, 2.5, Goal(1.05)),
+            record("c", 1.02, 0.5, Goal(1.03)),
+            record("d", 1.4, 20.0, None),
+        ]
+    ).splitlines()[2:]
+    assert rows[0].endswith(
+        "| 1.030 | 1.020–1.040 | +0.21% | ratio ≤ 1.03, memory ≤ +2% | no (ratio 1.0303 > 1.03) |"
+    )
+    assert rows[1].endswith("| no (ratio 1.0612 > 1.05, memory +2.50% > +2%) |")
+    assert rows[2].endswith("| yes |") and rows[3].endswith("| — | — |")
 
 
 def test_pairs_take_the_copies_in_turn() -> None:

@@ -94,6 +94,7 @@ __all__ = [
     "summarise_times",
     "summary_text",
     "time_interleaved",
+    "verdict",
     "write_report",
 ]
 
@@ -1106,20 +1107,42 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
         t, m = r["timing"], r["memory"]
         goal = r["goal"]
         goal_cell = "—" if goal is None else Goal(**goal).describe()
-        if r["within_goal"] is None:
-            verdict = "—"
-        elif r["within_goal"]:
-            verdict = "yes"
-        else:
-            verdict = f"no ({', '.join(r['failed'])})"
         rows.append(
             f"| {r['key']}: {r['name']} | {r['compares']} | {t['pairs']} "
             f"| {t['baseline_ms']['median']:.2f} | {t['candidate_ms']['median']:.2f} "
             f"| {t['ratio']['median']:.3f} "
             f"| {t['ratio']['median_ci95'][0]:.3f}–{t['ratio']['median_ci95'][1]:.3f} "
-            f"| {m['increase_percent']:+.2f}% | {goal_cell} | {verdict} |"
+            f"| {m['increase_percent']:+.2f}% | {goal_cell} | {verdict(r)} |"
         )
     return "\n".join(rows)
+
+
+def verdict(record: Mapping[str, Any]) -> str:
+    """A case's "within goal" cell: each missed part with the measured figure to four places.
+
+    The table rounds ratios to three places, so a ratio of 1.0303 shows as 1.030 against a
+    goal of 1.03; the verdict says which figure missed and by how much.
+
+    Example:
+        >>> record = {"goal": {"max_ratio": 1.03, "max_memory_percent": 2.0},
+        ...           "within_goal": False, "failed": ["ratio"],
+        ...           "timing": {"ratio": {"median": 1.03031}},
+        ...           "memory": {"increase_percent": 0.21}}
+        >>> verdict(record)
+        'no (ratio 1.0303 > 1.03)'
+    """
+    if record["within_goal"] is None:
+        return "—"
+    if record["within_goal"]:
+        return "yes"
+    goal = Goal(**record["goal"])
+    figures = {
+        "ratio": f"ratio {record['timing']['ratio']['median']:.4f} > {goal.max_ratio:g}",
+        "memory": (
+            f"memory {record['memory']['increase_percent']:+.2f}% > +{goal.max_memory_percent:g}%"
+        ),
+    }
+    return f"no ({', '.join(figures[part] for part in record['failed'])})"
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
