@@ -80,6 +80,8 @@ def test_quick_overhead_writes_the_report(
 
     out = capsys.readouterr().out
     assert "| case |" in out and "mlp-b1-sgd" in out and "overhead.json" in out
+    plot = tmp_path / "out" / "overhead.png"  # every pair's ratio, one panel per case
+    assert plot.read_bytes().startswith(b"\x89PNG") and str(plot) in out
     # the run leaves the caller's thread count and global random state alone
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.get_rng_state(), rng)

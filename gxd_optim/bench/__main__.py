@@ -91,7 +91,7 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         description=(
             "Time the bare and the wrapped training step, interleaved, and measure their peak "
             "memory, for the cases of issue 6; print a Markdown table and write "
-            "OUT/overhead.json."
+            "OUT/overhead.json and OUT/overhead.png (every pair's ratio, per case and copy)."
         ),
     )
     parser.add_argument(
@@ -143,7 +143,7 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--out",
         type=Path,
         default=Path("bench_out"),
-        help="directory for overhead.json (default bench_out)",
+        help="directory for overhead.json and overhead.png (default bench_out)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=_overhead, parser=parser)
@@ -163,10 +163,13 @@ def _overhead(args: argparse.Namespace) -> int:
         threads=args.threads,
         quick=args.quick,
     )
-    report = overhead.run_overhead(settings, progress=not args.no_progress)
-    path = overhead.write_report(report, args.out)
-    print(overhead.summary_text(report))
-    print(f"wrote {path}")
+    result = overhead.run_overhead(settings, progress=not args.no_progress)
+    written = [
+        overhead.write_report(result, args.out),
+        report.overhead_plot(result, args.out / "overhead.png"),
+    ]
+    print(overhead.summary_text(result))
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

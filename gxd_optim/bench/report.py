@@ -1,4 +1,4 @@
-"""Tables and plots of a benchmark report (``run`` or ``sweep``).
+"""Tables and plots of a benchmark report (``run``, ``sweep`` or ``overhead``).
 
 Example:
     >>> summary = {"none": {"early": 0.5, "average": 0.6, "final": 0.7, "final_dormant": 0.25,
@@ -23,6 +23,7 @@ __all__ = [
     "compact",
     "cost_plot",
     "curve_plot",
+    "overhead_plot",
     "run_table",
     "summary_text",
     "sweep_plot",
@@ -254,6 +255,68 @@ def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
     )
     ax.legend(fontsize=8)
     fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def overhead_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Every timed pair's step-time ratio, one panel per case of an ``overhead`` report.
+
+    Each row of a panel is one copy of the arms (pair ``r`` took copy ``r mod K``), with that
+    copy's median as a black tick; the case's median is the blue line, its goal (if any) the
+    red dashed one. The spread between rows is what the copies are for: where a model's
+    tensors live moves one copy's ratio by a few percent.
+    """
+    plt = _pyplot()
+    cases = report["cases"]
+    fig, axes = plt.subplots(len(cases), 1, figsize=(8, 0.4 + 1.1 * len(cases)), squeeze=False)
+    for ax, case in zip(axes[:, 0], cases, strict=True):
+        timing = case["timing"]
+        samples = timing["samples"]
+        ratios = np.array(samples["candidate_ms"]) / np.array(samples["baseline_ms"])
+        copies = len(timing["per_copy"])
+        copy = np.arange(len(ratios)) % copies
+        jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(ratios))
+        ax.scatter(ratios, copy + jitter, s=6, alpha=0.5, c=copy, cmap="tab10", vmin=0, vmax=9)
+        for row, per_copy in enumerate(timing["per_copy"]):
+            ax.plot([per_copy["ratio"]] * 2, [row - 0.4, row + 0.4], color="black", lw=1.5)
+        median = timing["ratio"]["median"]
+        ax.axvline(median, color="tab:blue", lw=1.5)
+        label = f"{case['key']}: {case['name']} ({case['compares']}): median {median:.3f}"
+        if case["goal"] is not None:
+            goal = case["goal"]["max_ratio"]
+            ax.axvline(goal, color="tab:red", ls="--", lw=1.2)
+            label += f", goal ≤ {goal:g}" + ("" if case["within_goal"] else " (missed)")
+        low, high = np.percentile(ratios, [1, 99])
+        ends = [low, high, median] + ([] if case["goal"] is None else [case["goal"]["max_ratio"]])
+        margin = 0.1 * (max(ends) - min(ends)) or 0.01
+        ax.set_xlim(min(ends) - margin, max(ends) + margin)
+        ax.set_ylim(-0.6, copies - 0.4)
+        ax.set_yticks(range(copies), [f"copy {i}" for i in range(copies)], fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(label, fontsize=8, loc="left")
+    axes[-1, 0].set_xlabel("step-time ratio per timed pair (candidate / baseline)")
+    fig.legend(
+        handles=[
+            plt.Line2D([], [], color="tab:blue", lw=1.5, label="median over all pairs"),
+            plt.Line2D([], [], color="black", lw=1.5, label="median of one copy"),
+            plt.Line2D([], [], color="tab:red", ls="--", lw=1.2, label="goal"),
+        ],
+        loc="upper right",
+        ncols=3,
+        fontsize=7,
+        frameon=False,
+    )
+    machine = report["machine"]
+    fig.suptitle(
+        f"gxd_optim.bench overhead: {machine['cpu']}, {machine['threads']} threads, "
+        f"torch {machine['torch']}" + (" (--quick)" if report["settings"]["quick"] else ""),
+        fontsize=9,
+        x=0.02,
+        ha="left",
+    )
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
