@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -154,6 +155,47 @@ def test_the_table_says_which_figure_missed_its_goal() -> None:
     )
     assert rows[1].endswith("| no (ratio 1.0612 > 1.05, memory +2.50% > +2%) |")
     assert rows[2].endswith("| yes |") and rows[3].endswith("| — | — |")
+    # figures that round onto their goal get the places it takes to tell them apart
+    (close,) = markdown_table([record("e", 1.10003, 2.004, Goal(1.10))]).splitlines()[2:]
+    assert close.endswith("| no (ratio 1.10003 > 1.10, memory +2.004% > +2%) |")
+
+
+def test_the_plot_draws_awkward_reports(tmp_path: Path) -> None:
+    """One case with every pair equal and one copy, or with a pair that is not a number and
+    one that is infinite (an edited report), still gives a picture."""
+    from gxd_optim.bench.report import overhead_plot
+
+    def case(key: str, base: list[float], cand: list[float], copies: int) -> dict[str, Any]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = float(np.nanmedian(np.divide(cand, base)))
+        return {
+            "key": key,
+            "name": f"case-{key}",
+            "compares": "wrapped / bare",
+            "timing": {
+                "samples": {"baseline_ms": base, "candidate_ms": cand},
+                "per_copy": [{"ratio": ratio}] * copies,
+                "ratio": {"median": ratio},
+            },
+            "goal": {"max_ratio": 1.03, "max_memory_percent": 2.0},
+            "within_goal": False,
+            "failed": ["memory"],
+        }
+
+    machine = {"device": "cpu", "cpu": "cpu", "usable_cores": 2, "threads": 2, "gpu": None}
+    common = {
+        "machine": {**machine, "torch": torch.__version__},
+        "source": {"gxd_optim": "0", "git_commit": None, "git_dirty": False},
+        "settings": {"quick": True},
+    }
+    for name, cases in {
+        "equal": [case("a", [2.0] * 4, [2.0] * 4, 1)],
+        "not-finite": [
+            case("b", [1.0, 1.0, 1.0, 1.0, 0.0], [1.01, math.nan, 1.02, math.inf, 1.0], 2)
+        ],
+    }.items():
+        path = overhead_plot({**common, "cases": cases}, tmp_path / f"{name}.png")
+        assert path.read_bytes().startswith(b"\x89PNG")
 
 
 def test_pairs_take_the_copies_in_turn() -> None:

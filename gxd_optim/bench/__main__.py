@@ -164,12 +164,10 @@ def _overhead(args: argparse.Namespace) -> int:
         quick=args.quick,
     )
     result = overhead.run_overhead(settings, progress=not args.no_progress)
-    written = [
-        overhead.write_report(result, args.out),
-        report.overhead_plot(result, args.out / "overhead.png"),
-    ]
-    print(overhead.summary_text(result))
-    print("wrote " + ", ".join(str(p) for p in written))
+    written = overhead.write_report(result, args.out)
+    print(overhead.summary_text(result))  # before the plot: the figures are out whatever happens
+    plot = report.overhead_plot(result, args.out / "overhead.png")
+    print(f"wrote {written}, {plot}")
     return 0
 
 

@@ -95,6 +95,7 @@ __all__ = [
     "summary_text",
     "time_interleaved",
     "verdict",
+    "where_and_what",
     "write_report",
 ]
 
@@ -1118,31 +1119,40 @@ def markdown_table(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def verdict(record: Mapping[str, Any]) -> str:
-    """A case's "within goal" cell: each missed part with the measured figure to four places.
+    """A case's "within goal" cell: each missed part with its figure against the goal.
 
     The table rounds ratios to three places, so a ratio of 1.0303 shows as 1.030 against a
-    goal of 1.03; the verdict says which figure missed and by how much.
+    goal of 1.03; the verdict shows each missed figure with as many places as it takes to
+    differ from the goal (at least four for a ratio, two for memory).
 
     Example:
         >>> record = {"goal": {"max_ratio": 1.03, "max_memory_percent": 2.0},
-        ...           "within_goal": False, "failed": ["ratio"],
+        ...           "within_goal": False, "failed": ["ratio", "memory"],
         ...           "timing": {"ratio": {"median": 1.03031}},
-        ...           "memory": {"increase_percent": 0.21}}
+        ...           "memory": {"increase_percent": 2.004}}
         >>> verdict(record)
-        'no (ratio 1.0303 > 1.03)'
+        'no (ratio 1.0303 > 1.03, memory +2.004% > +2%)'
     """
     if record["within_goal"] is None:
         return "—"
     if record["within_goal"]:
         return "yes"
     goal = Goal(**record["goal"])
+    ratio = _beyond(record["timing"]["ratio"]["median"], goal.max_ratio, 4)
+    memory = _beyond(record["memory"]["increase_percent"], goal.max_memory_percent, 2, "+")
     figures = {
-        "ratio": f"ratio {record['timing']['ratio']['median']:.4f} > {goal.max_ratio:g}",
-        "memory": (
-            f"memory {record['memory']['increase_percent']:+.2f}% > +{goal.max_memory_percent:g}%"
-        ),
+        "ratio": f"ratio {ratio} > {goal.max_ratio:.2f}",
+        "memory": f"memory {memory}% > +{goal.max_memory_percent:g}%",
     }
     return f"no ({', '.join(figures[part] for part in record['failed'])})"
+
+
+def _beyond(value: float, limit: float, places: int, sign: str = "") -> str:
+    """``value`` with at least ``places`` decimals, and more until it no longer reads as
+    ``limit`` (at most 9); ``sign="+"`` writes the sign of positive values too."""
+    while places < 9 and round(value, places) == round(limit, places):
+        places += 1
+    return f"{value:{sign}.{places}f}"
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
@@ -1154,10 +1164,9 @@ def write_report(report: Mapping[str, Any], out_dir: Path) -> Path:
     return write_json(report, out_dir, "overhead.json")
 
 
-def summary_text(report: Mapping[str, Any]) -> str:
-    """The table plus the lines that say what was measured, where and how."""
+def where_and_what(report: Mapping[str, Any]) -> str:
+    """The device, machine, torch and gxd_optim commit a report was measured with, in a line."""
     machine = report["machine"]
-    settings = report["settings"]
     where = f"{machine['cpu']}, {machine['usable_cores']} cores, {machine['threads']} threads"
     if machine["gpu"]:
         where = f"{machine['gpu']} ({where})"
@@ -1165,12 +1174,20 @@ def summary_text(report: Mapping[str, Any]) -> str:
     commit = (source["git_commit"] or "unknown commit")[:12]
     if source["git_dirty"]:
         commit += " + local changes"
+    return (
+        f"device {machine['device']}: {where}; torch {machine['torch']}; "
+        f"gxd_optim {source['gxd_optim']} ({commit})"
+    )
+
+
+def summary_text(report: Mapping[str, Any]) -> str:
+    """The table plus the lines that say what was measured, where and how."""
+    settings = report["settings"]
     return "\n".join(
         [
             markdown_table(report["cases"]),
             "",
-            f"device {machine['device']}: {where}; torch {machine['torch']}; "
-            f"gxd_optim {source['gxd_optim']} ({commit})",
+            where_and_what(report),
             f"{settings['copies']} copies of each arm taking turns, {settings['warmup']} "
             f"warm-up calls per copy, {settings['memory_steps']} calls in each memory window, "
             f"{report['seconds']:.0f} s in all; "

@@ -11,12 +11,14 @@ Example:
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .overhead import where_and_what
 from .runner import NONE
 
 __all__ = [
@@ -264,59 +266,102 @@ def overhead_plot(report: Mapping[str, Any], path: Path) -> Path:
     """Every timed pair's step-time ratio, one panel per case of an ``overhead`` report.
 
     Each row of a panel is one copy of the arms (pair ``r`` took copy ``r mod K``), with that
-    copy's median as a black tick; the case's median is the blue line, its goal (if any) the
-    red dashed one. The spread between rows is what the copies are for: where a model's
-    tensors live moves one copy's ratio by a few percent.
+    copy's median as a black tick; the case's median is the blue line, its ratio goal (if any)
+    the red dashed one. The spread between rows is what the copies are for: where a model's
+    tensors live moves one copy's ratio by a few percent. The axis spans the 1st to 99th
+    percentile of the pairs, the median and the goal; pairs beyond it are drawn at its edges
+    as triangles and counted in the panel's title.
     """
     plt = _pyplot()
     cases = report["cases"]
-    fig, axes = plt.subplots(len(cases), 1, figsize=(8, 0.4 + 1.1 * len(cases)), squeeze=False)
+    title = textwrap.fill(
+        "gxd_optim.bench overhead: "
+        + where_and_what(report)
+        + (" (--quick)" if report["settings"]["quick"] else ""),
+        110,
+    )
+    panels = [0.55 + 0.2 * len(case["timing"]["per_copy"]) for case in cases]  # inches
+    height = 0.9 + 0.17 * title.count("\n") + sum(panels)
+    fig, axes = plt.subplots(
+        len(cases),
+        1,
+        figsize=(8, height),
+        squeeze=False,
+        height_ratios=panels,
+        layout="constrained",
+    )
     for ax, case in zip(axes[:, 0], cases, strict=True):
-        timing = case["timing"]
-        samples = timing["samples"]
-        ratios = np.array(samples["candidate_ms"]) / np.array(samples["baseline_ms"])
-        copies = len(timing["per_copy"])
-        copy = np.arange(len(ratios)) % copies
-        jitter = np.random.default_rng(0).uniform(-0.25, 0.25, len(ratios))
-        ax.scatter(ratios, copy + jitter, s=6, alpha=0.5, c=copy, cmap="tab10", vmin=0, vmax=9)
-        for row, per_copy in enumerate(timing["per_copy"]):
-            ax.plot([per_copy["ratio"]] * 2, [row - 0.4, row + 0.4], color="black", lw=1.5)
-        median = timing["ratio"]["median"]
-        ax.axvline(median, color="tab:blue", lw=1.5)
-        label = f"{case['key']}: {case['name']} ({case['compares']}): median {median:.3f}"
-        if case["goal"] is not None:
-            goal = case["goal"]["max_ratio"]
-            ax.axvline(goal, color="tab:red", ls="--", lw=1.2)
-            label += f", goal ≤ {goal:g}" + ("" if case["within_goal"] else " (missed)")
-        low, high = np.percentile(ratios, [1, 99])
-        ends = [low, high, median] + ([] if case["goal"] is None else [case["goal"]["max_ratio"]])
-        margin = 0.1 * (max(ends) - min(ends)) or 0.01
-        ax.set_xlim(min(ends) - margin, max(ends) + margin)
-        ax.set_ylim(-0.6, copies - 0.4)
-        ax.set_yticks(range(copies), [f"copy {i}" for i in range(copies)], fontsize=7)
-        ax.tick_params(axis="x", labelsize=7)
-        ax.set_title(label, fontsize=8, loc="left")
+        _ratio_panel(ax, case)
     axes[-1, 0].set_xlabel("step-time ratio per timed pair (candidate / baseline)")
+    fig.suptitle(title, fontsize=9, x=0.01, ha="left")
+    handles = [
+        plt.Line2D([], [], color="tab:blue", lw=1.5, label="median over all pairs"),
+        plt.Line2D([], [], color="black", lw=1.5, label="median of one copy"),
+    ]
+    if any(case["goal"] is not None for case in cases):
+        handles.append(plt.Line2D([], [], color="tab:red", ls="--", lw=1.2, label="goal"))
     fig.legend(
-        handles=[
-            plt.Line2D([], [], color="tab:blue", lw=1.5, label="median over all pairs"),
-            plt.Line2D([], [], color="black", lw=1.5, label="median of one copy"),
-            plt.Line2D([], [], color="tab:red", ls="--", lw=1.2, label="goal"),
-        ],
-        loc="upper right",
-        ncols=3,
+        handles=handles,
+        loc="outside lower center",
+        ncols=len(handles),
         fontsize=7,
         frameon=False,
     )
-    machine = report["machine"]
-    fig.suptitle(
-        f"gxd_optim.bench overhead: {machine['cpu']}, {machine['threads']} threads, "
-        f"torch {machine['torch']}" + (" (--quick)" if report["settings"]["quick"] else ""),
-        fontsize=9,
-        x=0.02,
-        ha="left",
-    )
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _ratio_panel(ax: Any, case: Mapping[str, Any]) -> None:
+    """One case of `overhead_plot`: its pairs' ratios, a row per copy."""
+    timing = case["timing"]
+    samples = timing["samples"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # an edited report may hold zeros
+        ratios = np.divide(samples["candidate_ms"], samples["baseline_ms"], dtype=float)
+    copies = len(timing["per_copy"])
+    copy = np.arange(len(ratios)) % copies
+    median = timing["ratio"]["median"]
+    goal = None if case["goal"] is None else case["goal"]["max_ratio"]
+    finite = ratios[np.isfinite(ratios)]
+    ends = [median, *([] if goal is None else [goal])]
+    if finite.size:
+        ends += list(np.percentile(finite, [1, 99]))
+    ends = [float(end) for end in ends if math.isfinite(end)] or [1.0]
+    margin = 0.1 * (max(ends) - min(ends)) or 0.01
+    left, right = min(ends) - margin, max(ends) + margin
+    rows = copy + np.random.default_rng(0).uniform(-0.25, 0.25, len(ratios))
+    colour = {"c": copy % 10, "cmap": "tab10", "vmin": 0, "vmax": 9}
+    inside = (ratios >= left) & (ratios <= right)
+    below, above = ratios < left, ratios > right
+    ax.scatter(ratios[inside], rows[inside], s=6, alpha=0.5, **_pick(colour, inside))
+    for beyond, edge, marker in ((below, left, "<"), (above, right, ">")):
+        ax.scatter(
+            np.full(beyond.sum(), edge),
+            rows[beyond],
+            s=14,
+            marker=marker,
+            clip_on=False,
+            **_pick(colour, beyond),
+        )
+    for row, per_copy in enumerate(timing["per_copy"]):
+        ax.plot([per_copy["ratio"]] * 2, [row - 0.4, row + 0.4], color="black", lw=1.5)
+    ax.axvline(median, color="tab:blue", lw=1.5)
+    label = f"{case['key']}: {case['name']} ({case['compares']}): median {median:.3f}"
+    if goal is not None:
+        ax.axvline(goal, color="tab:red", ls="--", lw=1.2)
+        label += f", goal ≤ {goal:.2f}" + (" (missed)" if "ratio" in case["failed"] else "")
+    outside, unknown = int(below.sum() + above.sum()), int(np.isnan(ratios).sum())
+    if outside:
+        label += f"; {outside} of {len(ratios)} pairs beyond the axis"
+    if unknown:
+        label += f"; {unknown} not a number"
+    ax.set_xlim(left, right)
+    ax.set_ylim(-0.6, copies - 0.4)
+    ax.set_yticks(range(copies), [f"copy {i}" for i in range(copies)], fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(label, fontsize=8, loc="left")
+
+
+def _pick(colour: Mapping[str, Any], where: np.ndarray) -> dict[str, Any]:
+    """The scatter colour arguments of `_ratio_panel` for the points ``where`` selects."""
+    return {**colour, "c": colour["c"][where]}
