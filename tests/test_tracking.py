@@ -479,6 +479,45 @@ def test_chunked_scores_come_in_the_samples_order(
     torch.testing.assert_close(batch.acc, ((h - edge.reference) * g).sum(1))
 
 
+class TwoReaders(nn.Module):
+    """One token layer read by two consumers: with a bias (a mean reference), without (zero)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(4, 6)
+        self.mean_reader = nn.Linear(6, 3)
+        self.zero_reader = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(self.up(x))
+        return (self.mean_reader(h) * self.zero_reader(h)).mean(1)
+
+
+def test_consumers_chunked_differently_give_the_statistics_of_one_chunk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two consumers of one layer whose inputs are cut into different chunks (1 and 3 samples)
+    add their per-sample scores sample by sample: the utilities are those of one chunk each."""
+    from gxd_optim import tracking
+
+    results = []
+    for limits in ((1 << 30, 1 << 30), (30, 100)):  # one chunk; chunks of 1 and 3 samples
+        for name, limit in zip(("_CHUNK", "_CHUNK_ZERO"), limits, strict=True):
+            monkeypatch.setattr(tracking, name, limit)
+        monkeypatch.setattr(tracking, "_DEFER", -1)  # reduced at once, not at the commit
+        torch.manual_seed(0)
+        model = TwoReaders().double()
+        opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(7, 5, 4, dtype=torch.float64)).pow(2).sum().backward()
+            opt.step()
+        edges = opt._require_tracker().layers["up"].edges
+        assert sorted(e.edge.reference for e in edges) == ["mean", "zero"]
+        results.append(opt.utilities())
+    torch.testing.assert_close(results[0], results[1])
+
+
 def test_channels_last_inputs_give_the_same_statistics() -> None:
     """A channels-last CNN gets the same utilities and running means as a contiguous one."""
     results = []
