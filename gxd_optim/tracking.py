@@ -385,12 +385,9 @@ def _chunk_scores(
         ``h − r``, so that the chunk is in cache for the second read.
     """
     h_sum: Tensor | None = None
-    if not mean:
-        product = h * g
-    elif ones is not None:
-        h_sum, product = _token_sums(h, ones).sum(0), (h - plan.reference).mul_(g)
-    else:
-        h_sum, product = h.sum(plan.others, dtype=dtype), (h - plan.reference).mul_(g)
+    if mean:
+        h_sum = _token_sums(h, ones).sum(0) if ones is not None else h.sum(plan.others, dtype=dtype)
+    product = (h - plan.reference).mul_(g) if mean else h * g
     if ones is not None:
         return _token_sums(product, ones), h_sum
     return (product.sum(plan.positions) if plan.positions else product), h_sum
