@@ -1,13 +1,21 @@
 """The wrapper's own entry in ``GXDReset.state_dict()``: packing, checking and restoring.
 
 The entry holds the discovered layer structure, so a checkpoint restores into a fresh model
-and wrapper without a forward pass, and the statistics, budgets, counts and the generator
-state, so training resumes bit for bit.
+and wrapper without a forward pass, and the statistics, budgets, counts, the statistics of
+backward passes no step has committed yet and the generator state, so training resumes bit
+for bit, mid-accumulation too.
+
+Loading is check-then-apply: `parse` reads and checks the whole entry (types, shapes, finite
+values, the generator state, the model's architecture) and raises before anything changes;
+only a parsed `Entry` is applied.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,17 +28,22 @@ from .tracking import Tracker
 __all__ = [
     "FORMAT_VERSION",
     "KEY",
+    "Entry",
     "check",
     "layers_from_dict",
     "layers_to_dict",
     "load_stats",
     "pack_stats",
+    "parse",
 ]
 
 KEY = "gxd_reset"
 """Key of the wrapper's entry in the optimizer state dict."""
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 adds the pending statistics; entries of version 1 (without them) still load."""
+
+_KEYS = ("format_version", "config", "layers", "skipped", "stats", "steps", "generator")
 
 
 def layers_to_dict(layers: Mapping[str, LayerInfo]) -> dict[str, Any]:
@@ -60,12 +73,136 @@ def layers_from_dict(data: Mapping[str, Any]) -> dict[str, LayerInfo]:
     }
 
 
+@dataclass(frozen=True)
+class Entry:
+    """A checked entry, ready to apply.
+
+    Attributes:
+        config: the settings it was saved with (compared, never applied).
+        layers: the discovered layers, or ``None`` if it was saved before discovery.
+        skipped: the layers that were not eligible, and why.
+        stats: per-layer statistics (`pack_stats`), ``None`` with ``layers``.
+        steps: committed steps.
+        generator: the state of the wrapper's generator.
+    """
+
+    config: Mapping[str, Any]
+    layers: dict[str, LayerInfo] | None
+    skipped: dict[str, str]
+    stats: Mapping[str, Any] | None
+    steps: int
+    generator: Tensor
+
+
+def parse(entry: object) -> Entry:
+    """Read and check the form of a ``"gxd_reset"`` entry (not yet against a model).
+
+    Raises:
+        ValueError: naming what is missing or malformed.
+    """
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"the GXDReset checkpoint entry is a {type(entry).__name__}, not a dict")
+    version = entry.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise ValueError(f"unsupported GXDReset checkpoint format {version!r}")
+    missing = [key for key in _KEYS if key not in entry]
+    if missing:
+        raise ValueError(f"the GXDReset checkpoint entry lacks {missing}")
+    config = entry["config"]
+    if not isinstance(config, Mapping):
+        raise ValueError("the GXDReset checkpoint's config is not a dict")
+    skipped = entry["skipped"]
+    if not isinstance(skipped, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in skipped.items()
+    ):
+        raise ValueError("the GXDReset checkpoint's skipped layers are not a {name: reason} dict")
+    steps = _count("steps", entry["steps"])
+    generator = entry["generator"]
+    if not isinstance(generator, Tensor) or generator.dtype != torch.uint8:
+        raise ValueError("the GXDReset checkpoint's generator state is not a uint8 tensor")
+    try:
+        torch.Generator().set_state(generator)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(f"the GXDReset checkpoint's generator state is corrupt: {error}") from None
+    layers: dict[str, LayerInfo] | None = None
+    stats = entry["stats"]
+    if entry["layers"] is not None:
+        try:
+            layers = layers_from_dict(entry["layers"])
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"the GXDReset checkpoint's layers are malformed ({error!r})"
+            ) from None
+        if not isinstance(stats, Mapping):
+            raise ValueError("the GXDReset checkpoint has layers but no statistics")
+        for name, info in layers.items():
+            if name not in stats:
+                raise ValueError(f"checkpoint has no statistics for layer {name!r}")
+            _check_layer_stats(name, info, stats[name], version == FORMAT_VERSION)
+    elif stats is not None:
+        raise ValueError("the GXDReset checkpoint has statistics but no layers")
+    return Entry(config, layers, dict(skipped), stats, steps, generator)
+
+
+def _count(what: str, value: object) -> int:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 0:
+        raise ValueError(f"the GXDReset checkpoint's {what} must be a count >= 0, got {value!r}")
+    return int(value)
+
+
+def _check_layer_stats(name: str, info: LayerInfo, stats: object, pending: bool) -> None:
+    """Shapes, dtypes and finite values of one layer's saved statistics."""
+    where = f"checkpoint statistics of {name!r}"
+    if not isinstance(stats, Mapping):
+        raise ValueError(f"{where} are not a dict")
+    edges = len(info.edges)
+    per_layer = ["utility_ema", "weight_ema", "age"] + (["pending_abs"] if pending else [])
+    per_edge = ["mean_ema", "edge_weight_ema"] + (["pending_h"] if pending else [])
+    tensors: list[tuple[str, object]] = [(key, stats.get(key)) for key in per_layer]
+    for key in per_edge:
+        values = stats.get(key)
+        if not isinstance(values, Sequence) or len(values) != edges:
+            raise ValueError(f"{where}: {key} must hold one tensor per consumer ({edges})")
+        tensors += [(f"{key}[{i}]", value) for i, value in enumerate(values)]
+    for key, value in tensors:
+        if not isinstance(value, Tensor) or tuple(value.shape) != (info.num_units,):
+            raise ValueError(f"{where} do not match its {info.num_units} units ({key})")
+        if key == "age":
+            if value.is_floating_point() or bool((value < 0).any()):
+                raise ValueError(f"{where}: age must hold integers >= 0")
+        elif not value.is_floating_point() or not bool(value.isfinite().all()):
+            raise ValueError(f"{where}: {key} is not finite")
+    for key in ("weight_ema", "edge_weight_ema"):
+        values = [stats[key]] if key == "weight_ema" else list(stats[key])
+        if any(bool(((v < 0) | (v > 1)).any()) for v in values):
+            raise ValueError(f"{where}: {key} must lie in [0, 1]")
+    budget = stats.get("budget")
+    if isinstance(budget, Tensor) and budget.numel() == 1:
+        budget = float(budget)
+    if (
+        isinstance(budget, bool)
+        or not isinstance(budget, numbers.Real)
+        or not math.isfinite(budget)
+        or budget < 0
+    ):
+        raise ValueError(f"{where}: budget must be a finite number >= 0, got {budget!r}")
+    _count(f"resets of {name!r}", stats.get("resets"))
+    if pending:
+        _count(f"pending samples of {name!r}", stats.get("pending_samples"))
+        counts = stats.get("pending_count")
+        if not isinstance(counts, Sequence) or len(counts) != edges:
+            raise ValueError(f"{where}: pending_count must hold one count per consumer")
+        for count in counts:
+            _count(f"pending counts of {name!r}", count)
+
+
 def check(
     saved: Mapping[str, LayerInfo],
     current: Mapping[str, LayerInfo] | None,
     modules: Mapping[str, nn.Module],
     named: Mapping[str, nn.Module],
-    stats: Mapping[str, Any],
     reference: str,
     exclude: Sequence[str],
 ) -> None:
@@ -131,20 +268,15 @@ def check(
                     f"checkpoint is from another architecture: no BatchNorm {norm!r} "
                     f"of {info.num_units} features"
                 )
-        layer_stats = stats.get(name)
-        if layer_stats is None:
-            raise ValueError(f"checkpoint has no statistics for layer {name!r}")
-        shapes = [tuple(layer_stats[k].shape) for k in ("utility_ema", "weight_ema", "age")]
-        per_edge = [*layer_stats["mean_ema"], *layer_stats["edge_weight_ema"]]
-        shapes += [tuple(m.shape) for m in per_edge]
-        if any(s != (info.num_units,) for s in shapes) or len(per_edge) != 2 * len(info.edges):
-            raise ValueError(
-                f"checkpoint statistics of {name!r} do not match its {info.num_units} units"
-            )
 
 
-def pack_stats(tracker: Tracker) -> dict[str, Any]:
-    """Copies of every statistic that influences future training."""
+def pack_stats(tracker: Tracker, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Copies of every statistic that influences future training (of ``names``: all).
+
+    The pending sums are completed first (`Tracker.settle`), so a checkpoint taken between
+    the backward passes of one step resumes with them.
+    """
+    tracker.settle()
     return {
         name: {
             "utility_ema": layer.utility_ema.detach().clone(),
@@ -154,16 +286,28 @@ def pack_stats(tracker: Tracker) -> dict[str, Any]:
             "edge_weight_ema": [e.weight_ema.detach().clone() for e in layer.edges],
             "budget": layer.budget,
             "resets": layer.resets,
+            "pending_abs": layer.pending_abs.detach().clone(),
+            "pending_samples": layer.pending_samples,
+            "pending_h": [e.pending_h.detach().clone() for e in layer.edges],
+            "pending_count": [e.pending_count for e in layer.edges],
         }
         for name, layer in tracker.layers.items()
+        if names is None or name in names
     }
 
 
 def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
-    """Restore statistics packed by :func:`pack_stats` (already checked)."""
+    """Restore statistics packed by :func:`pack_stats` (already checked by `parse`).
+
+    Layers of the tracker that ``stats`` does not name keep their (fresh) statistics; a
+    version-1 entry has no pending sums, which start empty.
+    """
+    tracker.discard()
     with torch.no_grad():
-        for name, layer in tracker.layers.items():
-            saved = stats[name]
+        for name, saved in stats.items():
+            if name not in tracker.layers:
+                continue
+            layer = tracker.layers[name]
             for key in ("utility_ema", "weight_ema", "age"):
                 _copy(getattr(layer, key), saved[key])
             layer.recount_at = 0  # ages were replaced
@@ -174,8 +318,15 @@ def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
             ):
                 _copy(edge.mean_ema, mean)
                 _copy(edge.weight_ema, norm)
+            if "pending_abs" in saved:
+                _copy(layer.pending_abs, saved["pending_abs"])
+                layer.pending_samples = int(saved["pending_samples"])
+                for edge, pending, count in zip(
+                    layer.edges, saved["pending_h"], saved["pending_count"], strict=True
+                ):
+                    _copy(edge.pending_h, pending)
+                    edge.pending_count = int(count)
             tracker.refresh_references(layer)
-        tracker.discard()
 
 
 def _copy(dst: Tensor, src: Tensor) -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import torch
 
 from .operator import STATE_POLICIES
 from .utilities import CRITERIA, UTILITIES, Criterion, UtilityFn
@@ -22,6 +25,9 @@ DEFAULT_THRESHOLD = 0.1
 
 DEFAULT_INTERVAL = 1000
 """``F`` of ``selection="threshold"`` when none is given."""
+
+MAX_STEPS = 2**62
+"""The largest ``maturity`` and ``interval``: unit ages are counted in 64-bit integers."""
 
 
 @dataclass(frozen=True)
@@ -61,28 +67,36 @@ class Config:
             raise ValueError(
                 f"unknown state_policy {self.state_policy!r}; expected one of {STATE_POLICIES}"
             )
-        _number("replacement_rate", self.replacement_rate)
-        if not self.replacement_rate >= 0:
-            raise ValueError(f"replacement_rate must be >= 0, got {self.replacement_rate}")
-        _number("decay", self.decay)
+        self._set("replacement_rate", _number("replacement_rate", self.replacement_rate))
+        if not 0 <= self.replacement_rate <= 1:
+            raise ValueError(
+                f"replacement_rate must be in [0, 1] (a fraction of the eligible units per "
+                f"step), got {self.replacement_rate}"
+            )
+        self._set("decay", _number("decay", self.decay))
         if not 0 <= self.decay < 1:
             raise ValueError(f"decay must be in [0, 1), got {self.decay}")
-        _integer("maturity", self.maturity)
-        if self.maturity < 0:
-            raise ValueError(f"maturity must be >= 0, got {self.maturity}")
-        _integer("seed", self.seed)
+        self._set("maturity", _integer("maturity", self.maturity))
+        if not 0 <= self.maturity <= MAX_STEPS:
+            raise ValueError(f"maturity must be in [0, 2**62], got {self.maturity}")
+        self._set("seed", _integer("seed", self.seed))
+        if not -(2**63) <= self.seed < 2**64:
+            raise ValueError(f"seed must fit in 64 bits, got {self.seed}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown selection {self.selection!r}; expected one of {SELECTIONS}")
         if self.selection == "budget" and (self.threshold, self.interval) != (None, None):
             raise ValueError("threshold= and interval= apply only to selection='threshold'")
         if self.threshold is not None:
-            _number("threshold", self.threshold)
+            self._set("threshold", _number("threshold", self.threshold))
             if self.threshold < 0:
                 raise ValueError(f"threshold must be >= 0, got {self.threshold}")
         if self.interval is not None:
-            _integer("interval", self.interval)
-            if self.interval < 1:
-                raise ValueError(f"interval must be >= 1, got {self.interval}")
+            self._set("interval", _integer("interval", self.interval))
+            if not 1 <= self.interval <= MAX_STEPS:
+                raise ValueError(f"interval must be in [1, 2**62], got {self.interval}")
+
+    def _set(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
 
     @property
     def tau(self) -> float:
@@ -115,11 +129,28 @@ class Config:
         return out
 
 
-def _number(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+def _scalar(value: object) -> object:
+    """A one-element tensor (a 0-d tensor, say) as a Python number; anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        return value.item()
+    return value
+
+
+def _number(name: str, value: object) -> float:
+    """``value`` as a float: any finite real number (numpy scalars and 0-d tensors too)."""
+    value = _scalar(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(float(value))
+    ):
         raise TypeError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
-def _integer(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+def _integer(name: str, value: object) -> int:
+    """``value`` as an int: any integer (numpy integers and 0-d integer tensors too)."""
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
+    return int(value)

@@ -17,6 +17,7 @@ unit from the same new weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -68,7 +69,9 @@ def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
         A handle whose ``remove()`` stops the mirroring.
 
     Raises:
-        ValueError: ``copy`` lacks a layer the resets touch.
+        ValueError: ``copy`` is the model itself, shares its parameters, or lacks a layer the
+            resets touch or holds it with another type or shape (checked again before each
+            reset writes anything, since the units may have been found again).
 
     Example:
         >>> import copy
@@ -87,12 +90,21 @@ def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
     target = unwrap_model(getattr(copy, "module", copy) if _is_averaged(copy) else copy)
     named = dict(target.named_modules())
     source = dict(unwrap_model(opt.model).named_modules())
+    if target is source[""]:
+        raise ValueError("mirror_resets needs a copy of the model, not the model itself")
+    theirs = {id(p) for p in source[""].parameters()}
+    shared = [n for n, p in target.named_parameters() if id(p) in theirs]
+    if shared:
+        raise ValueError(
+            f"the copy shares parameters {shared[:3]} with opt.model: mirror into a copy made "
+            "with copy.deepcopy or AveragedModel"
+        )
     for name, info in opt.layers.items():
-        missing = [n for n in (name, *info.consumers, *info.norms) if n not in named]
-        if missing:
-            raise ValueError(f"the copy has no layers {missing}: it is not a copy of opt.model")
+        _check_copy(named, source, (name, *info.consumers, *info.norms))
 
     def fold(name: str, index: Tensor) -> None:
+        info = opt.layers[name]  # the layers may have been found again since
+        _check_copy(named, source, (name, *info.consumers, *info.norms))
         for edge in opt._require_tracker().layers[name].edges:
             fold_edge_(edge, named[edge.edge.consumer], index)
 
@@ -110,6 +122,28 @@ def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
     return MirrorHandle(
         [opt.register_reset_pre_hook(fold), opt.register_reset_hook(take_new_weights)]
     )
+
+
+def _check_copy(
+    copy: Mapping[str, nn.Module], source: Mapping[str, nn.Module], names: Iterable[str]
+) -> None:
+    """Refuse a copy whose layers ``names`` are missing or differ in type or shape.
+
+    Raises:
+        ValueError: naming the first layer that does not match.
+    """
+    for name in names:
+        mine, theirs = copy.get(name), source[name]
+        if mine is None:
+            raise ValueError(f"the copy has no layer `{name}`: it is not a copy of opt.model")
+        shapes = [(n, tuple(t.shape)) for n, t in mine.named_parameters(recurse=False)]
+        if type(mine) is not type(theirs) or shapes != [
+            (n, tuple(t.shape)) for n, t in theirs.named_parameters(recurse=False)
+        ]:
+            raise ValueError(
+                f"the copy's `{name}` ({type(mine).__name__} {shapes}) does not match the "
+                f"model's: it is not a copy of opt.model"
+            )
 
 
 def _is_averaged(model: nn.Module) -> bool:

@@ -1,16 +1,26 @@
 """Find the units: which Linear/Conv layers produce them and which layers read them.
 
-Discovery runs one forward pass, records the autograd graph it builds, and walks it upwards
-from every producer's output. The walk may pass through per-unit operations (activations,
-dropout, BatchNorm, pooling, casts, flatten/view); it stops at the first Linear/Conv that reads
-the tensor as its input (a *consumer*). Anything that mixes units (a residual add, a
+Discovery records the autograd graph of one training pass and walks it upwards from every
+producer's output. The walk may pass through per-unit operations (activations, dropout,
+BatchNorm, pooling, casts, flatten/view); it stops at the first Linear/Conv that reads the
+tensor as its input (a *consumer*). Anything that mixes units (a residual add, a
 concatenation, LayerNorm, attention, a permutation) or hands them to the model's output makes
-the producer ineligible, with the reason recorded.
+the producer ineligible, with the reason recorded; so does anything the reset must not write
+(`Checks`): an excluded, frozen or shared layer, a BatchNorm shared by two producers.
+
+The pass is either a replay of the model's ``forward`` on one batch (`discover`) or the
+user's own training pass, recorded as it runs until its backward (`PassRecorder`): the second
+serves models trained through another method than ``forward`` (a policy's
+``evaluate_actions``, a LightningModule's ``training_step`` that calls a submodule).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import dataclasses
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,12 +32,18 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "NOT_CALLED",
+    "OUTPUT",
     "PRODUCER_TYPES",
+    "Checks",
     "Edge",
     "LayerInfo",
+    "PassRecorder",
+    "analyse",
     "discover",
     "explicit_layers",
+    "is_replaying",
     "producer_modules",
+    "replaying",
     "unwrap_model",
 ]
 
@@ -36,6 +52,28 @@ PRODUCER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, 
 
 NOT_CALLED = "not called in the forward pass"
 """The reason recorded for a Linear/Conv layer the discovery pass did not call."""
+
+OUTPUT = "its units are part of the model's output"
+"""The reason recorded for a layer whose units leave the model before any consumer."""
+
+_STATE = threading.local()
+
+
+@contextmanager
+def replaying() -> Iterator[None]:
+    """Mark a discovery pass of this thread: the wrappers' hooks ignore the calls it makes."""
+    depth = getattr(_STATE, "replays", 0)
+    _STATE.replays = depth + 1
+    try:
+        yield
+    finally:
+        _STATE.replays = depth
+
+
+def is_replaying() -> bool:
+    """Whether this thread is running a discovery pass (see `replaying`)."""
+    return getattr(_STATE, "replays", 0) > 0
+
 
 Node = Any  # torch.autograd.graph.Node; its C++ subclasses are not typed
 
@@ -189,19 +227,107 @@ def _edge_for(
     return Edge(consumer_name, k, ref, note)
 
 
+def _params(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """A layer's (or BatchNorm's) weight and bias, where it has them."""
+    found = ((name, getattr(module, name, None)) for name in ("weight", "bias"))
+    return [(name, param) for name, param in found if isinstance(param, Tensor)]
+
+
+@dataclass(frozen=True)
+class Checks:
+    """What the reset must never write, whatever the graph says.
+
+    A layer is untouchable when the user excluded it, when its weights cannot be written in
+    place (`weight_problem`), when a parameter of it is frozen (``requires_grad=False``), held
+    by another module too (tied weights) or not in the optimizer.
+
+    Attributes:
+        exclude: names of the layers the user asked to leave alone (``exclude=``).
+        trainable: identities of the optimizer's parameters (``None``: every parameter).
+        holders: for every parameter that several modules hold, their names.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+        >>> net[2].requires_grad_(False)
+        Linear(in_features=3, out_features=1, bias=True)
+        >>> Checks.of(net).layer("2", net[2])
+        'frozen (its weight has requires_grad=False)'
+    """
+
+    exclude: frozenset[str] = frozenset()
+    trainable: frozenset[int] | None = None
+    holders: Mapping[int, tuple[str, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        exclude: Iterable[str] = (),
+        trainable: Iterable[Tensor] | None = None,
+    ) -> Checks:
+        """The checks for ``model``, with ``exclude`` and the optimizer's parameters."""
+        holders: dict[int, list[tuple[str, nn.Module]]] = {}
+        for name, module in unwrap_model(model).named_modules(remove_duplicate=False):
+            for param in module._parameters.values():
+                if param is not None:
+                    held = holders.setdefault(id(param), [])
+                    if all(other is not module for _, other in held):
+                        held.append((name, module))
+        return cls(
+            frozenset(exclude),
+            None if trainable is None else frozenset(id(p) for p in trainable),
+            {key: tuple(n for n, _ in held) for key, held in holders.items() if len(held) > 1},
+        )
+
+    def layer(self, name: str, module: nn.Module) -> str:
+        """Why the reset must not write this Linear/Conv layer (``''`` if it may)."""
+        if name in self.exclude:
+            return "excluded by the user (exclude=)"
+        return weight_problem(module) or self._parameters(name, module)
+
+    def norm(self, name: str, norm: nn.Module, calls: int = 1) -> str:
+        """Why the reset must not write this BatchNorm (``''`` if it may)."""
+        if calls > 1:
+            return f"its BatchNorm `{name}` is called {calls} times per pass (shared by layers)"
+        problem = self._parameters(name, norm)
+        return f"its BatchNorm `{name}` is {problem}" if problem else ""
+
+    def _parameters(self, name: str, module: nn.Module) -> str:
+        for attr, param in _params(module):
+            if not param.requires_grad:
+                return f"frozen (its {attr} has requires_grad=False)"
+            others = [n for n in self.holders.get(id(param), ()) if n != name]
+            if others:
+                return f"sharing its {attr} with `{others[0]}` (tied weights)"
+            if self.trainable is not None and id(param) not in self.trainable:
+                return (
+                    "not in the optimizer" if attr == "weight" else f"not in the optimizer ({attr})"
+                )
+        return ""
+
+
 def explicit_layers(
-    model: nn.Module, layers: Mapping[str, Sequence[str]], reference: str
+    model: nn.Module,
+    layers: Mapping[str, Sequence[str]],
+    reference: str,
+    checks: Checks | None = None,
 ) -> tuple[dict[str, LayerInfo], dict[str, str]]:
     """Build layer infos from a user's ``{producer: [consumers]}`` map, trusting the paths.
 
     Raises:
         ValueError: a name that is not a Linear/Conv layer of the model, a producer without
-            consumers, or shapes that cannot line up.
+            consumers or among its own consumers, a layer the reset must not write (`Checks`),
+            or shapes that cannot line up.
     """
+    checks = Checks.of(model) if checks is None else checks
+    if not isinstance(layers, Mapping):
+        raise TypeError(f"layers= must be a mapping {{producer: [consumers]}}, got {layers!r}")
     modules = producer_modules(model)
     infos: dict[str, LayerInfo] = {}
     claimed: dict[str, str] = {}
     for producer, consumers in layers.items():
+        if isinstance(consumers, str) or not isinstance(consumers, Sequence) or not consumers:
+            raise ValueError(f"layers[{producer!r}] must be a non-empty list of consumer names")
         names = [producer, *consumers]
         unknown = [n for n in names if n not in modules]
         if unknown:
@@ -209,11 +335,13 @@ def explicit_layers(
                 f"layers= names {unknown} that are not Linear/Conv layers of the model; "
                 f"known: {sorted(modules)}"
             )
-        if isinstance(consumers, str) or not consumers:
-            raise ValueError(f"layers[{producer!r}] must be a non-empty list of consumer names")
-        problem = weight_problem(modules[producer])
-        if problem:
-            raise ValueError(f"layers[{producer!r}]: the producer is {problem}")
+        if producer in consumers:
+            raise ValueError(f"layers[{producer!r}] lists the producer as its own consumer")
+        for name in names:
+            problem = checks.layer(name, modules[name])
+            if problem:
+                role = "the producer" if name == producer else f"its consumer `{name}`"
+                raise ValueError(f"layers[{producer!r}]: {role} is {problem}")
         units = _num_units(modules[producer])
         edges = []
         for consumer in consumers:
@@ -248,6 +376,7 @@ def _num_units(module: nn.Module) -> int:
 
 
 def _tensors_in(obj: object) -> Iterator[Tensor]:
+    """The tensors in a (nested) tuple, list, mapping or dataclass: what a forward returns."""
     if isinstance(obj, Tensor):
         yield obj
     elif isinstance(obj, (tuple, list)):
@@ -256,19 +385,43 @@ def _tensors_in(obj: object) -> Iterator[Tensor]:
     elif isinstance(obj, Mapping):
         for item in obj.values():
             yield from _tensors_in(item)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for item in dataclasses.fields(obj):
+            yield from _tensors_in(getattr(obj, item.name))
+
+
+def _nodes_of(obj: object) -> list[Node]:
+    """The autograd nodes that produced the tensors in ``obj``."""
+    return [t.grad_fn for t in _tensors_in(obj) if t.grad_fn is not None]
+
+
+_BACKWARDS: frozenset[Callable[..., Any]] = frozenset({Tensor.backward, torch.autograd.backward})
 
 
 class _ShapeRecorder(TorchFunctionMode):
-    """Remembers the output shape of every autograd node created by a torch function."""
+    """Remembers the output shape of every autograd node created by a torch function.
 
-    def __init__(self) -> None:
+    With ``on_backward``, the first backward pass started while it is active is announced
+    with the tensors it starts from, before it runs (the graph is still whole then).
+    """
+
+    def __init__(self, on_backward: Callable[[list[Tensor]], None] | None = None) -> None:
         super().__init__()
         self.shapes: dict[Node, tuple[int, ...]] = {}
+        self.on_backward = on_backward
+        self.done = False  # a backward was announced: from now on, only pass calls through
 
     def __torch_function__(
         self, func: Callable[..., Any], types: Any, args: Any = (), kwargs: Any = None
     ) -> Any:
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        if self.done:
+            return func(*args, **kwargs)
+        if self.on_backward is not None and func in _BACKWARDS:
+            self.done = True
+            self.on_backward(list(_tensors_in(args[0] if args else kwargs.get("tensors"))))
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
         for tensor in _tensors_in(out):
             if tensor.grad_fn is not None:
                 self.shapes.setdefault(tensor.grad_fn, tuple(tensor.shape))
@@ -285,6 +438,23 @@ class _Call:
     more: list[tuple[Node, Node]] = field(default_factory=list)  # (in, out) of later calls
 
 
+def _record_call(calls: dict[str, _Call], name: str, inputs: tuple[Any, ...], output: Any) -> None:
+    """Note one call of producer ``name``: its input's and output's nodes and shapes."""
+    x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+    in_node = x.grad_fn if x is not None else None
+    out_node = output.grad_fn if isinstance(output, Tensor) else None
+    if name in calls:
+        calls[name].calls += 1
+        calls[name].more.append((in_node, out_node))
+        return
+    calls[name] = _Call(
+        in_node,
+        out_node,
+        tuple(x.shape) if x is not None else (),
+        tuple(output.shape) if isinstance(output, Tensor) else (),
+    )
+
+
 @dataclass
 class _Trace:
     calls: dict[str, _Call]
@@ -293,33 +463,26 @@ class _Trace:
     roots: set[Node]
     hidden: set[Node]  # computed in forward() but not returned: auxiliary losses, stored tensors
     keep_alive: Any
+    norm_calls: Counter[str] = field(default_factory=Counter)
+    inside: set[Node] | None = None  # nodes made inside the model's modules (None: all)
+    scope: str = "per forward pass"  # what a count of calls is counted over
 
 
 def _trace(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Trace:
     calls: dict[str, _Call] = {}
     norms: dict[Node, str] = {}
+    norm_calls: Counter[str] = Counter()
     handles = []
 
     def on_layer(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
-            if name in calls:
-                calls[name].calls += 1
-                calls[name].more.append(
-                    (x.grad_fn if x is not None else None, getattr(output, "grad_fn", None))
-                )
-                return
-            calls[name] = _Call(
-                x.grad_fn if x is not None else None,
-                output.grad_fn if isinstance(output, Tensor) else None,
-                tuple(x.shape) if x is not None else (),
-                tuple(output.shape) if isinstance(output, Tensor) else (),
-            )
+            _record_call(calls, name, inputs, output)
 
         return hook
 
     def on_norm(name: str) -> Callable[..., None]:
         def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            norm_calls[name] += 1
             if isinstance(output, Tensor) and output.grad_fn is not None:
                 norms[output.grad_fn] = name
 
@@ -330,20 +493,19 @@ def _trace(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _T
             handles.append(module.register_forward_hook(on_layer(name)))
         elif isinstance(module, _BatchNorm):
             handles.append(module.register_forward_hook(on_norm(name)))
-    recorder = _ShapeRecorder()
     try:
-        with torch.enable_grad(), recorder:
+        with torch.enable_grad(), replaying(), _ShapeRecorder() as recorder:
             out = root(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()
-    roots = {t.grad_fn for t in _tensors_in(out) if t.grad_fn is not None}
+    roots = set(_nodes_of(out))
     returned = _reachable(roots)
     hidden = {node for node in recorder.shapes if node not in returned}
     for call in calls.values():  # a consumer's input shape is known even for unrecorded nodes
         if call.in_node is not None:
             recorder.shapes.setdefault(call.in_node, call.in_shape)
-    return _Trace(calls, norms, recorder.shapes, roots, hidden, out)
+    return _Trace(calls, norms, recorder.shapes, roots, hidden, out, norm_calls)
 
 
 def _reachable(roots: set[Node]) -> set[Node]:
@@ -528,7 +690,7 @@ def _walk(
             continue
         seen.add(node)
         if node in trace.roots:
-            return "its units are part of the model's output"
+            return OUTPUT
         if node in trace.hidden and not parents.get(node):
             return "its units reach a tensor forward() does not return (an auxiliary loss?)"
         for parent in parents.get(node, []):
@@ -540,8 +702,9 @@ def _walk(
                 reads.append((consumer, layout))
                 continue
             nxt = _step(parent, layout, units, trace.shapes)
-            if isinstance(nxt, str):
-                return nxt
+            if isinstance(nxt, str):  # mixed: by the model, or by what reads its output
+                outside = trace.inside is not None and parent not in trace.inside
+                return OUTPUT if outside else nxt
             op = _op_name(parent)
             if op not in ops:
                 ops.append(op)
@@ -570,8 +733,7 @@ def discover(
     kwargs: dict[str, Any],
     *,
     reference: str,
-    exclude: Sequence[str] = (),
-    trainable: Callable[[nn.Module], bool] = lambda m: True,
+    checks: Checks | None = None,
 ) -> tuple[dict[str, LayerInfo], dict[str, str]]:
     """Run one forward pass of ``model`` and find every eligible producer and its consumers.
 
@@ -581,16 +743,23 @@ def discover(
         model: the model (wrappers are stripped).
         args, kwargs: one batch of inputs for ``model``.
         reference: the reference asked for (``"mean"`` or ``"zero"``).
-        exclude: names of layers never to touch.
-        trainable: whether a producer's parameters are in the optimizer.
+        checks: what the reset must not write (default: `Checks.of` the model).
 
     Returns:
         ``(layers, skipped)``: eligible producers by name, and ``{name: reason}`` for every
         Linear/Conv layer that is not eligible.
     """
     root = unwrap_model(model)
+    return analyse(root, _trace(root, args, kwargs), reference=reference, checks=checks)
+
+
+def analyse(
+    root: nn.Module, trace: _Trace, *, reference: str, checks: Checks | None = None
+) -> tuple[dict[str, LayerInfo], dict[str, str]]:
+    """Find every eligible producer of ``root`` and its consumers in a recorded pass."""
+    checks = Checks.of(root) if checks is None else checks
     modules = producer_modules(root)
-    trace = _trace(root, args, kwargs)
+    named = dict(root.named_modules())
     parents = _parents(trace.roots | trace.hidden)
     owner = _internal_owner(trace.calls)
     layers: dict[str, LayerInfo] = {}
@@ -599,25 +768,33 @@ def discover(
         for name, module in root.named_modules()
         if isinstance(module, PRODUCER_TYPES) and name not in modules
     }
+
+    def problem(name: str) -> str:
+        """Exclusion and unwritable weights first, then the pass's calls, then parameters."""
+        module = modules[name]
+        if name in checks.exclude or weight_problem(module):
+            return checks.layer(name, module)
+        return _call_problem(trace.calls.get(name), trace.scope) or checks.layer(name, module)
+
     for name, module in modules.items():
-        call = trace.calls.get(name)
-        reason = _producer_problem(name, module, call, exclude, trainable)
-        found = reason if reason else _walk(name, module, trace, parents, owner)
+        found = problem(name) or _walk(name, module, trace, parents, owner)
         if isinstance(found, str):
             skipped[name] = found
             continue
         reads, norms, ops = found
+        why = next((w for n in norms if (w := checks.norm(n, named[n], trace.norm_calls[n]))), "")
+        if why:
+            skipped[name] = why
+            continue
         edges: list[Edge] = []
         for consumer, layout in reads:
             if consumer not in modules:
                 skipped[name] = f"its consumer `{consumer}` is {skipped[consumer]}"
                 break
-            problem = _producer_problem(
-                consumer, modules[consumer], trace.calls[consumer], exclude, trainable
-            )
+            reason = problem(consumer)
             edge = (
-                f"its consumer `{consumer}` is {problem}"
-                if problem
+                f"its consumer `{consumer}` is {reason}"
+                if reason
                 else _read_edge(modules[consumer], consumer, layout, _num_units(module), reference)
             )
             if isinstance(edge, str):
@@ -631,28 +808,143 @@ def discover(
                 layers[name] = LayerInfo(
                     name, _num_units(module), tuple(edges), tuple(norms), tuple(ops)
                 )
-    del trace
     return layers, skipped
 
 
-def _producer_problem(
-    name: str,
-    module: nn.Module,
-    call: _Call | None,
-    exclude: Sequence[str],
-    trainable: Callable[[nn.Module], bool] = lambda m: True,
-) -> str:
-    if name in exclude:
-        return "excluded by the user (exclude=)"
-    problem = weight_problem(module)
-    if problem:
-        return problem
+def _call_problem(call: _Call | None, scope: str) -> str:
+    """Why a producer's calls in the pass rule it out (``''`` if they do not)."""
     if call is None:
         return NOT_CALLED
     if call.calls > 1:
-        return f"called {call.calls} times per forward pass (shared weights)"
+        return f"called {call.calls} times {scope} (shared weights)"
     if call.out_node is None:
         return "without gradient in the forward pass (frozen?)"
-    if not trainable(module):
-        return "not in the optimizer"
     return ""
+
+
+class PassRecorder:
+    """Records a training pass that entered the model other than through its ``forward``.
+
+    A policy trained through ``evaluate_actions`` or a LightningModule whose
+    ``training_step`` calls a submodule never runs the root's ``forward``, so no replay can
+    reproduce the pass. Instead the pass itself is recorded as it runs: hooks on the model's
+    modules report their calls (`enter`, `leave`), a torch function mode notes every
+    operation's output shape, and the first backward announces the tensors it starts from,
+    before it runs. `trace` then gives what `analyse` reads. Operations outside the model's
+    modules (the loss, an action distribution) read the model's output.
+
+    Args:
+        on_backward: called with the tensors the first backward starts from.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> seen = []
+        >>> recorder = PassRecorder(lambda tensors: seen.append(recorder.trace(tensors)))
+        >>> recorder.start()
+        >>> for name, module in net.named_children():  # what the module hooks report
+        ...     _ = recorder.enter(module, (), {})
+        >>> x = torch.randn(5, 3)
+        >>> for name, module in net.named_children():
+        ...     y = module(x)
+        ...     recorder.leave(name, module, (x,), {}, y)
+        ...     x = y
+        >>> x.sum().backward()
+        >>> recorder.stop()
+        >>> analyse(net, seen[0], reference="mean")[0]["0"].consumers
+        ('2',)
+    """
+
+    def __init__(self, on_backward: Callable[[list[Tensor]], None]) -> None:
+        self.calls: dict[str, _Call] = {}
+        self.norms: dict[Node, str] = {}
+        self.norm_calls: Counter[str] = Counter()
+        self.tops: list[tuple[list[Node], list[Node]]] = []  # (inputs, outputs) of outer calls
+        self._entered: list[list[Node]] = []  # the input nodes of the calls under way
+        self._shapes = _ShapeRecorder(on_backward)
+        self.active = False
+
+    @property
+    def finished(self) -> bool:
+        """Whether the backward of the recorded pass has started."""
+        return self._shapes.done
+
+    def start(self) -> None:
+        """Begin noting operations (on this thread)."""
+        self._shapes.__enter__()  # type: ignore[no-untyped-call]
+        self.active = True
+
+    def stop(self) -> None:
+        """Stop noting operations: take the mode off this thread's stack, wherever it is."""
+        if not self.active:
+            return
+        self.active = False
+        above = []
+        while torch._C._len_torch_function_stack():
+            top = torch._C._pop_torch_function_stack()
+            if top is self._shapes:
+                break
+            above.append(top)
+        for mode in reversed(above):
+            torch._C._push_on_torch_function_stack(mode)
+
+    def enter(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A module of the model is called."""
+        self._entered.append(_nodes_of((args, kwargs)) if not self._entered else [])
+
+    def leave(
+        self,
+        name: str,
+        module: nn.Module,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        output: Any,
+    ) -> None:
+        """A module of the model returned ``output``."""
+        if not self._entered:
+            return  # a call that was under way before the recording started
+        inputs = self._entered.pop()
+        if torch.is_grad_enabled() and not self.finished:
+            if isinstance(module, PRODUCER_TYPES):
+                _record_call(self.calls, name, args, output)
+            elif isinstance(module, _BatchNorm):
+                self.norm_calls[name] += 1
+                if isinstance(output, Tensor) and output.grad_fn is not None:
+                    self.norms[output.grad_fn] = name
+        if not self._entered:
+            self.tops.append((inputs, _nodes_of(output)))
+
+    def trace(self, tensors: Iterable[Tensor] | None = None) -> _Trace:
+        """The recorded pass, its roots the nodes of ``tensors`` (the backward's start).
+
+        Without ``tensors`` (no backward was announced) every recorded node that no other
+        recorded node reads is taken as a root.
+        """
+        shapes = self._shapes.shapes
+        if tensors is None:
+            read = {child for node in shapes for child, _ in node.next_functions}
+            roots = {node for node in shapes if node not in read}
+        else:
+            roots = {t.grad_fn for t in tensors if t.grad_fn is not None}
+        inside: set[Node] = set()
+        for inputs, outputs in self.tops:
+            stack = list(outputs)
+            while stack:
+                node = stack.pop()
+                if node in inside or node in inputs or type(node).__name__ == "AccumulateGrad":
+                    continue
+                inside.add(node)
+                stack.extend(child for child, _ in node.next_functions if child is not None)
+        for call in self.calls.values():
+            if call.in_node is not None:
+                shapes.setdefault(call.in_node, call.in_shape)
+        return _Trace(
+            self.calls,
+            self.norms,
+            shapes,
+            roots,
+            set(),
+            None,
+            self.norm_calls,
+            inside,
+            "in one training step",
+        )

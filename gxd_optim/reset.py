@@ -7,7 +7,6 @@ import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -28,7 +27,10 @@ from .diagnostics import (
 )
 from .discovery import (
     NOT_CALLED,
+    Checks,
     LayerInfo,
+    _params,
+    analyse,
     discover,
     explicit_layers,
     layer_params,
@@ -36,6 +38,7 @@ from .discovery import (
     unwrap_model,
 )
 from .hooks import OwnedHook
+from .lazy import LazyDiscovery
 from .operator import (
     clear_state_slices_,
     reinit_units_,
@@ -43,8 +46,9 @@ from .operator import (
 )
 from .sandbox import untouched
 from .selection import accrue, below, lowest
-from .tracking import Tracker, fold_edge_
+from .tracking import CostTerms, Tracker, fold_edge_
 from .utilities import UtilityFn, layer_normalised
+from .watch import ModelWatch, check_claims, claim, release
 
 __all__ = ["GXDReset"]
 
@@ -158,7 +162,7 @@ class GXDReset(torch.optim.Optimizer):
             raise ValueError(
                 "the model has no Linear or Conv1d/2d/3d layer: GXDReset has no unit to reset"
             )
-        owned = _parameter_ids(optimizer)
+        owned = {id(p) for p in _parameters(optimizer)}
         if not any(id(p) in owned for p in model.parameters()):
             raise ValueError("the optimizer holds none of the model's parameters")
         exclude = tuple(exclude) if not isinstance(exclude, str) else (exclude,)
@@ -170,10 +174,12 @@ class GXDReset(torch.optim.Optimizer):
             )
         explicit = None
         if layers is not None:
-            explicit = explicit_layers(model, layers, reference)
-            clash = sorted(set(exclude) & set(explicit[0]))
+            clash = sorted(set(exclude) & set(layers))
             if clash:
                 raise ValueError(f"layers {clash} are both in layers= and exclude=")
+            explicit = explicit_layers(
+                model, layers, config.reference, Checks.of(model, exclude, _parameters(optimizer))
+            )
 
         # torch.optim.Optimizer.__init__ is skipped on purpose: the inner optimizer owns the
         # parameter groups and state. Its hook registries are still needed by step().
@@ -194,15 +200,18 @@ class GXDReset(torch.optim.Optimizer):
         self.config = config
         self._exclude = exclude
         self._modules = modules
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(config.seed)
         self._reset_hooks: OrderedDict[int, ResetHook] = OrderedDict()
         self._reset_pre_hooks: OrderedDict[int, ResetHook] = OrderedDict()
         self._reset_log = ResetLog(LOG_LENGTH)
         self._tracker: Tracker | None = None
         self._layers: dict[str, LayerInfo] = {}
         self._skipped: dict[str, str] = {}
-        self._lazy_handle: RemovableHandle | None = None
+        self._lazy: LazyDiscovery | None = None
         self._late_handles: dict[str, RemovableHandle] = {}
+        self._watch: ModelWatch | None = None
+        self._previous: tuple[Tracker, dict[str, nn.Module]] | None = None  # before a change
+        self._closed = False
         self._grad_scaler = grad_scaler
         self._entry_restored = False  # load_reset_state_dict ran: a plain load needs no warning
         if explicit is not None:
@@ -264,13 +273,14 @@ class GXDReset(torch.optim.Optimizer):
 
     # -- discovery --------------------------------------------------------------------------
     def discover(self, *args: Any, **kwargs: Any) -> None:
-        """Find the units now from one example batch instead of at the first forward pass.
+        """Find the units now from one example batch instead of at the first training pass.
 
         The example forward leaves no trace: buffers (BatchNorm statistics) and random
         number generators are restored afterwards.
 
         Raises:
-            ValueError: if no layer is eligible (the message lists why each was skipped).
+            ValueError: if no layer is eligible (the message lists why each was skipped), or
+                another open `GXDReset` already resets these layers.
 
         Example:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -281,33 +291,34 @@ class GXDReset(torch.optim.Optimizer):
         """
         if self._tracker is not None:
             return
-        armed, self._lazy_handle = self._lazy_handle, None  # the example pass must not re-enter
-        try:
-            self._discover_now(args, kwargs)
-        except BaseException:
-            self._lazy_handle = armed
-            raise
-        if armed is not None:
-            armed.remove()
-
-    def _discover_now(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         root = unwrap_model(self.model)
         with untouched(root):
             found = discover(
-                root,
-                args,
-                kwargs,
-                reference=self.config.reference,
-                exclude=self._exclude,
-                trainable=partial(_in, _parameter_ids(self.optimizer)),
+                root, args, kwargs, reference=self.config.reference, checks=self._checks()
             )
-        if not found[0]:
-            lines = "\n".join(f"  {n}: {why}" for n, why in found[1].items())
+        self._adopt(found)
+
+    def _replayed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """A training pass enters through the root's ``forward``: replay it to find the units."""
+        self.discover(*args, **kwargs)
+
+    def _recorded(self, trace: Any) -> None:
+        """A training pass entered elsewhere and was recorded: find the units in it."""
+        root = unwrap_model(self.model)
+        self._adopt(analyse(root, trace, reference=self.config.reference, checks=self._checks()))
+
+    def _checks(self) -> Checks:
+        return Checks.of(self.model, self._exclude, _parameters(self.optimizer))
+
+    def _adopt(self, found: tuple[dict[str, LayerInfo], dict[str, str]]) -> None:
+        layers, skipped = found
+        if not layers:
+            lines = "\n".join(f"  {n}: {why}" for n, why in skipped.items())
             raise ValueError(
                 "GXDReset found no layer whose units it can reset. Skipped:\n"
                 f"{lines}\nPass layers={{producer: [consumers]}} to name them yourself."
             )
-        self._install(*found)
+        self._install(layers, skipped)
 
     def close(self) -> None:
         """Remove every hook from the model; the wrapper then only steps the inner optimizer.
@@ -321,26 +332,39 @@ class GXDReset(torch.optim.Optimizer):
             >>> opt.close()  # the model has no hooks of this wrapper any more
             >>> opt.step()  # still steps the inner optimizer
         """
-        if self._lazy_handle is not None:
-            self._lazy_handle.remove()
-            self._lazy_handle = None
+        self._closed = True
+        if self._lazy is not None:
+            self._lazy.close()
+            self._lazy = None
+        self._unhook()
+        self._previous = None
+
+    def _unhook(self) -> None:
+        """Remove the tracker's hooks, the late-call warnings, the watch and the claims."""
         for handle in self._late_handles.values():
             handle.remove()
         self._late_handles.clear()
         if self._tracker is not None:
             self._tracker.detach()
             self._tracker.discard()
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        release(self)
 
     def _arm_discovery(self) -> None:
-        root = unwrap_model(self.model)
-        hook = OwnedHook(self, root, "_first_forward", "")
-        self._lazy_handle = root.register_forward_pre_hook(hook, with_kwargs=True)
+        if self._lazy is not None:
+            self._lazy.close()
+        self._lazy = LazyDiscovery(self.model, self._replayed, self._recorded)
+        self._lazy.arm()
 
-    def _first_forward(
-        self, _: str, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        if torch.is_grad_enabled() and module.training and self._lazy_handle is not None:
-            self.discover(*args, **kwargs)
+    def _settle_discovery(self, stepping: bool) -> None:
+        """End a recorded first pass at ``step()``/``zero_grad()`` (see `gxd_optim.lazy`)."""
+        lazy = self._lazy
+        if lazy is not None:
+            lazy.settle(stepping)
+            if lazy.idle:
+                self._lazy = None
 
     def _warn_late_call(self, name: str, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not (torch.is_grad_enabled() and module.training) or name not in self._late_handles:
@@ -353,32 +377,83 @@ class GXDReset(torch.optim.Optimizer):
             stacklevel=3,
         )
 
-    def _install(self, layers: dict[str, LayerInfo], skipped: dict[str, str]) -> None:
+    def _install(
+        self,
+        layers: dict[str, LayerInfo],
+        skipped: dict[str, str],
+        tracker: Tracker | None = None,
+    ) -> None:
+        """Start tracking ``layers`` (with ``tracker``, a copy's, or a new one); statistics of
+        layers unchanged since a retired tracker are carried over.
+
+        Raises:
+            ValueError: another open wrapper resets some of these parameters (nothing changed).
+        """
+        root = unwrap_model(self.model)
+        named = dict(root.named_modules())
+        claim(self, _written(named, layers))
+        modules = producer_modules(root)
         config = self.config
-        tracker = Tracker(
-            layers, self._modules, config.criterion, config.decay, config.seed, config.maturity
-        )
+        if tracker is None:
+            tracker = Tracker(
+                layers, modules, config.criterion, config.decay, config.seed, config.maturity
+            )
+        if self._previous is not None:
+            old, old_named = self._previous
+            same = [
+                name
+                for name, info in layers.items()
+                if name in old.layers
+                and old.layers[name].info == info
+                and all(named[n] is old_named.get(n) for n in _touched(name, info))
+            ]
+            checkpoint.load_stats(tracker, checkpoint.pack_stats(old, same))
+            tracker.steps = old.steps
+            self._previous = None
         tracker.attach()
         tracker.before_commit = distributed.reducer_for(self.model)
-        if self._lazy_handle is not None:
-            self._lazy_handle.remove()
-            self._lazy_handle = None
+        if self._lazy is not None:
+            self._lazy.disarm()
+        self._modules = modules
         self._tracker, self._layers, self._skipped = tracker, layers, skipped
+        self._watch = ModelWatch(root, {n for name, i in layers.items() for n in _touched(name, i)})
         self._arm_late_warnings()
+
+    def _retire(self, why: str) -> None:
+        """The model changed: stop tracking, and find the units again at the next training
+        pass (layers that did not change keep their statistics)."""
+        tracker = self._require_tracker()
+        named = dict(unwrap_model(self.model).named_modules())
+        self._unhook()
+        self._previous = (tracker, {n: named[n] for n in _all_touched(self._layers) if n in named})
+        self._tracker = None
+        _LOG.info("GXDReset: %s; the units are found again at the next training pass", why)
+        self._arm_discovery()
 
     def _arm_late_warnings(self) -> None:
         """Warn when a layer the discovery pass did not call is called in training."""
         for name, reason in self._skipped.items():
-            if reason == NOT_CALLED:
+            if reason == NOT_CALLED and name in self._modules:
                 hook = OwnedHook(self, self._modules[name], "_warn_late_call", name)
                 self._late_handles[name] = self._modules[name].register_forward_pre_hook(hook)
 
     def _require_tracker(self) -> Tracker:
         if self._tracker is None:
-            raise RuntimeError(
-                "GXDReset has not found the model's units yet: they are found on the first "
-                "training forward pass (or call opt.discover(example_input))"
+            when = (
+                "the model changed, and they are found again on the next training pass"
+                if self._previous is not None
+                else "they are found on the first training pass"
             )
+            raise RuntimeError(
+                f"GXDReset has not found the model's units yet: {when} "
+                "(or call opt.discover(example_input))"
+            )
+        return self._tracker
+
+    def _watched_tracker(self) -> Tracker | None:
+        """The tracker, retired first if the model changed since it was built."""
+        if self._watch is not None and self._watch.change is not None:
+            self._retire(self._watch.change)
         return self._tracker
 
     @property
@@ -414,10 +489,17 @@ class GXDReset(torch.optim.Optimizer):
         """Step the inner optimizer, commit this step's statistics, reset what is due.
 
         Statistics of the backward passes since the last step count only now; a step that saw
-        no backward pass (e.g. the zero-gradient step of a checkpoint loader) resets nothing.
-        The units to reset are chosen, and their predicted cost recorded in `reset_log`,
-        before the inner optimizer moves the weights; they are reset after it. With a
-        ``closure`` (which runs backward inside the inner step) everything happens after it.
+        no backward pass (e.g. the zero-gradient step of a checkpoint loader) resets nothing,
+        and neither does one whose statistics are not finite (an overflowing batch: they are
+        left as they were). Nothing is committed before the inner step has succeeded. The
+        predicted cost of each reset (`reset_log`) is read from the gradients before the
+        inner optimizer moves the weights; with a ``closure`` (which runs backward inside
+        the inner step) it is not known.
+
+        Raises:
+            RuntimeError: the model's units are not known yet but the optimizer has
+                gradients of its layers: the training pass never ran the model's modules in
+                training mode (nothing is stepped).
 
         Example:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -428,17 +510,23 @@ class GXDReset(torch.optim.Optimizer):
             >>> opt.steps
             1
         """
-        if getattr(self, "found_inf", None) is not None and not self._amp_prepare():
-            return None  # GradScaler found inf/NaN gradients: skip, reset nothing
-        loss: Any
+        try:
+            if getattr(self, "found_inf", None) is not None and not self._amp_prepare():
+                return None  # GradScaler found inf/NaN gradients: skip, reset nothing
+            self._settle_discovery(stepping=True)
+            if self._tracker is None:
+                self._refuse_unseen_gradients()
+            tracker = self._watched_tracker()
+            terms = {} if closure is not None or tracker is None else self._terms_due(tracker)
+            loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        except BaseException:
+            self._forget_scaler_state()  # GradScaler deletes them only after a step returns
+            raise
         if closure is not None:
-            loss = self.optimizer.step(closure)
-            due = self._choose_resets()
-        else:
-            due = self._choose_resets()
-            loss = self.optimizer.step()
-        for name, index, predicted in due:
-            self._reset(name, index, predicted)
+            self._settle_discovery(stepping=True)
+        for name, index, predicted in self._commit_and_choose(terms):
+            if not self._reset_if_writable(name, index, predicted):
+                break
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -453,18 +541,80 @@ class GXDReset(torch.optim.Optimizer):
             (True, 0)
         """
         self.optimizer.zero_grad(set_to_none=set_to_none)
+        self._settle_discovery(stepping=False)
         if self._tracker is not None:
             self._tracker.discard()
 
-    def _choose_resets(self) -> list[tuple[str, Tensor, float]]:
+    def _refuse_unseen_gradients(self) -> None:
+        """Before the units are known: fail if a backward reached the model's layers unseen."""
+        if self._previous is not None or self._closed:
+            return  # retired (found again on the next pass) or closed: nothing to see
+        owned = {id(p) for p in _parameters(self.optimizer)}
+        with torch.no_grad():
+            seen = [
+                name
+                for name, module in self._modules.items()
+                for param in (layer_params(module)[0],)
+                if id(param) in owned and param.grad is not None and bool(param.grad.any())
+            ]
+        if not seen:
+            return
+        root = unwrap_model(self.model)
+        hint = (
+            "the model is in eval mode (GXDReset tracks training-mode passes: call model.train())"
+            if not root.training
+            else "its layers were used without calling their modules (functional code?), or "
+            "the wrapper was given another module than the one trained"
+        )
+        raise RuntimeError(
+            f"GXDReset saw no training pass of the model, but the optimizer is stepping "
+            f"gradients of its layers {seen[:3]}: {hint}. Wrap the module whose layers are "
+            "trained, or name the layers with layers={producer: [consumers]}."
+        )
+
+    def _forget_scaler_state(self) -> None:
+        for attr in ("found_inf", "grad_scale"):
+            self.__dict__.pop(attr, None)
+
+    def _terms_due(self, tracker: Tracker) -> dict[str, list[CostTerms]]:
+        """Before the inner step: the gradient sums behind the predicted cost of every layer
+        that may reach a reset at this step's commit (read before the weights move)."""
+        config = self.config
+        if config.selection == "threshold":
+            due = list(tracker.layers) if (tracker.steps + 1) % config.every == 0 else []
+        elif config.replacement_rate == 0:
+            due = []
+        else:
+            rate = config.replacement_rate
+            due = [
+                name
+                for name, layer in tracker.layers.items()
+                if layer.budget + rate * layer.info.num_units >= 1
+            ]
+        terms = {}
+        for name in due:
+            try:
+                terms[name] = tracker.cost_terms(name)
+            except RuntimeError:
+                continue  # no fresh gradient: its resets are logged without a prediction
+        return terms
+
+    def _commit_and_choose(
+        self, terms: Mapping[str, list[CostTerms]]
+    ) -> list[tuple[str, Tensor, float]]:
         """Commit the pending statistics; the units due for a reset, with their predicted cost."""
-        if self._tracker is None:
+        tracker = self._tracker
+        if tracker is None:
             return []
         due = []
-        for name in self._tracker.commit():
+        for name in tracker.commit():
             index = self._choose(name)
             if index is not None and index.numel():
-                due.append((name, index, self._predicted(name, index)))
+                predicted = math.nan
+                if name in terms:
+                    at = index.to(tracker.layers[name].utility_ema.device)
+                    predicted = float(tracker.predicted_cost(name, at, terms[name]).sum())
+                due.append((name, index, predicted))
         return due
 
     def _choose(self, name: str) -> Tensor | None:
@@ -472,7 +622,7 @@ class GXDReset(torch.optim.Optimizer):
         layer = tracker.layers[name]
         config = self.config
         if config.selection == "threshold":
-            if tracker.steps % config.every or not tracker.eligible(name):
+            if tracker.steps % config.every or not tracker.eligible(name) or self._bad_step():
                 return None
             utility = tracker.utilities(name)
             eligible = tracker.eligible_units(name).to(utility.device)
@@ -481,11 +631,17 @@ class GXDReset(torch.optim.Optimizer):
             return None
         layer.budget = accrue(layer.budget, tracker.eligible(name), config.replacement_rate)
         count = int(layer.budget)
-        if count < 1:
+        if count < 1 or self._bad_step():
             return None
         layer.budget -= count
         utility = tracker.utilities(name)
         return lowest(utility, tracker.eligible_units(name).to(utility.device), count)
+
+    def _bad_step(self) -> bool:
+        """Whether the latest commit's statistics were not finite (read only when a reset is
+        due: it waits for the device)."""
+        bad = self._require_tracker().bad
+        return bad is not None and bool(bad)
 
     def _predicted(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` from the current gradients, or NaN where they are stale."""
@@ -495,6 +651,30 @@ class GXDReset(torch.optim.Optimizer):
         except RuntimeError:
             return math.nan
         return float(cost.sum())
+
+    def _unwritable(self, name: str) -> str:
+        """Why a reset of layer ``name`` must not write now ('' if it may): a layer it
+        touches left the model, or a parameter it writes was frozen since discovery."""
+        info = self._layers[name]
+        touched = _touched(name, info)
+        moved = self._watch.moved(touched) if self._watch is not None else None
+        if moved:
+            return moved
+        named = dict(unwrap_model(self.model).named_modules())
+        for module_name in touched:
+            for attr, param in _params(named[module_name]):
+                if not param.requires_grad:
+                    return f"`{module_name}.{attr}` was frozen (requires_grad=False)"
+        return ""
+
+    def _reset_if_writable(self, name: str, index: Tensor, predicted: float) -> bool:
+        """Reset, unless the model changed under the layer: then retire the tracker."""
+        why = self._unwritable(name)
+        if why:
+            self._retire(why)
+            return False
+        self._reset(name, index, predicted)
+        return True
 
     # -- queries and manual resets ----------------------------------------------------------
     def utilities(self) -> dict[str, Tensor]:
@@ -539,7 +719,10 @@ class GXDReset(torch.optim.Optimizer):
         """Apply the reset operator to these units of layer ``name`` now.
 
         Raises:
-            ValueError: unknown layer, or indices that are not integers in ``[0, num_units)``.
+            ValueError: unknown layer, indices that are not integers in ``[0, num_units)``,
+                or a layer the reset touches is frozen or no longer in the model.
+            RuntimeError: the model changed since its units were found (they are found
+                again on the next training pass).
 
         Example:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -569,6 +752,9 @@ class GXDReset(torch.optim.Optimizer):
             raise ValueError(
                 f"indices must lie in [0, {units}) for layer {name!r}, got {index.tolist()}"
             )
+        why = self._unwritable(name)
+        if why:
+            raise ValueError(f"cannot reset units of {name!r}: {why}")
         if index.numel():
             index = torch.unique(index)
             self._reset(name, index, self._predicted(name, index))
@@ -640,7 +826,9 @@ class GXDReset(torch.optim.Optimizer):
             >>> opt.steps
             0
         """
-        return 0 if self._tracker is None else self._tracker.steps
+        if self._tracker is not None:
+            return self._tracker.steps
+        return 0 if self._previous is None else self._previous[0].steps
 
     @property
     def reset_log(self) -> ResetLog:
@@ -701,7 +889,8 @@ class GXDReset(torch.optim.Optimizer):
         return _register(self._reset_pre_hooks, hook)
 
     def _check_name(self, name: str) -> None:
-        self._require_tracker()
+        if self._watched_tracker() is None:
+            self._require_tracker()
         if name not in self._layers:
             why = self._skipped.get(name)
             detail = f"it was skipped: {why}" if why else f"eligible layers: {sorted(self._layers)}"
@@ -759,8 +948,10 @@ class GXDReset(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from `state_dict()` (or a plain optimizer's, with a warning).
 
-        Everything is checked before anything changes: a checkpoint from another architecture
-        raises ``ValueError`` and leaves the wrapper and the inner optimizer as they were.
+        Everything is checked before anything changes: a malformed entry or a checkpoint from
+        another architecture raises ``ValueError`` and leaves the wrapper and the inner
+        optimizer as they were. An entry saved before the units were found puts the wrapper
+        back in that state (they are found again on the next training pass).
 
         Example:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -768,6 +959,7 @@ class GXDReset(torch.optim.Optimizer):
             >>> model(torch.randn(16, 4)).pow(2).mean().backward()
             >>> opt.step()
             >>> saved = opt.state_dict()
+            >>> opt.close()  # one wrapper per model: close it before building the next
             >>> twin = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> twin.load_state_dict(saved)
             >>> twin.steps
@@ -786,17 +978,18 @@ class GXDReset(torch.optim.Optimizer):
             self._entry_restored = False
             self.optimizer.load_state_dict(state_dict)
             return
-        saved = self._check_reset_entry(entry)
+        parsed = self._check_reset_entry(entry)
         self.optimizer.load_state_dict(state_dict)
-        self._apply_reset_entry(entry, saved)
+        self._apply_reset_entry(parsed)
 
     # -- copies -----------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:  # type: ignore[override]
         state = self.__dict__.copy()
         state.pop("step", None)  # an LR scheduler's per-instance wrapper of the original's step
         state["_generator"] = self._generator.get_state()
-        state["_lazy_handle"] = None
+        state["_lazy"] = None
         state["_late_handles"] = {}
+        state["_watch"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -804,10 +997,13 @@ class GXDReset(torch.optim.Optimizer):
         self.__dict__.update(state)
         self._generator = torch.Generator()
         self._generator.set_state(generator_state)
-        if self._tracker is not None:
-            self._tracker.discard()  # the copy starts between steps
-            self._tracker.attach()
-            self._arm_late_warnings()
+        tracker = self._tracker
+        if self._closed:
+            return
+        if tracker is not None:
+            tracker.discard()  # the copy starts between steps
+            self._tracker = None
+            self._install(self._layers, self._skipped, tracker)
         else:
             self._arm_discovery()
 
@@ -831,7 +1027,7 @@ class GXDReset(torch.optim.Optimizer):
             "format_version": checkpoint.FORMAT_VERSION,
             "config": self.config.to_dict(),
             "layers": None if tracker is None else checkpoint.layers_to_dict(self._layers),
-            "skipped": dict(self._skipped),
+            "skipped": dict(self._skipped) if tracker is not None else {},
             "stats": None if tracker is None else checkpoint.pack_stats(tracker),
             "steps": self.steps,
             "generator": self._generator.get_state(),
@@ -845,50 +1041,50 @@ class GXDReset(torch.optim.Optimizer):
         ``param_groups``; the plain load that follows then raises no warning.
 
         Raises:
-            ValueError: the entry does not fit this model (nothing is changed).
+            ValueError: the entry is malformed or does not fit this model (nothing is changed).
 
         Example:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).pow(2).mean().backward()
             >>> opt.step()
+            >>> entry = opt.reset_state_dict()
+            >>> opt.close()
             >>> twin = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
-            >>> twin.load_reset_state_dict(opt.reset_state_dict())
+            >>> twin.load_reset_state_dict(entry)
             >>> twin.steps
             1
         """
-        saved = self._check_reset_entry(entry)
-        self._apply_reset_entry(entry, saved)
+        self._apply_reset_entry(self._check_reset_entry(entry))
         self._entry_restored = True
 
-    def _check_reset_entry(self, entry: Mapping[str, Any]) -> dict[str, LayerInfo] | None:
-        """Check an entry against this model and settings; its layers (``None`` if none)."""
-        version = entry.get("format_version")
-        if version != checkpoint.FORMAT_VERSION:
-            raise ValueError(f"unsupported GXDReset checkpoint format {version!r}")
-        saved = None if entry["layers"] is None else checkpoint.layers_from_dict(entry["layers"])
+    def _check_reset_entry(self, entry: object) -> checkpoint.Entry:
+        """Read an entry and check it against this model and settings, changing nothing."""
+        parsed = checkpoint.parse(entry)
+        saved = parsed.layers
         if saved is not None:
+            root = unwrap_model(self.model)
+            named = dict(root.named_modules())
             current = self._layers if self._tracker is not None else None
-            named = dict(unwrap_model(self.model).named_modules())
             checkpoint.check(
                 saved,
                 current,
-                self._modules,
+                producer_modules(root),
                 named,
-                entry["stats"],
                 self.config.reference,
                 self._exclude,
             )
-        return saved
+            if self._tracker is None:
+                check_claims(self, _written(named, saved))
+        return parsed
 
-    def _apply_reset_entry(
-        self, entry: Mapping[str, Any], saved: dict[str, LayerInfo] | None
-    ) -> None:
-        """Restore a checked entry: statistics, budgets, step count and generator."""
+    def _apply_reset_entry(self, entry: checkpoint.Entry) -> None:
+        """Restore a checked entry: layers, statistics, budgets, step count and generator."""
         changed = {
             k: (v, getattr(self.config, k) if k != "utility" else self.config.utility_name)
-            for k, v in entry["config"].items()
-            if v != (getattr(self.config, k) if k != "utility" else self.config.utility_name)
+            for k, v in entry.config.items()
+            if k in self.config.to_dict()
+            and v != (getattr(self.config, k) if k != "utility" else self.config.utility_name)
         }
         if changed:
             warnings.warn(
@@ -896,13 +1092,22 @@ class GXDReset(torch.optim.Optimizer):
                 f"{ {k: f'{old} -> {new}' for k, (old, new) in changed.items()} }",
                 stacklevel=3,
             )
-        if saved is not None:
+        if entry.layers is None:  # saved before discovery: back to that state
+            if self._tracker is not None or self._previous is not None:
+                self._unhook()
+                self._tracker, self._layers, self._skipped = None, {}, {}
+                self._previous = None
+                if not self._closed:
+                    self._arm_discovery()
+        else:
             if self._tracker is None:
-                self._install(saved, dict(entry["skipped"]))
+                self._previous = None
+                self._install(entry.layers, entry.skipped)
             tracker = self._require_tracker()
-            checkpoint.load_stats(tracker, entry["stats"])
-            tracker.steps = int(entry.get("steps", 0))
-        self._generator.set_state(entry["generator"])
+            assert entry.stats is not None
+            checkpoint.load_stats(tracker, entry.stats)
+            tracker.steps = entry.steps
+        self._generator.set_state(entry.generator)
 
     # -- mixed precision (see gxd_optim.amp) -------------------------------------------------
     def _amp_prepare(self) -> bool:
@@ -939,14 +1144,28 @@ def _register(hooks: OrderedDict[int, ResetHook], hook: ResetHook) -> RemovableH
     return handle
 
 
-def _parameter_ids(optimizer: torch.optim.Optimizer) -> set[int]:
-    """Identities of the parameters an optimizer holds."""
-    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+def _parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters an optimizer holds."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def _in(owned: set[int], module: nn.Module) -> bool:
-    """Whether a layer's weight is among ``owned``."""
-    return id(module.weight) in owned
+def _touched(name: str, info: LayerInfo) -> tuple[str, ...]:
+    """The modules a reset of layer ``name`` writes: it, its consumers and its BatchNorms."""
+    return (name, *info.consumers, *info.norms)
+
+
+def _all_touched(layers: Mapping[str, LayerInfo]) -> set[str]:
+    return {n for name, info in layers.items() for n in _touched(name, info)}
+
+
+def _written(named: Mapping[str, nn.Module], layers: Mapping[str, LayerInfo]) -> dict[str, Tensor]:
+    """The parameters the resets of ``layers`` write, by qualified name."""
+    return {
+        f"{name}.{attr}": param
+        for name in sorted(_all_touched(layers))
+        if name in named
+        for attr, param in _params(named[name])
+    }
 
 
 def _refuse_sharded(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:

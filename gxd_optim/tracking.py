@@ -35,8 +35,9 @@ from .utilities import (
     CRITERIA,
     ConsumerView,
     Criterion,
+    combine_cost,
+    cost_terms,
     layer_normalised,
-    predicted_cost,
     random_scores,
 )
 
@@ -184,32 +185,53 @@ class _Slab:
             o.pending_samples if isinstance(o, LayerStats) else o.pending_count for o in self.owners
         ]
 
-    def fold(self, counts: list[int], decay: float) -> None:
-        """Fold every segment's pending sum (all counts positive) into its EMA, and clear it.
+    def average(self, counts: list[int]) -> None:
+        """Divide every segment's pending sum (all counts positive) by its count, in place.
 
-        The sums are divided by their counts with one product by `scale`, refilled (on the
-        device, without a transfer) only when the counts differ from the last step's.
+        One product by `scale`, refilled (on the device, without a transfer) only when the
+        counts differ from the last step's.
         """
         if counts != self._scaled_for:
             for part, n in zip(self._segments, counts, strict=True):
                 self.scale[part].fill_(1.0 / n)
             self._scaled_for = counts
-        _fold(self.pending.mul_(self.scale), self.ema, self.norm, self.ones, decay)
-        # every segment was folded: each norm is at least ``1 − decay > 0``
-        torch.div(self.ema, self.norm, out=self.reference).mul_(self.mask)
+        self.pending.mul_(self.scale)
+
+    def fold(self, decay: float, bad: Tensor) -> None:
+        """Fold every segment's pending mean (`average`) into its EMA, and clear it; where
+        ``bad`` (a 0-d bool) is true, nothing is folded."""
+        _fold(self.pending, self.ema, self.norm, self.ones, decay, bad)
+        # a norm is 0 where a unit has never been folded (a skipped step after its reset)
+        torch.div(self.ema, self.norm.clamp_min(_TINY), out=self.reference).mul_(self.mask)
         self.pending.zero_()
 
 
-def _fold(value: Tensor, ema: Tensor, norm: Tensor, one: Tensor, decay: float) -> None:
-    """``ema ← lerp(ema, value, 1 − decay)``, ``norm ← lerp(norm, 1, 1 − decay)``.
+def _fold(value: Tensor, ema: Tensor, norm: Tensor, one: Tensor, decay: float, bad: Tensor) -> None:
+    """``ema ← lerp(ema, value, w)``, ``norm ← lerp(norm, 1, w)`` with ``w = 1 − decay``.
 
-    A non-finite batch value is first replaced by the current bias-corrected estimate, which
-    the update then leaves exactly as it was. (``value − value`` is NaN exactly where
-    ``value`` is not finite: two kernels, where ``isfinite`` takes nine on a CPU.)
+    Where ``bad`` (a 0-d bool: the step's statistics are not all finite) is true, ``w = 0``
+    and ``value`` is replaced by ``ema``, so both stay exactly as they were; the choice is
+    made on the device, without reading ``bad``.
     """
-    torch.where(torch.isnan(value - value), ema / norm.clamp_min(_TINY), value, out=value)
-    ema.lerp_(value, 1.0 - decay)
-    norm.lerp_(one, 1.0 - decay)
+    weight = (~bad).to(ema.dtype).mul_(1.0 - decay)
+    torch.where(bad, ema, value, out=value)
+    ema.lerp_(value, weight)
+    norm.lerp_(one, weight)
+
+
+def _overflowing(means: list[Tensor]) -> Tensor:
+    """A 0-d bool on the first tensor's device: whether any element of ``means`` is not
+    finite, or so large that its square overflows its dtype (in float32, beyond ``1.8e19``).
+
+    Such batch means come from an overflowing batch (a loss of inf, inputs scaled by 1e20):
+    folded into a running mean, one would make every reset fold an absurd ``W·r`` into a
+    bias for hundreds of steps. (One sum of squares per tensor, where ``isfinite`` over
+    every element takes nine kernels on a CPU.)
+    """
+    total = torch.linalg.vecdot(means[0], means[0])
+    for more in means[1:]:
+        total = total + torch.linalg.vecdot(more, more).to(total.device)
+    return ~torch.isfinite(total)
 
 
 class _Batch:
@@ -284,6 +306,9 @@ def _has_pending(layer: LayerStats) -> bool:
 
 
 _Layout = tuple[tuple[int, ...], tuple[int, ...], int]  # view shape, positions, unit dimension
+
+CostTerms = tuple["EdgeStats", Tensor, Tensor | None]
+"""One consumer's ``(pair, Σ ∂L/∂h·h, Σ ∂L/∂h)`` per unit (see `Tracker.cost_terms`)."""
 
 
 @lru_cache(maxsize=1024)
@@ -428,6 +453,9 @@ class Tracker:
 
     Attributes:
         steps: committed steps (steps that saw at least one backward pass).
+        bad: a 0-d bool tensor: whether the latest commit found a batch mean that was not
+            finite or absurdly large, and so left every statistic as it was (``None``
+            before the first).
         before_commit: called with the tracker at the start of `commit`, once the pending
             sums are complete (e.g. to reduce them across processes, `gxd_optim.distributed`).
     """
@@ -446,8 +474,11 @@ class Tracker:
         self.criterion = criterion
         self.seed = seed
         self.steps = 0
+        self.bad: Tensor | None = None  # whether the latest commit's statistics were not finite
         self.before_commit: Callable[[Tracker], None] | None = None
         self._fast = criterion is CRITERIA["gxd"]  # the streamed GXD path below
+        # a user's callable: "first" (shape and values to check), then "shape"; "" if built in
+        self._unchecked = "" if criterion in CRITERIA.values() else "first"
         self._reads_output = criterion.reads == "output"
         self.modules = dict(modules)
         self.layers: dict[str, LayerStats] = {}
@@ -695,7 +726,32 @@ class Tracker:
         producer_weight = layer_params(self.modules[batch.layer.info.name])[0]
         consumer_weight = layer_params(self.modules[edge.edge.consumer])[0]
         view = ConsumerView(h, grad, edge.reference, mean, consumer_weight, producer_weight)
-        batch.add(edge.edge.consumer, self.criterion.score(view))
+        scores = self.criterion.score(view)
+        if self._unchecked:  # a user's callable: its scores are checked before they count
+            self._check_scores(scores, (h.shape[0], units))
+        batch.add(edge.edge.consumer, scores)
+
+    def _check_scores(self, scores: object, shape: tuple[int, int]) -> None:
+        """Refuse a custom utility's output that is not finite per-sample scores ``[N, U]``.
+
+        The shape is checked on every call, finiteness on the first (it reads the values).
+        """
+        name = self.criterion.name
+        what = (
+            f"a tensor of shape {list(scores.shape)}"
+            if isinstance(scores, Tensor)
+            else type(scores).__name__
+        )
+        if not isinstance(scores, Tensor) or tuple(scores.shape) != shape:
+            raise ValueError(
+                f"utility={name} returned {what}: it must return per-sample scores of shape "
+                f"[N, U] = {list(shape)} (fn(h, grad, reference) with h and grad [N, U, P], "
+                "reference [U])"
+            )
+        if self._unchecked == "first":
+            if not bool(torch.isfinite(scores).all()):
+                raise ValueError(f"utility={name} returned scores that are not all finite")
+            self._unchecked = "shape"
 
     def _on_output_grad(self, batch: _Batch, linear: bool, grad: Tensor) -> None:
         """Score the producer's output gradient ``∂ℓ/∂z`` (criteria that read it)."""
@@ -716,12 +772,12 @@ class Tracker:
     def commit(self) -> list[str]:
         """Fold the pending statistics into the EMAs; return the layers that had any.
 
-        All layers are updated together with ``torch._foreach_*`` kernels.
+        All layers are updated together, with a few kernels per slab. When any batch mean is
+        not finite or absurdly large (`_overflowing`: an overflowing batch), no statistic
+        changes at all; the step still counts, and `bad` says so (read it only where a reset
+        is due).
         """
-        self.flush()
-        for layer in self.layers.values():
-            for batch in list(layer.open_batches):
-                batch.close()
+        self.settle()
         if self.before_commit is not None:
             self.before_commit(self)
         done = [(n, layer) for n, layer in self.layers.items() if _has_pending(layer)]
@@ -733,7 +789,10 @@ class Tracker:
         with torch.no_grad():
             if all(all(c) for c in counts):  # every segment saw data: whole buffers at once
                 for slab, slab_counts in zip(self._slabs.values(), counts, strict=True):
-                    slab.fold(slab_counts, self.decay)
+                    slab.average(slab_counts)
+                self.bad = _overflowing([slab.pending for slab in self._slabs.values()])
+                for slab in self._slabs.values():
+                    slab.fold(self.decay, self.bad.to(slab.device))
                 self._ages += 1
                 for layer in layers:
                     layer.commits += 1
@@ -741,6 +800,16 @@ class Tracker:
             else:
                 self._commit_segments(layers)
         return [name for name, _ in done]
+
+    def settle(self) -> None:
+        """Complete the pending sums: reduce the deferred inputs and close every open batch.
+
+        After the backward passes of a step this changes no value the next commit folds.
+        """
+        self.flush()
+        for layer in self.layers.values():
+            for batch in list(layer.open_batches):
+                batch.close()
 
     def _commit_segments(self, layers: list[LayerStats]) -> None:
         """Commit segment by segment, skipping those that saw no data."""
@@ -753,8 +822,12 @@ class Tracker:
             ]
             if seg[3]
         ]
-        for value, ema, norm, count in segments:
-            _fold(value.mul_(1.0 / count), ema, norm, torch.ones_like(norm), self.decay)
+        for value, _, _, count in segments:
+            value.mul_(1.0 / count)
+        self.bad = _overflowing([value for value, _, _, _ in segments])
+        for value, ema, norm, _ in segments:
+            bad = self.bad.to(value.device)
+            _fold(value, ema, norm, torch.ones_like(norm), self.decay, bad)
         for layer in layers:
             layer.age += 1
             layer.commits += 1
@@ -831,21 +904,20 @@ class Tracker:
         utility = layer.utility_ema / layer.weight_ema.clamp_min(_TINY)
         return layer_normalised(utility) if self.criterion.normalised else utility
 
-    def predicted_cost(self, name: str, index: Tensor | None = None) -> Tensor:
-        """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` from the consumers' gradients.
+    def cost_terms(self, name: str, index: Tensor | None = None) -> list[CostTerms]:
+        """Per consumer of layer ``name``: ``Σ ∂L/∂h·h`` and ``Σ ∂L/∂h`` per unit.
 
-        With ``index``, only for those units (in that order), reading only their columns.
+        Read from the consumers' current gradients (`gxd_optim.utilities.cost_terms`); with
+        ``index``, only for those units (in that order), reading only their columns.
+        Consumers no gradient reached add nothing.
 
         Raises:
-            RuntimeError: a consumer has no gradient (before ``backward()``, or after
-                ``zero_grad()``).
+            RuntimeError: no consumer has a gradient (before ``backward()``, or after
+                ``zero_grad()``), or one changed since its last backward.
         """
-        layer = self.layers[name]
-        units = layer.utility_ema if index is None else layer.utility_ema.index_select(0, index)
-        cost = torch.zeros_like(units)
-        found = False
+        terms: list[CostTerms] = []
         with torch.no_grad():
-            for edge in layer.edges:
+            for edge in self.layers[name].edges:
                 weight, bias = layer_params(self.modules[edge.edge.consumer])
                 if weight.grad is None:
                     continue  # no gradient reached this consumer: it adds nothing
@@ -862,29 +934,58 @@ class Tracker:
                         "last backward (an optimizer step or a reset): call it right after "
                         "backward()"
                     )
-                found = True
-                bias_grad = None if bias is None else bias.grad
-                reference = edge.reference if edge.mean else None
-                if reference is not None and bias_grad is None:
+                bias_grad = None if bias is None or not edge.mean else bias.grad
+                if edge.mean and bias_grad is None:
                     raise RuntimeError(
                         f"predicted_cost({name!r}) needs the bias gradient of "
                         f"`{edge.edge.consumer}` (its bias does not require grad)"
                     )
-                k = edge.edge.columns_per_unit
                 weight_grad = weight.grad
                 if index is not None:
-                    columns = unit_columns(index, k).to(weight.device)
+                    columns = unit_columns(index, edge.edge.columns_per_unit).to(weight.device)
                     weight, weight_grad = (
                         t.index_select(1, columns) for t in (weight, weight_grad)
                     )
-                    reference = None if reference is None else reference.index_select(0, index)
-                cost += predicted_cost(weight, weight_grad, bias_grad, reference, k).to(cost.dtype)
-        if not found:
+                terms.append(
+                    (edge, *cost_terms(weight, weight_grad, bias_grad, edge.edge.columns_per_unit))
+                )
+        if not terms:
             raise RuntimeError(
                 f"predicted_cost({name!r}) needs the gradients of its consumers: "
                 "call it after backward() and before zero_grad()"
             )
-        return cost
+        return terms
+
+    def predicted_cost(
+        self, name: str, index: Tensor | None = None, terms: list[CostTerms] | None = None
+    ) -> Tensor:
+        """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` with the current references.
+
+        Args:
+            name: the layer.
+            index: only these units (in that order).
+            terms: `cost_terms` of every unit of the layer, read earlier (before the
+                optimizer moved the weights); by default they are read now.
+
+        Raises:
+            RuntimeError: as `cost_terms`.
+        """
+        if terms is None:
+            terms = self.cost_terms(name, index)
+        elif index is not None:
+            terms = [
+                (edge, h.index_select(0, index), None if g is None else g.index_select(0, index))
+                for edge, h, g in terms
+            ]
+        cost: Tensor | None = None
+        for edge, grad_h, grad in terms:
+            reference = edge.reference if edge.mean else None
+            if reference is not None and index is not None:
+                reference = reference.index_select(0, index)
+            part = combine_cost(grad_h, grad, reference)
+            cost = part if cost is None else cost + part
+        assert cost is not None
+        return cost.to(self.layers[name].utility_ema.dtype)
 
     def restart(self, name: str, index: Tensor) -> None:
         """Start the statistics of the given units again (after their reset)."""

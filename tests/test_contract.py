@@ -280,6 +280,7 @@ def test_changed_settings_are_reported_on_load() -> None:
     model = _model()
     opt = _wrap(model)
     _train(model, opt, range(2))
+    opt.close()
     other = _wrap(model, replacement_rate=0.2)
     with pytest.warns(UserWarning, match="replacement_rate"):
         other.load_state_dict(opt.state_dict())

@@ -237,7 +237,7 @@ def test_threshold_mode_resets_every_eligible_unit_at_or_below_tau_every_interva
         ({"threshold": 0.1}, "only to selection='threshold'"),
         ({"interval": 10}, "only to selection='threshold'"),
         ({"selection": "threshold", "threshold": -1.0}, "threshold must be >= 0"),
-        ({"selection": "threshold", "interval": 0}, "interval must be >= 1"),
+        ({"selection": "threshold", "interval": 0}, r"interval must be in \[1, 2\*\*62\]"),
         ({"selection": "threshold", "interval": 2.5}, "interval must be an int"),
         ({"utility": "magnitude"}, "unknown utility"),
     ],

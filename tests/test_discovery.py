@@ -195,15 +195,40 @@ def test_no_eligible_layer_is_a_clear_error_naming_each_reason() -> None:
         opt.discover(torch.randn(2, 3))
 
 
-def test_a_second_wrapper_on_the_same_model_sees_through_the_first() -> None:
+def test_a_second_wrapper_on_the_same_parameters_is_refused_until_the_first_is_closed() -> None:
     model = MLP(MLPSpec(3, (4,), 2))
     first = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
-    loss = model(torch.randn(2, 3)).sum()  # its graph holds the first wrapper's probes
     second = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    with pytest.raises(ValueError, match=r"another GXDReset already resets \['head.weight'"):
+        model(torch.randn(2, 3)).sum().backward()  # the first discovers, the second may not
+    assert set(first.layers) == {"hidden.0"}
+    with pytest.raises(RuntimeError, match="first training pass"):
+        _ = second.layers
+    first.close()
     second.discover(torch.randn(2, 3))
     assert set(second.layers) == {"hidden.0"}
-    first.close()
-    del loss
+
+
+def test_two_wrappers_over_other_parameters_of_one_model_both_work() -> None:
+    class ActorCritic(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.actor = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+            self.critic = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 1))
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            return self.actor(x), self.critic(x)
+
+    model = ActorCritic()
+    actor = GXDReset(torch.optim.SGD(model.actor.parameters(), lr=0.1), model)
+    critic = GXDReset(torch.optim.SGD(model.critic.parameters(), lr=0.1), model)
+    policy, value = model(torch.randn(2, 3))
+    (policy.sum() + value.sum()).backward()
+    actor.step()
+    critic.step()
+    assert set(actor.layers) == {"actor.0"} and set(critic.layers) == {"critic.0"}
+    assert actor.skipped["critic.0"] == "not in the optimizer"
+    assert actor.steps == critic.steps == 1
 
 
 def test_weight_sharing_and_frozen_layers_are_skipped() -> None:

@@ -93,7 +93,9 @@ def test_frozen_consumers_make_their_producer_ineligible() -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = GXDReset(torch.optim.SGD(params, lr=0.1), model)
     opt.discover(X)
-    assert "not in the optimizer" in opt.skipped["hidden.0"]
+    assert opt.skipped["hidden.0"] == (
+        "its consumer `hidden.1` is frozen (its weight has requires_grad=False)"
+    )
 
 
 class TwoHeads(nn.Module):
@@ -115,6 +117,7 @@ def test_a_layer_first_called_after_discovery_warns() -> None:
     assert opt.skipped["heads.1"] == "not called in the forward pass"
     with pytest.warns(UserWarning, match="heads.1.*not called when the units were discovered"):
         model(X, task=1).sum().backward()
+    opt.close()
     explicit = GXDReset(
         torch.optim.SGD(model.parameters(), lr=0.1), model, layers={"body": ["heads.0", "heads.1"]}
     )
@@ -153,8 +156,8 @@ def test_predicted_cost_is_detached_and_refuses_stale_gradients() -> None:
 
 def test_predicted_cost_refuses_consumer_weights_replaced_by_assign() -> None:
     """After ``load_state_dict(assign=True)`` the inner optimizer holds parameters the model no
-    longer uses: `predicted_cost` says so, instead of judging the new weights' gradients by
-    the versions of the old ones."""
+    longer uses: the wrapper notices the new parameters and says so, instead of judging the new
+    weights' gradients by the versions of the old ones."""
     model, opt, _, _ = _pair()
     model(X).pow(2).mean().backward()
     opt.step()
@@ -163,7 +166,7 @@ def test_predicted_cost_refuses_consumer_weights_replaced_by_assign() -> None:
     model.load_state_dict(copy.deepcopy(model.state_dict()), assign=True)
     assert consumer.weight is not old
     model(X).pow(2).mean().backward()
-    with pytest.raises(RuntimeError, match="is not the parameter it was"):
+    with pytest.raises(RuntimeError, match="the model changed"):
         opt.predicted_cost("hidden.0")
 
 
@@ -185,12 +188,18 @@ def test_explicit_layers_reject_shared_consumers_and_unmappable_columns() -> Non
 
 
 def test_explicit_layers_reject_a_consumer_claimed_twice() -> None:
-    model = MLP(MLPSpec(4, (6, 6), 2))
+    model = MLP(MLPSpec(4, (6, 6, 6), 2))
     with pytest.raises(ValueError, match="consumer of both"):
         GXDReset(
             torch.optim.SGD(model.parameters(), lr=0.1),
             model,
-            layers={"hidden.0": ["hidden.1"], "hidden.1": ["hidden.1"]},
+            layers={"hidden.0": ["hidden.2"], "hidden.1": ["hidden.2"]},
+        )
+    with pytest.raises(ValueError, match="its own consumer"):
+        GXDReset(
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            model,
+            layers={"hidden.1": ["hidden.1"]},
         )
 
 
