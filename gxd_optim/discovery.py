@@ -770,11 +770,10 @@ def analyse(
     }
 
     def problem(name: str) -> str:
-        """Exclusion and unwritable weights first, then the pass's calls, then parameters."""
-        module = modules[name]
-        if name in checks.exclude or weight_problem(module):
-            return checks.layer(name, module)
-        return _call_problem(trace.calls.get(name), trace.scope) or checks.layer(name, module)
+        """What the reset must not write first, then how the pass called the layer."""
+        return checks.layer(name, modules[name]) or _call_problem(
+            trace.calls.get(name), trace.scope
+        )
 
     for name, module in modules.items():
         found = problem(name) or _walk(name, module, trace, parents, owner)

@@ -17,7 +17,9 @@ collective per step is issued from ``opt.step()``, so collectives keep the order
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections import deque
 from typing import Any
 
 import torch
@@ -28,6 +30,21 @@ from .discovery import unwrap_model
 from .tracking import Tracker, _has_pending
 
 __all__ = ["AllReduceStatistics", "assert_replicas_in_sync", "find_ddp", "reducer_for"]
+
+_RETAINED: deque[Tensor] = deque(maxlen=16)
+"""The buffers of the latest collectives this module issued, kept alive on purpose.
+
+A gloo worker thread keeps the last work it ran, and the tensors in it, until the process
+group is destroyed; that destructor joins the thread while holding the GIL. If the tensor's
+Python object had died meanwhile, the thread must take the GIL to free it, and the process
+hangs at exit. Keeping the Python objects of the latest buffers alive lets the thread drop
+its reference without the GIL.
+"""
+
+
+def _retain(tensor: Tensor) -> Tensor:
+    _RETAINED.append(tensor)
+    return tensor
 
 
 def find_ddp(model: nn.Module) -> nn.Module | None:
@@ -105,7 +122,7 @@ class AllReduceStatistics:
                 parts = [t.to(torch.float64).flatten() for t in tensors]
                 if i == 0:
                     parts.append(torch.tensor(counts, dtype=torch.float64, device=device))
-                flat = torch.cat(parts)
+                flat = _retain(torch.cat(parts))
                 dist.all_reduce(flat, group=self.group)
                 offset = 0
                 for t in tensors:
@@ -156,19 +173,24 @@ def assert_replicas_in_sync(
         return
     named = _named_tensors(model, optimizer, buffers)
     names = [name for name, _ in named]
-    everyone: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(everyone, names, group=group)
-    for rank, theirs in enumerate(everyone):
-        if theirs != names:
-            extra = sorted(set(theirs) ^ set(names))[:5]
-            raise AssertionError(
-                f"replicas differ: rank {rank} of the group holds other tensors than this "
-                f"rank (e.g. {extra})"
-            )
     device = _comm_device(group)
+    digest = hashlib.sha256("\n".join(names).encode()).digest()
+    mine_digest = torch.tensor(list(digest), dtype=torch.uint8, device=device)
+    digests = [_retain(torch.empty_like(mine_digest)) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(digests, _retain(mine_digest), group=group)
+    if any(not torch.equal(d, mine_digest) for d in digests):
+        everyone: list[Any] = [None] * dist.get_world_size(group)
+        dist.all_gather_object(everyone, names, group=group)  # only to say what differs
+        for rank, theirs in enumerate(everyone):
+            if theirs != names:
+                extra = sorted(set(theirs) ^ set(names))[:5]
+                raise AssertionError(
+                    f"replicas differ: rank {rank} of the group holds other tensors than this "
+                    f"rank (e.g. {extra})"
+                )
     mine = [t.detach().to(device).reshape(-1).contiguous().view(torch.uint8) for _, t in named]
     flat = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.uint8, device=device)
-    reference = flat.clone()
+    reference = _retain(flat.clone())
     source = 0 if group is None else dist.get_global_rank(group, 0)
     dist.broadcast(reference, src=source, group=group)
     first = len(named)
@@ -179,8 +201,10 @@ def assert_replicas_in_sync(
             first = i
             break
         offset = end
-    firsts: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(firsts, first, group=group)
+    mine_first = _retain(torch.tensor([first], dtype=torch.int64, device=device))
+    firsts_t = [_retain(torch.empty_like(mine_first)) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(firsts_t, mine_first, group=group)
+    firsts = [int(t) for t in firsts_t]
     worst = min(firsts)
     if worst < len(named):
         ranks = [r for r, f in enumerate(firsts) if f == worst]

@@ -311,12 +311,21 @@ class GXDReset(torch.optim.Optimizer):
         return Checks.of(self.model, self._exclude, _parameters(self.optimizer))
 
     def _adopt(self, found: tuple[dict[str, LayerInfo], dict[str, str]]) -> None:
+        """Install what discovery found. Nothing eligible is an error at first; after the
+        model changed (a layer frozen, say), a warning: the wrapper then resets nothing until
+        the model changes again."""
         layers, skipped = found
         if not layers:
             lines = "\n".join(f"  {n}: {why}" for n, why in skipped.items())
-            raise ValueError(
-                "GXDReset found no layer whose units it can reset. Skipped:\n"
-                f"{lines}\nPass layers={{producer: [consumers]}} to name them yourself."
+            if self._previous is None:
+                raise ValueError(
+                    "GXDReset found no layer whose units it can reset. Skipped:\n"
+                    f"{lines}\nPass layers={{producer: [consumers]}} to name them yourself."
+                )
+            warnings.warn(
+                "GXDReset: since the model changed, no layer's units can be reset; it resets "
+                f"nothing until the model changes again. Skipped:\n{lines}",
+                stacklevel=2,
             )
         self._install(layers, skipped)
 
@@ -408,6 +417,9 @@ class GXDReset(torch.optim.Optimizer):
                 and all(named[n] is old_named.get(n) for n in _touched(name, info))
             ]
             checkpoint.load_stats(tracker, checkpoint.pack_stats(old, same))
+            for name, layer in tracker.layers.items():  # counts of what was done carry on
+                if name in old.layers and name not in same:
+                    layer.resets = old.layers[name].resets
             tracker.steps = old.steps
             self._previous = None
         tracker.attach()
@@ -423,9 +435,10 @@ class GXDReset(torch.optim.Optimizer):
         """The model changed: stop tracking, and find the units again at the next training
         pass (layers that did not change keep their statistics)."""
         tracker = self._require_tracker()
-        named = dict(unwrap_model(self.model).named_modules())
+        assert self._watch is not None
+        installed = self._watch.installed()  # the modules as they were, not as they are
         self._unhook()
-        self._previous = (tracker, {n: named[n] for n in _all_touched(self._layers) if n in named})
+        self._previous = (tracker, installed)
         self._tracker = None
         _LOG.info("GXDReset: %s; the units are found again at the next training pass", why)
         self._arm_discovery()

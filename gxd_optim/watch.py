@@ -78,6 +78,12 @@ class ModelWatch:
         if where is not None and self.change is None:
             self.change = f"{kind} `{f'{where}.{name}' if where else name}` was assigned"
 
+    def installed(self) -> dict[str, nn.Module]:
+        """The watched modules as they were when the watch began (those still alive)."""
+        return {
+            name: module for name, ref in self._touched.items() if (module := ref()) is not None
+        }
+
     def moved(self, names: Iterable[str]) -> str | None:
         """The first of ``names`` that the model no longer holds as the watched module."""
         for name in names:

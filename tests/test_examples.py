@@ -8,11 +8,11 @@ import logging
 import math
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
+import processes
 import pytest
 import torch
 
@@ -32,8 +32,12 @@ TESTED = {
     "architectures.py": "test_page_shows_what_its_example_prints",
     "diagnostics.py": "test_page_shows_what_its_example_prints",
     "skipped.py": "test_page_shows_what_its_example_prints",
+    "sb3_policy.py": "test_with_sb3.py::test_ppo_trains_the_policy_through_evaluate_actions_with_resets",
+    "lightning_submodule.py": "test_with_lightning.py::test_a_lightning_checkpoint_restores_the_wrapper",
+    "hf_trainer.py": "test_with_transformers.py::test_bert_trains_with_resets_and_resumes_bit_for_bit",
+    "continual_heads.py": "test_with_continual_heads.py::test_the_loop_of_the_page_runs",
 }
-"""Each example and the test below that runs it."""
+"""Each example and the test that runs it (in this file unless another is named)."""
 
 USERS_TEST = "examples/test_my_model.py"
 
@@ -55,7 +59,12 @@ def load_example(name: str) -> ModuleType:
 
 def test_every_example_is_run_by_a_test() -> None:
     assert {p.name for p in EXAMPLES.glob("*.py")} == set(TESTED)
-    assert all(callable(globals()[test]) for test in TESTED.values())
+    for test in TESTED.values():
+        where, _, name = test.rpartition("::")
+        if where:
+            assert f"def {name}(" in (Path(__file__).parent / where).read_text(), test
+        else:
+            assert callable(globals()[name]), test
 
 
 def test_quickstart_trains_and_resets(capsys: pytest.CaptureFixture[str]) -> None:
@@ -70,20 +79,10 @@ def test_quickstart_trains_and_resets(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_the_users_test_file_passes() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "examples/test_my_model.py",
-        ],
-        cwd=EXAMPLES.parent,
-        capture_output=True,
-        text=True,
+    result = processes.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", USERS_TEST],
         timeout=300,
+        cwd=EXAMPLES.parent,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "4 passed" in result.stdout
@@ -217,13 +216,8 @@ HOW_TO_OUTPUT = {
 @pytest.mark.parametrize("script", sorted(HOW_TO_OUTPUT))
 def test_how_to_example_runs(script: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parent), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / script)],
-        cwd=EXAMPLES.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = processes.run(
+        [sys.executable, str(EXAMPLES / script)], timeout=120, cwd=EXAMPLES.parent, env=env
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert HOW_TO_OUTPUT[script] in done.stdout

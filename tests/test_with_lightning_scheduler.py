@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from requirements import needs
 import torch
 from torch import Tensor, nn
 
 from gxd_optim import GXDReset
 
-L = pytest.importorskip("lightning")
+L = needs("lightning")
 
 
 class Module(L.LightningModule):  # type: ignore[misc, name-defined]
