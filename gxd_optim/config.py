@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .operator import STATE_POLICIES
-from .utilities import CRITERIA, UTILITIES, Criterion, UtilityFn
+from .utilities import CRITERIA, UTILITIES, Criterion, UtilityFn, probe
 
 __all__ = ["REFERENCES", "SELECTIONS", "Config"]
 
@@ -61,6 +61,8 @@ class Config:
             raise TypeError(
                 f"utility must be a name or a callable, got {type(self.utility).__name__}"
             )
+        else:
+            probe(self.utility)
         if self.reference not in REFERENCES:
             raise ValueError(f"unknown reference {self.reference!r}; expected one of {REFERENCES}")
         if self.state_policy not in STATE_POLICIES:

@@ -322,6 +322,9 @@ def explicit_layers(
     checks = Checks.of(model) if checks is None else checks
     if not isinstance(layers, Mapping):
         raise TypeError(f"layers= must be a mapping {{producer: [consumers]}}, got {layers!r}")
+    clash = sorted(set(checks.exclude) & set(layers))
+    if clash:
+        raise ValueError(f"layers {clash} are both in layers= and exclude=")
     modules = producer_modules(model)
     infos: dict[str, LayerInfo] = {}
     claimed: dict[str, str] = {}

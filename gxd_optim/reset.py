@@ -174,9 +174,6 @@ class GXDReset(torch.optim.Optimizer):
             )
         explicit = None
         if layers is not None:
-            clash = sorted(set(exclude) & set(layers))
-            if clash:
-                raise ValueError(f"layers {clash} are both in layers= and exclude=")
             explicit = explicit_layers(
                 model, layers, config.reference, Checks.of(model, exclude, _parameters(optimizer))
             )
@@ -529,8 +526,11 @@ class GXDReset(torch.optim.Optimizer):
             self._settle_discovery(stepping=True)
             if self._tracker is None:
                 self._refuse_unseen_gradients()
-            tracker = self._watched_tracker()
-            terms = {} if closure is not None or tracker is None else self._terms_due(tracker)
+            tracker = None if self._closed else self._watched_tracker()
+            terms: dict[str, list[CostTerms]] = {}
+            if tracker is not None and closure is None:
+                tracker.settle()  # what waits is reduced before the weights move
+                terms = self._terms_due(tracker)
             loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         except BaseException:
             self._forget_scaler_state()  # GradScaler deletes them only after a step returns
@@ -617,10 +617,18 @@ class GXDReset(torch.optim.Optimizer):
     ) -> list[tuple[str, Tensor, float]]:
         """Commit the pending statistics; the units due for a reset, with their predicted cost."""
         tracker = self._tracker
-        if tracker is None:
+        if tracker is None or self._closed:
             return []
+        committed = tracker.commit()
+        if len(committed) < len(tracker.layers):  # a layer saw no data: is it still there?
+            idle = set(tracker.layers) - set(committed)
+            assert self._watch is not None
+            moved = self._watch.moved(_all_touched({n: self._layers[n] for n in idle}))
+            if moved is not None:
+                self._retire(moved)
+                return []
         due = []
-        for name in tracker.commit():
+        for name in committed:
             index = self._choose(name)
             if index is not None and index.numel():
                 predicted = math.nan

@@ -35,6 +35,7 @@ from .utilities import (
     CRITERIA,
     ConsumerView,
     Criterion,
+    check_scores,
     combine_cost,
     cost_terms,
     layer_normalised,
@@ -732,26 +733,9 @@ class Tracker:
         batch.add(edge.edge.consumer, scores)
 
     def _check_scores(self, scores: object, shape: tuple[int, int]) -> None:
-        """Refuse a custom utility's output that is not finite per-sample scores ``[N, U]``.
-
-        The shape is checked on every call, finiteness on the first (it reads the values).
-        """
-        name = self.criterion.name
-        what = (
-            f"a tensor of shape {list(scores.shape)}"
-            if isinstance(scores, Tensor)
-            else type(scores).__name__
-        )
-        if not isinstance(scores, Tensor) or tuple(scores.shape) != shape:
-            raise ValueError(
-                f"utility={name} returned {what}: it must return per-sample scores of shape "
-                f"[N, U] = {list(shape)} (fn(h, grad, reference) with h and grad [N, U, P], "
-                "reference [U])"
-            )
-        if self._unchecked == "first":
-            if not bool(torch.isfinite(scores).all()):
-                raise ValueError(f"utility={name} returned scores that are not all finite")
-            self._unchecked = "shape"
+        """Shape on every call, finite values on the first (`check_scores`)."""
+        check_scores(self.criterion.name, scores, shape, values=self._unchecked == "first")
+        self._unchecked = "shape"
 
     def _on_output_grad(self, batch: _Batch, linear: bool, grad: Tensor) -> None:
         """Score the producer's output gradient ``∂ℓ/∂z`` (criteria that read it)."""

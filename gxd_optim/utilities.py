@@ -38,6 +38,7 @@ __all__ = [
     "UtilityFn",
     "activation",
     "adaptable_contribution",
+    "check_scores",
     "combine_cost",
     "contribution",
     "cost_terms",
@@ -233,6 +234,55 @@ class Criterion:
         """A criterion from a user's ``fn(h, grad, reference) -> [N, U]``."""
         name = getattr(fn, "__qualname__", type(fn).__name__)
         return Criterion(name, "consumer", partial(_on_view, fn))
+
+
+def check_scores(name: str, scores: object, shape: tuple[int, int], values: bool) -> None:
+    """Refuse a custom utility's output that is not per-sample scores of ``shape`` ``[N, U]``
+    (and, with ``values``, not all finite: that reads the values).
+
+    Raises:
+        ValueError: naming the utility and what it returned.
+
+    Example:
+        >>> try:
+        ...     check_scores("mine", torch.ones(4), (2, 4), values=True)
+        ... except ValueError as error:
+        ...     print(str(error)[:43])
+        utility=mine returned a tensor of shape [4]
+    """
+    what = (
+        f"a tensor of shape {list(scores.shape)}"
+        if isinstance(scores, Tensor)
+        else type(scores).__name__
+    )
+    if not isinstance(scores, Tensor) or tuple(scores.shape) != shape:
+        raise ValueError(
+            f"utility={name} returned {what}: it must return per-sample scores of shape "
+            f"[N, U] = {list(shape)} (fn(h, grad, reference) with h and grad [N, U, P], "
+            "reference [U])"
+        )
+    if values and not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"utility={name} returned scores that are not all finite")
+
+
+def probe(fn: UtilityFn) -> None:
+    """Call a custom utility on a small random pair and check what it returns.
+
+    Raises:
+        ValueError: it fails, or returns anything but finite scores ``[N, U]``.
+    """
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    g = torch.Generator().manual_seed(0)
+    h, grad = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 4, generator=g)
+    try:
+        with torch.no_grad():
+            scores = fn(h, grad, torch.zeros(3))
+    except Exception as error:
+        raise ValueError(
+            f"utility={name} failed on a probe with h and grad of shape [2, 3, 4] and "
+            f"reference [3]: {error!r}"
+        ) from error
+    check_scores(name, scores, (2, 3), values=True)
 
 
 def _on_view(fn: UtilityFn, view: ConsumerView) -> Tensor:
