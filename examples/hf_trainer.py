@@ -86,7 +86,9 @@ def main() -> None:
         print(f"{opt.steps} steps, eligible {sorted(opt.layers)}")
         print(f"resets {opt.reset_counts}")
         resumed, again = train(tmp, 30, resume=f"{tmp}/checkpoint-10")
-        same = all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters()))
+        same = all(
+            torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters(), strict=True)
+        )
         print(f"resumed from step 10: {again.steps} steps, weights bit-identical: {same}")
 
 

@@ -6,6 +6,7 @@ workers (``torch.multiprocessing.spawn``) would leave them running after a timeo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -34,8 +35,6 @@ def run(command: Sequence[str], timeout: float, **kwargs: Any) -> subprocess.Com
 
 
 def _kill_group(process: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     process.communicate()

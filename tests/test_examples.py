@@ -32,9 +32,9 @@ TESTED = {
     "architectures.py": "test_page_shows_what_its_example_prints",
     "diagnostics.py": "test_page_shows_what_its_example_prints",
     "skipped.py": "test_page_shows_what_its_example_prints",
-    "sb3_policy.py": "test_with_sb3.py::test_ppo_trains_the_policy_through_evaluate_actions_with_resets",
-    "lightning_submodule.py": "test_with_lightning.py::test_a_lightning_checkpoint_restores_the_wrapper",
-    "hf_trainer.py": "test_with_transformers.py::test_bert_trains_with_resets_and_resumes_bit_for_bit",
+    "sb3_policy.py": "test_with_sb3.py::test_ppo_resumes_with_the_wrappers_state",
+    "lightning_submodule.py": "test_with_lightning.py::test_a_checkpoint_restores_the_wrapper",
+    "hf_trainer.py": "test_with_transformers.py::test_bert_trains_with_resets_and_resumes",
     "continual_heads.py": "test_with_continual_heads.py::test_the_loop_of_the_page_runs",
 }
 """Each example and the test that runs it (in this file unless another is named)."""

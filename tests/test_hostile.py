@@ -49,10 +49,8 @@ def _same(a: Any, b: Any, where: str = "") -> None:
     """Bit-for-bit equality of nested dicts, lists and tensors."""
     if isinstance(a, Tensor):
         assert isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert (
-            torch.equal(a, b)
-            or (a.isnan() == b.isnan()).all()
-            and torch.equal(a.nan_to_num(), b.nan_to_num())
+        assert torch.equal(a, b) or (
+            (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num())
         ), where
     elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), (where, set(a) ^ set(b))
@@ -161,13 +159,13 @@ def test_bad_models_and_optimizers_raise(
 def test_explicit_layers_refuse_frozen_and_tied_consumers() -> None:
     model = _mlp()
     model.hidden[1].requires_grad_(False)
-    with unchanged(model), pytest.raises(ValueError, match="`hidden.1` is frozen"):
+    with unchanged(model), pytest.raises(ValueError, match=r"`hidden\.1` is frozen"):
         _wrap(model, layers={"hidden.0": ["hidden.1"]})
     tied = MLP(MLPSpec(4, (6, 6, 6), 2))
     tied.hidden[2].weight = tied.hidden[1].weight
-    with unchanged(tied), pytest.raises(ValueError, match="sharing its weight with `hidden.2`"):
+    with unchanged(tied), pytest.raises(ValueError, match=r"sharing its weight with `hidden\.2`"):
         _wrap(tied, layers={"hidden.1": ["hidden.2"]})
-    with unchanged(tied), pytest.raises(ValueError, match="`hidden.1` is sharing its weight with `hidden.2`"):
+    with unchanged(tied), pytest.raises(ValueError, match=r"`hidden\.1` is sharing its weight"):
         _wrap(tied, layers={"hidden.0": ["hidden.1"], "hidden.2": ["head"]}, exclude=[])
 
 
@@ -505,7 +503,7 @@ def test_reset_units_of_a_frozen_layer_raises_and_changes_nothing() -> None:
     opt = _wrap(model)
     _train(model, opt, 2)
     model.hidden[1].requires_grad_(False)
-    with unchanged(model, opt), pytest.raises(ValueError, match="`hidden.1.weight` was frozen"):
+    with unchanged(model, opt), pytest.raises(ValueError, match=r"`hidden\.1\.weight` was frozen"):
         opt.reset_units("hidden.0", [1])
 
 

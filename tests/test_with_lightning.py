@@ -24,7 +24,7 @@ def test_a_submodule_called_from_training_step_is_found_and_reset(tmp_path: Path
     assert all(count > 0 for count in opt.reset_counts.values())
 
 
-def test_a_lightning_checkpoint_restores_the_wrapper(tmp_path: Path) -> None:
+def test_a_checkpoint_restores_the_wrapper(tmp_path: Path) -> None:
     run, opt = example.fit(30, str(tmp_path))
     run.save_checkpoint(tmp_path / "step30.ckpt")
     _, restored = example.fit(30, str(tmp_path), ckpt_path=str(tmp_path / "step30.ckpt"))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from requirements import needs
 import torch
+from requirements import needs
 from torch import Tensor, nn
 
 from gxd_optim import GXDReset

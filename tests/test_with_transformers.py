@@ -17,7 +17,7 @@ import hf_trainer  # noqa: E402  (examples/, on the path from conftest)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
-def test_bert_trains_with_resets_and_resumes_bit_for_bit(tmp_path: Path) -> None:
+def test_bert_trains_with_resets_and_resumes(tmp_path: Path) -> None:
     model, opt = hf_trainer.train(str(tmp_path), 20)
     assert sorted(opt.layers) == [
         "bert.encoder.layer.0.intermediate.dense",

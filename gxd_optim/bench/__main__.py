@@ -90,7 +90,7 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="step-time ratio and peak-memory increase of GXDReset over the bare optimizer",
         description=(
             "Time the bare and the wrapped training step, interleaved, and measure their peak "
-            "memory, for the cases of issue 6; print a Markdown table and write "
+            "memory, for each case below; print a Markdown table and write "
             "OUT/overhead.json and OUT/overhead.png (every pair's ratio, per case and copy)."
         ),
     )
