@@ -21,8 +21,9 @@ lint: install
 	$(PY) -m ruff format --check gxd_optim tests examples
 	$(PY) -m mypy
 
+# The integration tests run the real libraries the install brings; a missing one fails.
 test: lint
-	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PY) -m pytest -q
+	HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) GXD_INTEGRATION=required $(PY) -m pytest -q
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .discovery import Edge, LayerInfo, _edge_for, _num_units
-from .tracking import Tracker
+from .tracking import _TINY, Tracker
 
 __all__ = [
     "FORMAT_VERSION",
@@ -310,6 +310,7 @@ def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
             layer = tracker.layers[name]
             for key in ("utility_ema", "weight_ema", "age"):
                 _copy(getattr(layer, key), saved[key])
+            layer.weight_ema.clamp_min_(_TINY)  # a bias correction is never 0 (earlier: 0)
             layer.recount_at = 0  # ages were replaced
             layer.budget = float(saved["budget"])
             layer.resets = int(saved["resets"])
@@ -318,6 +319,7 @@ def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
             ):
                 _copy(edge.mean_ema, mean)
                 _copy(edge.weight_ema, norm)
+                edge.weight_ema.clamp_min_(_TINY)
             if "pending_abs" in saved:
                 _copy(layer.pending_abs, saved["pending_abs"])
                 layer.pending_samples = int(saved["pending_samples"])

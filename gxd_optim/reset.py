@@ -46,7 +46,7 @@ from .operator import (
 )
 from .sandbox import untouched
 from .selection import accrue, below, lowest
-from .tracking import CostTerms, Tracker, fold_edge_
+from .tracking import Tracker, fold_edge_
 from .utilities import UtilityFn, layer_normalised
 from .watch import ModelWatch, check_claims, claim, release
 
@@ -500,11 +500,11 @@ class GXDReset(torch.optim.Optimizer):
 
         Statistics of the backward passes since the last step count only now; a step that saw
         no backward pass (e.g. the zero-gradient step of a checkpoint loader) resets nothing,
-        and neither does one whose statistics are not finite (an overflowing batch: they are
-        left as they were). Nothing is committed before the inner step has succeeded. The
-        predicted cost of each reset (`reset_log`) is read from the gradients before the
-        inner optimizer moves the weights; with a ``closure`` (which runs backward inside
-        the inner step) it is not known.
+        and neither does one whose statistics overflow (they are left as they were). The
+        units to reset are chosen, and their predicted cost recorded in `reset_log`, before
+        the inner optimizer moves the weights; they are reset after it. If the inner step
+        raises, the commit is undone: nothing is committed, spent or reset. With a
+        ``closure`` (which runs backward inside the inner step) everything happens after it.
 
         Raises:
             RuntimeError: the model's units are not known yet but the optimizer has
@@ -520,6 +520,7 @@ class GXDReset(torch.optim.Optimizer):
             >>> opt.steps
             1
         """
+        tracker: Tracker | None = None
         try:
             if getattr(self, "found_inf", None) is not None and not self._amp_prepare():
                 return None  # GradScaler found inf/NaN gradients: skip, reset nothing
@@ -527,17 +528,23 @@ class GXDReset(torch.optim.Optimizer):
             if self._tracker is None:
                 self._refuse_unseen_gradients()
             tracker = None if self._closed else self._watched_tracker()
-            terms: dict[str, list[CostTerms]] = {}
-            if tracker is not None and closure is None:
-                tracker.settle()  # what waits is reduced before the weights move
-                terms = self._terms_due(tracker)
-            loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
+            due: list[tuple[str, Tensor, float]] = []
+            if closure is None:
+                due = self._commit_and_choose()
+                loss = self.optimizer.step()
+            else:
+                loss = self.optimizer.step(closure)
         except BaseException:
+            if tracker is not None:
+                tracker.rollback()  # the step did not happen: neither did the commit
             self._forget_scaler_state()  # GradScaler deletes them only after a step returns
             raise
         if closure is not None:
             self._settle_discovery(stepping=True)
-        for name, index, predicted in self._commit_and_choose(terms):
+            due = self._commit_and_choose()
+        if self._tracker is not None:
+            self._tracker.finish()
+        for name, index, predicted in due:
             if not self._reset_if_writable(name, index, predicted):
                 break
         return loss
@@ -589,33 +596,9 @@ class GXDReset(torch.optim.Optimizer):
         for attr in ("found_inf", "grad_scale"):
             self.__dict__.pop(attr, None)
 
-    def _terms_due(self, tracker: Tracker) -> dict[str, list[CostTerms]]:
-        """Before the inner step: the gradient sums behind the predicted cost of every layer
-        that may reach a reset at this step's commit (read before the weights move)."""
-        config = self.config
-        if config.selection == "threshold":
-            due = list(tracker.layers) if (tracker.steps + 1) % config.every == 0 else []
-        elif config.replacement_rate == 0:
-            due = []
-        else:
-            rate = config.replacement_rate
-            due = [
-                name
-                for name, layer in tracker.layers.items()
-                if layer.budget + rate * layer.info.num_units >= 1
-            ]
-        terms = {}
-        for name in due:
-            try:
-                terms[name] = tracker.cost_terms(name)
-            except RuntimeError:
-                continue  # no fresh gradient: its resets are logged without a prediction
-        return terms
-
-    def _commit_and_choose(
-        self, terms: Mapping[str, list[CostTerms]]
-    ) -> list[tuple[str, Tensor, float]]:
-        """Commit the pending statistics; the units due for a reset, with their predicted cost."""
+    def _commit_and_choose(self) -> list[tuple[str, Tensor, float]]:
+        """Commit the pending statistics; the units due for a reset, with their predicted cost
+        (read from the gradients now, before the inner optimizer moves the weights)."""
         tracker = self._tracker
         if tracker is None or self._closed:
             return []
@@ -625,17 +608,14 @@ class GXDReset(torch.optim.Optimizer):
             assert self._watch is not None
             moved = self._watch.moved(_all_touched({n: self._layers[n] for n in idle}))
             if moved is not None:
+                tracker.rollback()
                 self._retire(moved)
                 return []
         due = []
         for name in committed:
             index = self._choose(name)
             if index is not None and index.numel():
-                predicted = math.nan
-                if name in terms:
-                    at = index.to(tracker.layers[name].utility_ema.device)
-                    predicted = float(tracker.predicted_cost(name, at, terms[name]).sum())
-                due.append((name, index, predicted))
+                due.append((name, index, self._predicted(name, index)))
         return due
 
     def _choose(self, name: str) -> Tensor | None:
@@ -661,8 +641,8 @@ class GXDReset(torch.optim.Optimizer):
     def _bad_step(self) -> bool:
         """Whether the latest commit's statistics were not finite (read only when a reset is
         due: it waits for the device)."""
-        bad = self._require_tracker().bad
-        return bad is not None and bool(bad)
+        finite = self._require_tracker().finite
+        return finite is not None and not bool(finite)
 
     def _predicted(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` from the current gradients, or NaN where they are stale."""

@@ -17,6 +17,7 @@ gradients (see `gxd_optim.utilities.predicted_cost`).
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,9 +37,8 @@ from .utilities import (
     ConsumerView,
     Criterion,
     check_scores,
-    combine_cost,
-    cost_terms,
     layer_normalised,
+    predicted_cost,
     random_scores,
 )
 
@@ -136,10 +136,18 @@ class _Slab:
 
     def allocate(self) -> None:
         """Create the buffers, once `size` is known."""
-        zeros = partial(torch.zeros, self.size, dtype=self.dtype, device=self.device)
-        self.ema, self.norm, self.reference, self.pending, self.mask = (zeros() for _ in range(5))
-        self.scale = zeros()  # 1 / count of each segment's pending sum
-        self.ones = torch.ones_like(self.norm)  # what the bias correction is an EMA of
+        zeros = partial(torch.zeros, dtype=self.dtype, device=self.device)
+        self.state = zeros(4, self.size)  # one buffer: a step's state is copied in one kernel
+        self.saved = zeros(2, self.size)  # ema and norm before a commit (see `Tracker.commit`)
+        self.state[1].fill_(_TINY)  # a bias correction is never 0: r = ema / norm needs no clamp
+        self.unbind()
+        self.mask, self.scale = zeros(self.size), zeros(self.size)  # scale: 1 / counts
+        self.ends = torch.ones(2, self.size, dtype=self.dtype, device=self.device)
+        self.rate = zeros(())  # 1 − decay, or 0 for a step whose statistics overflow
+
+    def unbind(self) -> None:
+        """``ema``, ``norm``, ``reference`` and ``pending``: the rows of `state`."""
+        self.ema, self.norm, self.reference, self.pending = self.state.unbind(0)
 
     def take(self, units: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The next segment's views: EMA, its bias correction, reference, pending sum, mask."""
@@ -164,6 +172,7 @@ class _Slab:
         ``pickle`` gives each view a storage of its own (with the same values), after which
         a commit would update the buffers and leave the owners' tensors behind.
         """
+        self.unbind()
         for owner, part in zip(self.owners, self._segments, strict=True):
             ema, norm, reference, pending, mask = self._views(part)
             if isinstance(owner, EdgeStats):
@@ -179,6 +188,8 @@ class _Slab:
         pairs, layers = slice(0, self.pair_units), slice(self.pair_units, self.size)
         self.pair_reference, self.pair_mask = self.reference[pairs], self.mask[pairs]
         self.pair_pending, self.layer_pending = self.pending[pairs], self.pending[layers]
+        # only zero-reference pairs need their references masked (the layers' are unused)
+        self.masked = not bool(self.pair_mask.all())
 
     def counts(self) -> list[int]:
         """Samples (layers) or positions (pairs) pending per segment."""
@@ -186,53 +197,62 @@ class _Slab:
             o.pending_samples if isinstance(o, LayerStats) else o.pending_count for o in self.owners
         ]
 
-    def average(self, counts: list[int]) -> None:
-        """Divide every segment's pending sum (all counts positive) by its count, in place.
+    def means(self, counts: list[int]) -> Tensor:
+        """Write every segment's pending mean (all counts positive) to the first row of
+        `ends`; return their sum of squares (a 0-d tensor, for `_finite`).
 
-        One product by `scale`, refilled (on the device, without a transfer) only when the
-        counts differ from the last step's.
+        The means are the sums times `scale`, refilled (on the device, without a transfer)
+        only when the counts differ from the last step's.
         """
         if counts != self._scaled_for:
             for part, n in zip(self._segments, counts, strict=True):
                 self.scale[part].fill_(1.0 / n)
             self._scaled_for = counts
-        self.pending.mul_(self.scale)
+        means = torch.mul(self.pending, self.scale, out=self.ends[0])
+        return torch.dot(means, means)
 
-    def fold(self, decay: float, bad: Tensor) -> None:
-        """Fold every segment's pending mean (`average`) into its EMA, and clear it; where
-        ``bad`` (a 0-d bool) is true, nothing is folded."""
-        _fold(self.pending, self.ema, self.norm, self.ones, decay, bad)
-        # a norm is 0 where a unit has never been folded (a skipped step after its reset)
-        torch.div(self.ema, self.norm.clamp_min(_TINY), out=self.reference).mul_(self.mask)
-        self.pending.zero_()
+    def fold(self, finite: Tensor | bool, decay: float) -> None:
+        """Fold the `means` into the EMAs and recompute the references (`Tracker.finish`
+        clears the pending sums once the step went through).
+
+        The second row of `ends` holds the ones that each bias correction is an EMA of, so
+        one ``lerp`` updates ``ema`` and ``norm`` together. Where ``finite`` is false,
+        nothing changes: as a 0-d bool tensor (its value unread), the EMAs are put back from
+        `saved` (the copy `Tracker.commit` took first); as a Python bool, nothing is folded.
+        """
+        if finite is not False:
+            self.state[:2].lerp_(self.ends, 1.0 - decay)
+            if finite is not True:
+                torch.where(finite, self.state[:2], self.saved[:2], out=self.state[:2])
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Every ``r`` from its running mean (0 for zero references)."""
+        torch.div(self.ema, self.norm, out=self.reference)
+        if self.masked:
+            self.reference.mul_(self.mask)
 
 
-def _fold(value: Tensor, ema: Tensor, norm: Tensor, one: Tensor, decay: float, bad: Tensor) -> None:
-    """``ema ← lerp(ema, value, w)``, ``norm ← lerp(norm, 1, w)`` with ``w = 1 − decay``.
-
-    Where ``bad`` (a 0-d bool: the step's statistics are not all finite) is true, ``w = 0``
-    and ``value`` is replaced by ``ema``, so both stay exactly as they were; the choice is
-    made on the device, without reading ``bad``.
-    """
-    weight = (~bad).to(ema.dtype).mul_(1.0 - decay)
-    torch.where(bad, ema, value, out=value)
-    ema.lerp_(value, weight)
-    norm.lerp_(one, weight)
+HOST_READS = True
+"""Whether the commit reads `Tracker.finite` on the host when every statistic lives on the
+CPU, where a read waits for nothing (elsewhere it would wait for the device). The tests turn
+it off to run, on the CPU, the path that a GPU takes."""
 
 
-def _overflowing(means: list[Tensor]) -> Tensor:
-    """A 0-d bool on the first tensor's device: whether any element of ``means`` is not
-    finite, or so large that its square overflows its dtype (in float32, beyond ``1.8e19``).
+def _finite(squares: list[Tensor]) -> Tensor:
+    """A 0-d bool on the first tensor's device: whether every batch mean is finite and small
+    enough that its square does not overflow (in float32, below ``1.8e19``), given each
+    tensor's sum of squares.
 
-    Such batch means come from an overflowing batch (a loss of inf, inputs scaled by 1e20):
+    Larger means come from an overflowing batch (a loss of inf, inputs scaled by 1e20):
     folded into a running mean, one would make every reset fold an absurd ``W·r`` into a
     bias for hundreds of steps. (One sum of squares per tensor, where ``isfinite`` over
     every element takes nine kernels on a CPU.)
     """
-    total = torch.linalg.vecdot(means[0], means[0])
-    for more in means[1:]:
-        total = total + torch.linalg.vecdot(more, more).to(total.device)
-    return ~torch.isfinite(total)
+    total = squares[0]
+    for more in squares[1:]:
+        total = total + more.to(total.device)
+    return torch.isfinite(total)
 
 
 class _Batch:
@@ -307,9 +327,6 @@ def _has_pending(layer: LayerStats) -> bool:
 
 
 _Layout = tuple[tuple[int, ...], tuple[int, ...], int]  # view shape, positions, unit dimension
-
-CostTerms = tuple["EdgeStats", Tensor, Tensor | None]
-"""One consumer's ``(pair, Σ ∂L/∂h·h, Σ ∂L/∂h)`` per unit (see `Tracker.cost_terms`)."""
 
 
 @lru_cache(maxsize=1024)
@@ -454,9 +471,9 @@ class Tracker:
 
     Attributes:
         steps: committed steps (steps that saw at least one backward pass).
-        bad: a 0-d bool tensor: whether the latest commit found a batch mean that was not
-            finite or absurdly large, and so left every statistic as it was (``None``
-            before the first).
+        finite: whether the latest commit's batch means were finite and sane (a 0-d bool
+            tensor, or a bool where it was read on the host); if not, it left every
+            statistic as it was (``None`` before the first).
         before_commit: called with the tracker at the start of `commit`, once the pending
             sums are complete (e.g. to reduce them across processes, `gxd_optim.distributed`).
     """
@@ -475,7 +492,7 @@ class Tracker:
         self.criterion = criterion
         self.seed = seed
         self.steps = 0
-        self.bad: Tensor | None = None  # whether the latest commit's statistics were not finite
+        self.finite: Tensor | bool | None = None  # whether the latest commit folded anything
         self.before_commit: Callable[[Tracker], None] | None = None
         self._fast = criterion is CRITERIA["gxd"]  # the streamed GXD path below
         # a user's callable: "first" (shape and values to check), then "shape"; "" if built in
@@ -489,6 +506,9 @@ class Tracker:
         self._handles: list[RemovableHandle] = []
         self._slabs: dict[tuple[torch.device, torch.dtype], _Slab] = {}
         self._ages = torch.zeros(sum(i.num_units for i in layers.values()), dtype=torch.int64)
+        self._committed: list[LayerStats] = []  # by the last commit, until `finish`
+        self._undo: tuple[Tensor | bool | None, list[float]] | None = None  # `finite`, budgets
+
         for info in layers.values():
             self._slab(modules[info.name]).size += info.num_units * (1 + len(info.edges))
         for slab in self._slabs.values():
@@ -757,33 +777,76 @@ class Tracker:
         """Fold the pending statistics into the EMAs; return the layers that had any.
 
         All layers are updated together, with a few kernels per slab. When any batch mean is
-        not finite or absurdly large (`_overflowing`: an overflowing batch), no statistic
-        changes at all; the step still counts, and `bad` says so (read it only where a reset
-        is due).
+        not finite or absurdly large (`_finite`: an overflowing batch), no statistic changes
+        at all; the step still counts, and `finite` says so (read it only where a reset is
+        due: it waits for the device). Until `finish`, `rollback` undoes the commit and the
+        budgets spent after it.
         """
         self.settle()
         if self.before_commit is not None:
             self.before_commit(self)
-        done = [(n, layer) for n, layer in self.layers.items() if _has_pending(layer)]
-        if not done:
+        layers = [layer for layer in self.layers.values() if _has_pending(layer)]
+        self._committed = layers
+        counts = [slab.counts() for slab in self._slabs.values()]
+        self._undo = (self.finite, [layer.budget for layer in self.layers.values()])
+        if not layers:
             return []
         self.steps += 1
-        layers = [layer for _, layer in done]
-        counts = [slab.counts() for slab in self._slabs.values()]
+        slabs = list(self._slabs.values())
         with torch.no_grad():
+            for slab in slabs:
+                slab.saved.copy_(slab.state[:2])
             if all(all(c) for c in counts):  # every segment saw data: whole buffers at once
-                for slab, slab_counts in zip(self._slabs.values(), counts, strict=True):
-                    slab.average(slab_counts)
-                self.bad = _overflowing([slab.pending for slab in self._slabs.values()])
-                for slab in self._slabs.values():
-                    slab.fold(self.decay, self.bad.to(slab.device))
+                squares = [slab.means(c) for slab, c in zip(slabs, counts, strict=True)]
+                if HOST_READS and all(slab.device.type == "cpu" for slab in slabs):
+                    self.finite = all(math.isfinite(float(t)) for t in squares)
+                    for slab in slabs:
+                        slab.fold(self.finite, self.decay)
+                else:
+                    self.finite = finite = _finite(squares)
+                    for slab in slabs:
+                        slab.fold(finite.to(slab.device), self.decay)
                 self._ages += 1
-                for layer in layers:
-                    layer.commits += 1
-                self._reset_counts(layers)
             else:
                 self._commit_segments(layers)
-        return [name for name, _ in done]
+        for layer in layers:
+            layer.commits += 1
+        return [layer.info.name for layer in layers]
+
+    def finish(self) -> None:
+        """The step that committed went through: clear the pending sums it folded
+        (`rollback` no longer applies)."""
+        layers, self._committed, self._undo = self._committed, [], None
+        if len(layers) == len(self.layers):
+            for slab in self._slabs.values():
+                slab.pending.zero_()
+            self._reset_counts(layers)
+        elif layers:
+            self._clear_pending(layers)
+
+    def rollback(self) -> None:
+        """Undo the last commit and the budgets spent since: its step did not happen.
+
+        The pending sums are still there (`finish` clears them), so the next step commits
+        them. (Under DDP they are already summed over the ranks then.)
+        """
+        if self._undo is None:
+            return
+        self.finite, budgets = self._undo
+        for layer, budget in zip(self.layers.values(), budgets, strict=True):
+            layer.budget = budget
+        layers, self._committed, self._undo = self._committed, [], None
+        if not layers:
+            return
+        self.steps -= 1
+        with torch.no_grad():
+            for slab in self._slabs.values():
+                slab.state[:2].copy_(slab.saved)
+                slab.refresh()
+        for layer in layers:
+            layer.age -= 1
+            layer.commits -= 1
+            layer.recount_at = 0  # the cached eligible count was for the later ages
 
     def settle(self) -> None:
         """Complete the pending sums: reduce the deferred inputs and close every open batch.
@@ -806,17 +869,18 @@ class Tracker:
             ]
             if seg[3]
         ]
-        for value, _, _, count in segments:
-            value.mul_(1.0 / count)
-        self.bad = _overflowing([value for value, _, _, _ in segments])
-        for value, ema, norm, _ in segments:
-            bad = self.bad.to(value.device)
-            _fold(value, ema, norm, torch.ones_like(norm), self.decay, bad)
+        means = [value / count for value, _, _, count in segments]
+        self.finite = _finite([torch.dot(m, m) for m in means])
+        for mean, (_, ema, norm, _) in zip(means, segments, strict=True):
+            ema.lerp_(mean, 1.0 - self.decay)
+            norm.mul_(self.decay).add_(1.0 - self.decay)  # the EMA of 1
+        for slab in self._slabs.values():  # an overflowing step puts every EMA back
+            torch.where(
+                self.finite.to(slab.device), slab.state[:2], slab.saved[:2], out=slab.state[:2]
+            )
         for layer in layers:
             layer.age += 1
-            layer.commits += 1
             self.refresh_references(layer)
-        self._clear_pending(layers)
 
     def discard(self) -> None:
         """Drop statistics of backward passes that no step committed."""
@@ -888,20 +952,21 @@ class Tracker:
         utility = layer.utility_ema / layer.weight_ema.clamp_min(_TINY)
         return layer_normalised(utility) if self.criterion.normalised else utility
 
-    def cost_terms(self, name: str, index: Tensor | None = None) -> list[CostTerms]:
-        """Per consumer of layer ``name``: ``Σ ∂L/∂h·h`` and ``Σ ∂L/∂h`` per unit.
+    def predicted_cost(self, name: str, index: Tensor | None = None) -> Tensor:
+        """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` from the consumers' gradients.
 
-        Read from the consumers' current gradients (`gxd_optim.utilities.cost_terms`); with
-        ``index``, only for those units (in that order), reading only their columns.
-        Consumers no gradient reached add nothing.
+        With ``index``, only for those units (in that order), reading only their columns.
 
         Raises:
-            RuntimeError: no consumer has a gradient (before ``backward()``, or after
-                ``zero_grad()``), or one changed since its last backward.
+            RuntimeError: a consumer has no gradient (before ``backward()``, or after
+                ``zero_grad()``).
         """
-        terms: list[CostTerms] = []
+        layer = self.layers[name]
+        units = layer.utility_ema if index is None else layer.utility_ema.index_select(0, index)
+        cost = torch.zeros_like(units)
+        found = False
         with torch.no_grad():
-            for edge in self.layers[name].edges:
+            for edge in layer.edges:
                 weight, bias = layer_params(self.modules[edge.edge.consumer])
                 if weight.grad is None:
                     continue  # no gradient reached this consumer: it adds nothing
@@ -918,58 +983,29 @@ class Tracker:
                         "last backward (an optimizer step or a reset): call it right after "
                         "backward()"
                     )
-                bias_grad = None if bias is None or not edge.mean else bias.grad
-                if edge.mean and bias_grad is None:
+                found = True
+                bias_grad = None if bias is None else bias.grad
+                reference = edge.reference if edge.mean else None
+                if reference is not None and bias_grad is None:
                     raise RuntimeError(
                         f"predicted_cost({name!r}) needs the bias gradient of "
                         f"`{edge.edge.consumer}` (its bias does not require grad)"
                     )
+                k = edge.edge.columns_per_unit
                 weight_grad = weight.grad
                 if index is not None:
-                    columns = unit_columns(index, edge.edge.columns_per_unit).to(weight.device)
+                    columns = unit_columns(index, k).to(weight.device)
                     weight, weight_grad = (
                         t.index_select(1, columns) for t in (weight, weight_grad)
                     )
-                terms.append(
-                    (edge, *cost_terms(weight, weight_grad, bias_grad, edge.edge.columns_per_unit))
-                )
-        if not terms:
+                    reference = None if reference is None else reference.index_select(0, index)
+                cost += predicted_cost(weight, weight_grad, bias_grad, reference, k).to(cost.dtype)
+        if not found:
             raise RuntimeError(
                 f"predicted_cost({name!r}) needs the gradients of its consumers: "
                 "call it after backward() and before zero_grad()"
             )
-        return terms
-
-    def predicted_cost(
-        self, name: str, index: Tensor | None = None, terms: list[CostTerms] | None = None
-    ) -> Tensor:
-        """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` with the current references.
-
-        Args:
-            name: the layer.
-            index: only these units (in that order).
-            terms: `cost_terms` of every unit of the layer, read earlier (before the
-                optimizer moved the weights); by default they are read now.
-
-        Raises:
-            RuntimeError: as `cost_terms`.
-        """
-        if terms is None:
-            terms = self.cost_terms(name, index)
-        elif index is not None:
-            terms = [
-                (edge, h.index_select(0, index), None if g is None else g.index_select(0, index))
-                for edge, h, g in terms
-            ]
-        cost: Tensor | None = None
-        for edge, grad_h, grad in terms:
-            reference = edge.reference if edge.mean else None
-            if reference is not None and index is not None:
-                reference = reference.index_select(0, index)
-            part = combine_cost(grad_h, grad, reference)
-            cost = part if cost is None else cost + part
-        assert cost is not None
-        return cost.to(self.layers[name].utility_ema.dtype)
+        return cost
 
     def restart(self, name: str, index: Tensor) -> None:
         """Start the statistics of the given units again (after their reset)."""
@@ -978,11 +1014,13 @@ class Tracker:
         layer.recount_at = 0  # ages changed: recount the eligible units
         with torch.no_grad():
             layer.age.index_fill_(0, index.cpu(), 0)
-            for t in (layer.utility_ema, layer.weight_ema, layer.pending_abs):
+            for t in (layer.utility_ema, layer.pending_abs):
                 t.index_fill_(0, index, 0.0)
+            layer.weight_ema.index_fill_(0, index, _TINY)  # never 0: see `_Slab.allocate`
             for batch in layer.open_batches:
                 if batch.acc is not None:
                     batch.acc.index_fill_(1, index, 0.0)
             for edge in layer.edges:
-                for t in (edge.mean_ema, edge.weight_ema, edge.reference, edge.pending_h):
+                for t in (edge.mean_ema, edge.reference, edge.pending_h):
                     t.index_fill_(0, index, 0.0)
+                edge.weight_ema.index_fill_(0, index, _TINY)

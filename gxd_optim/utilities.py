@@ -39,9 +39,7 @@ __all__ = [
     "activation",
     "adaptable_contribution",
     "check_scores",
-    "combine_cost",
     "contribution",
-    "cost_terms",
     "gradient",
     "gxd",
     "layer_normalised",
@@ -318,50 +316,6 @@ UTILITIES: tuple[str, ...] = tuple(CRITERIA)
 """Names accepted by ``GXDReset(utility=...)``: gxd and the baselines."""
 
 
-def cost_terms(
-    weight: Tensor, weight_grad: Tensor, bias_grad: Tensor | None, columns_per_unit: int
-) -> tuple[Tensor, Tensor | None]:
-    """The two sums behind `predicted_cost`, per unit, read from one consumer's gradients.
-
-    For ``z = W h + b`` (a Linear, or a convolution with kernel taps ``κ``),
-    ``∇W[o,j,κ] = Σ ∂L/∂z[o] · h_j`` at the matching positions and ``∇b[o] = Σ ∂L/∂z[o]``,
-    so per input column ``j``
-
-    $$
-    \\sum \\frac{\\partial L}{\\partial h_j} h_j
-        = \\sum_{o,\\kappa} W[o,j,\\kappa]\\,\\nabla W[o,j,\\kappa],
-    \\qquad
-    \\sum \\frac{\\partial L}{\\partial h_j}
-        = \\sum_{o} \\Big(\\sum_\\kappa W[o,j,\\kappa]\\Big) \\nabla b[o]
-    $$
-
-    (the second for unpadded convolutions, the only ones with a mean reference). Unit ``i``
-    owns columns ``[i·k, (i+1)·k)``; its sums add over them.
-
-    Args:
-        weight: consumer weight ``[out, in, *kernel]``.
-        weight_grad: its gradient.
-        bias_grad: the consumer bias's gradient, or ``None`` (the second sum is not needed).
-        columns_per_unit: ``k``.
-
-    Returns:
-        ``(Σ ∂L/∂h·h, Σ ∂L/∂h)``, each ``[U]`` (the second ``None`` without ``bias_grad``).
-
-    Example:
-        >>> w = torch.tensor([[1.0, 2.0]]); gw = torch.tensor([[0.5, -1.0]])
-        >>> cost_terms(w, gw, torch.tensor([2.0]), 1)
-        (tensor([ 0.5000, -2.0000]), tensor([2., 4.]))
-    """
-    out, columns = weight.shape[0], weight.shape[1]
-    products = (weight * weight_grad).reshape(out, columns, -1).sum((0, 2))
-    grad_h = products.reshape(-1, columns_per_unit).sum(1)
-    if bias_grad is None:
-        return grad_h, None
-    per_column = weight.reshape(out, columns, -1).sum(2)
-    grad = (per_column.t() @ bias_grad).reshape(-1, columns_per_unit).sum(1)
-    return grad_h, grad
-
-
 def predicted_cost(
     weight: Tensor,
     weight_grad: Tensor,
@@ -377,7 +331,20 @@ def predicted_cost(
           - \\sum_{x,p} \\frac{\\partial L}{\\partial h_{i,p}} h_{i,p}
     $$
 
-    Both sums are already in the consumer's gradients (`cost_terms`).
+    Both sums are already in the consumer's gradients. For ``z = W h + b`` (a Linear, or a
+    convolution with kernel taps ``κ``), ``∇W[o,j,κ] = Σ ∂L/∂z[o] · h_j`` at the matching
+    positions and ``∇b[o] = Σ ∂L/∂z[o]``, so per input column ``j``
+
+    $$
+    \\sum \\frac{\\partial L}{\\partial h_j} h_j
+        = \\sum_{o,\\kappa} W[o,j,\\kappa]\\,\\nabla W[o,j,\\kappa],
+    \\qquad
+    \\sum \\frac{\\partial L}{\\partial h_j}
+        = \\sum_{o} \\Big(\\sum_\\kappa W[o,j,\\kappa]\\Big) \\nabla b[o]
+    $$
+
+    (the second for unpadded convolutions, the only ones with a mean reference). Unit ``i``
+    owns columns ``[i·k, (i+1)·k)``.
 
     Args:
         weight: consumer weight ``[out, in, *kernel]``.
@@ -395,22 +362,11 @@ def predicted_cost(
         >>> predicted_cost(w, gw, torch.tensor([2.0]), torch.tensor([1.0, 0.0]), 1)
         tensor([1.5000, 2.0000])
     """
-    if reference is not None and bias_grad is None:
-        raise ValueError("a mean reference needs the consumer's bias gradient")
-    grad_h, grad = cost_terms(
-        weight, weight_grad, None if reference is None else bias_grad, columns_per_unit
-    )
-    return combine_cost(grad_h, grad, reference)
-
-
-def combine_cost(grad_h: Tensor, grad: Tensor | None, reference: Tensor | None) -> Tensor:
-    """``c = r · Σ ∂L/∂h − Σ ∂L/∂h·h`` per unit, from `cost_terms` (``r = 0`` if ``None``).
-
-    Example:
-        >>> grad_h, grad = torch.tensor([0.5, -2.0]), torch.tensor([2.0, 4.0])
-        >>> combine_cost(grad_h, grad, torch.tensor([1.0, 0.0]))
-        tensor([1.5000, 2.0000])
-    """
-    if reference is None or grad is None:
-        return -grad_h
-    return grad * reference - grad_h
+    products = (weight * weight_grad).reshape(weight.shape[0], weight.shape[1], -1)
+    cost = -products.sum((0, 2))
+    if reference is not None:
+        assert bias_grad is not None, "a mean reference needs the consumer's bias gradient"
+        per_column = weight.reshape(weight.shape[0], weight.shape[1], -1).sum(2)
+        grad_sum = per_column.t() @ bias_grad
+        cost = cost + grad_sum * reference.repeat_interleave(columns_per_unit)
+    return cost.reshape(-1, columns_per_unit).sum(1)

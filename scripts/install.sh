@@ -31,5 +31,5 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install -q torch --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${PIP[@]}" install -q -e ".[test,docs,bench]"
+"${PIP[@]}" install -q -e ".[test,docs,bench,integration]"
 "$VENV/bin/python" -c "import torch, gxd_optim; print('install: gxd_optim', gxd_optim.__version__, 'with torch', torch.__version__)"

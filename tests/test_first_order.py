@@ -13,7 +13,7 @@ from torch import Tensor
 from gxd_optim.testing import assert_first_order
 from gxd_optim.testing import strategies as gst
 from gxd_optim.testing.models import MLP, MLPSpec
-from gxd_optim.utilities import combine_cost
+from gxd_optim.utilities import predicted_cost
 
 
 @given(
@@ -40,9 +40,9 @@ def test_a_wrong_prediction_fails_with_a_readable_message(monkeypatch: pytest.Mo
     import gxd_optim.tracking
 
     def off_by_a_thousandth(*args: object) -> Tensor:
-        return 0.999 * combine_cost(*args)  # type: ignore[arg-type]
+        return 0.999 * predicted_cost(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(gxd_optim.tracking, "combine_cost", off_by_a_thousandth)
+    monkeypatch.setattr(gxd_optim.tracking, "predicted_cost", off_by_a_thousandth)
     model, x = MLP(MLPSpec(3, (4,), 1)), torch.randn(6, 3)
     with pytest.raises(AssertionError, match=r"layer 'hidden.0', units \[\d+\]"):
         assert_first_order(model, x, lambda out: out.pow(2).mean())

@@ -293,7 +293,11 @@ def test_a_tensor_returned_in_a_dataclass_is_part_of_the_output() -> None:
     assert set(opt.layers) == {"a"}
 
 
-def test_an_overflowing_batch_commits_nothing() -> None:
+@pytest.mark.parametrize("host_reads", [True, False], ids=["read-on-host", "device-path"])
+def test_an_overflowing_batch_commits_nothing(
+    host_reads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("gxd_optim.tracking.HOST_READS", host_reads)
     model = _mlp()
     opt = _wrap(model, lr=0.0, replacement_rate=0.5)
     _train(model, opt, 3)
@@ -315,7 +319,9 @@ def test_an_overflowing_batch_commits_nothing() -> None:
     assert sum(opt.reset_counts.values()) > sum(resets.values())
 
 
-def test_a_nan_batch_commits_nothing() -> None:
+@pytest.mark.parametrize("host_reads", [True, False], ids=["read-on-host", "device-path"])
+def test_a_nan_batch_commits_nothing(host_reads: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gxd_optim.tracking.HOST_READS", host_reads)
     model = _mlp()
     opt = _wrap(model, lr=0.0)
     _train(model, opt, 3)
