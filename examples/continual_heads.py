@@ -28,15 +28,6 @@ class Learner(nn.Module):
         return self.head(self.body(x))
 
 
-def grown(head: nn.Linear, classes: int) -> nn.Linear:
-    """A classifier with ``classes`` outputs whose first rows are ``head``'s."""
-    bigger = nn.Linear(head.in_features, classes)
-    with torch.no_grad():
-        bigger.weight[: head.out_features] = head.weight
-        bigger.bias[: head.out_features] = head.bias
-    return bigger
-
-
 def task_data(task: int, classes: int, n: int = 64) -> tuple[Tensor, Tensor]:
     """Inputs and labels of a task: two new classes, each around its own centre."""
     g = torch.Generator().manual_seed(task)
@@ -46,6 +37,15 @@ def task_data(task: int, classes: int, n: int = 64) -> tuple[Tensor, Tensor]:
 
 
 # --8<-- [start:loop]
+def grown(head: nn.Linear, classes: int) -> nn.Linear:
+    """A classifier with ``classes`` outputs whose first rows are ``head``'s."""
+    bigger = nn.Linear(head.in_features, classes)
+    with torch.no_grad():
+        bigger.weight[: head.out_features] = head.weight
+        bigger.bias[: head.out_features] = head.bias
+    return bigger
+
+
 def train(tasks: int = 4, steps: int = 150, grow: bool = True) -> tuple[Learner, GXDReset]:
     torch.manual_seed(0)
     model = Learner()

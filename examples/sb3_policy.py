@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 from stable_baselines3 import DQN, PPO
@@ -24,9 +25,9 @@ SETTINGS = {"replacement_rate": 1e-3, "maturity": 20}
 
 
 # --8<-- [start:wrap]
-def wrap(model: BaseAlgorithm) -> GXDReset:
+def wrap(model: BaseAlgorithm, **settings: Any) -> GXDReset:
     """Wrap the optimizer of a stable-baselines3 model's policy, in place."""
-    opt = GXDReset(model.policy.optimizer, model.policy, **SETTINGS)
+    opt = GXDReset(model.policy.optimizer, model.policy, **settings)
     model.policy.optimizer = opt
     return opt
 
@@ -35,10 +36,12 @@ def wrap(model: BaseAlgorithm) -> GXDReset:
 
 
 # --8<-- [start:resume]
-def load(path: str | Path, algorithm: type[BaseAlgorithm], env: gym.Env) -> BaseAlgorithm:
+def load(
+    path: str | Path, algorithm: type[BaseAlgorithm], env: gym.Env, **settings: Any
+) -> BaseAlgorithm:
     """Load a model saved with ``model.save(path)``, its optimizer wrapped and restored."""
     model = algorithm.load(path, env=env, device="cpu")  # restores the inner optimizer only
-    opt = wrap(model)
+    opt = wrap(model, **settings)
     _, params, _ = load_from_zip_file(path, device="cpu")
     opt.load_state_dict(params["policy.optimizer"])  # the saved entry holds GXDReset's state
     return model
@@ -50,7 +53,7 @@ def load(path: str | Path, algorithm: type[BaseAlgorithm], env: gym.Env) -> Base
 def ppo(steps: int = 2048, seed: int = 0) -> PPO:
     env = gym.make("CartPole-v1")
     model = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, seed=seed, device="cpu")
-    wrap(model)
+    wrap(model, **SETTINGS)
     model.learn(total_timesteps=steps)
     return model
 
@@ -60,7 +63,7 @@ def dqn(steps: int = 2048, seed: int = 0) -> DQN:
     model = DQN(
         "MlpPolicy", env, learning_starts=256, train_freq=4, batch_size=32, seed=seed, device="cpu"
     )
-    wrap(model)
+    wrap(model, **SETTINGS)
     model.learn(total_timesteps=steps)
     return model
 
@@ -73,7 +76,7 @@ def main() -> None:
     print(f"PPO resets: {opt.reset_counts}")
     with tempfile.TemporaryDirectory() as tmp:
         model.save(f"{tmp}/ppo")
-        resumed = load(f"{tmp}/ppo", PPO, gym.make("CartPole-v1")).policy.optimizer
+        resumed = load(f"{tmp}/ppo", PPO, gym.make("CartPole-v1"), **SETTINGS).policy.optimizer
         assert isinstance(resumed, GXDReset)
         print(f"resumed with {resumed.steps} steps and resets {resumed.reset_counts}")
     opt = dqn().policy.optimizer

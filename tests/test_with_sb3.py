@@ -49,7 +49,8 @@ def test_ppo_resumes_with_the_wrappers_state(tmp_path: Path) -> None:
     model = sb3_policy.ppo(steps=1024)
     opt = _opt(model)
     model.save(tmp_path / "ppo")
-    algorithm = sb3_policy.load(tmp_path / "ppo", PPO, gym.make("CartPole-v1"))
+    env = gym.make("CartPole-v1")
+    algorithm = sb3_policy.load(tmp_path / "ppo", PPO, env, **sb3_policy.SETTINGS)
     resumed = _opt(algorithm)
     assert resumed.steps == opt.steps and resumed.reset_counts == opt.reset_counts
     assert sorted(resumed.layers) == sorted(HIDDEN)  # restored without a discovery pass
