@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,20 +32,24 @@ from .tracking import Tracker, _has_pending
 
 __all__ = ["AllReduceStatistics", "assert_replicas_in_sync", "find_ddp", "reducer_for"]
 
-_RETAINED: deque[Tensor] = deque(maxlen=16)
-"""The buffers of the latest collectives this module issued, kept alive on purpose.
+_RETAINED: deque[Any] = deque(maxlen=16)
+"""The work objects of the latest collectives this module issued, kept alive on purpose.
 
-A gloo worker thread keeps the last work it ran, and the tensors in it, until the process
-group is destroyed; that destructor joins the thread while holding the GIL. If the tensor's
-Python object had died meanwhile, the thread must take the GIL to free it, and the process
-hangs at exit. Keeping the Python objects of the latest buffers alive lets the thread drop
-its reference without the GIL.
+A gloo worker thread may hold the last reference to a finished collective (directly, or
+through a later ``barrier`` that waited for it). Freeing it there frees its tensors, which
+needs the interpreter lock; if the process group is being destroyed at that moment (it
+joins its threads while holding that lock, e.g. when DDP's reducer is freed at exit), the
+process hangs. Holding the work objects here makes the last release happen in Python.
 """
 
 
-def _retain(tensor: Tensor) -> Tensor:
-    _RETAINED.append(tensor)
-    return tensor
+def _run(collective: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Issue ``collective`` asynchronously, wait for it, and keep its work object (see
+    `_RETAINED`)."""
+    work = collective(*args, async_op=True, **kwargs)
+    if work is not None:
+        work.wait()
+        _RETAINED.append(work)
 
 
 def find_ddp(model: nn.Module) -> nn.Module | None:
@@ -122,8 +127,8 @@ class AllReduceStatistics:
                 parts = [t.to(torch.float64).flatten() for t in tensors]
                 if i == 0:
                     parts.append(torch.tensor(counts, dtype=torch.float64, device=device))
-                flat = _retain(torch.cat(parts))
-                dist.all_reduce(flat, group=self.group)
+                flat = torch.cat(parts)
+                _run(dist.all_reduce, flat, group=self.group)
                 offset = 0
                 for t in tensors:
                     t.copy_(flat[offset : offset + t.numel()].view_as(t))
@@ -176,8 +181,8 @@ def assert_replicas_in_sync(
     device = _comm_device(group)
     digest = hashlib.sha256("\n".join(names).encode()).digest()
     mine_digest = torch.tensor(list(digest), dtype=torch.uint8, device=device)
-    digests = [_retain(torch.empty_like(mine_digest)) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(digests, _retain(mine_digest), group=group)
+    digests = [torch.empty_like(mine_digest) for _ in range(dist.get_world_size(group))]
+    _run(dist.all_gather, digests, mine_digest, group=group)
     if any(not torch.equal(d, mine_digest) for d in digests):
         everyone: list[Any] = [None] * dist.get_world_size(group)
         dist.all_gather_object(everyone, names, group=group)  # only to say what differs
@@ -190,9 +195,9 @@ def assert_replicas_in_sync(
                 )
     mine = [t.detach().to(device).reshape(-1).contiguous().view(torch.uint8) for _, t in named]
     flat = torch.cat(mine) if mine else torch.zeros(0, dtype=torch.uint8, device=device)
-    reference = _retain(flat.clone())
+    reference = flat.clone()
     source = 0 if group is None else dist.get_global_rank(group, 0)
-    dist.broadcast(reference, src=source, group=group)
+    _run(dist.broadcast, reference, src=source, group=group)
     first = len(named)
     offset = 0
     for i, t in enumerate(mine):
@@ -201,9 +206,9 @@ def assert_replicas_in_sync(
             first = i
             break
         offset = end
-    mine_first = _retain(torch.tensor([first], dtype=torch.int64, device=device))
-    firsts_t = [_retain(torch.empty_like(mine_first)) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(firsts_t, mine_first, group=group)
+    mine_first = torch.tensor([first], dtype=torch.int64, device=device)
+    firsts_t = [torch.empty_like(mine_first) for _ in range(dist.get_world_size(group))]
+    _run(dist.all_gather, firsts_t, mine_first, group=group)
     firsts = [int(t) for t in firsts_t]
     worst = min(firsts)
     if worst < len(named):
