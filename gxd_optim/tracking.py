@@ -143,7 +143,6 @@ class _Slab:
         self.unbind()
         self.mask, self.scale = zeros(self.size), zeros(self.size)  # scale: 1 / counts
         self.ends = torch.ones(2, self.size, dtype=self.dtype, device=self.device)
-        self.rate = zeros(())  # 1 − decay, or 0 for a step whose statistics overflow
 
     def unbind(self) -> None:
         """``ema``, ``norm``, ``reference`` and ``pending``: the rows of `state`."""
@@ -851,7 +850,8 @@ class Tracker:
     def settle(self) -> None:
         """Complete the pending sums: reduce the deferred inputs and close every open batch.
 
-        After the backward passes of a step this changes no value the next commit folds.
+        The commit does this first; doing it earlier (a checkpoint) changes what it folds only
+        in the order of additions.
         """
         self.flush()
         for layer in self.layers.values():
