@@ -28,7 +28,7 @@ from torch import Tensor
 from .tracking import Tracker
 from .utilities import Criterion
 
-__all__ = ["gradient_degree", "unscale_grads_", "unscale_pending_"]
+__all__ = ["gradient_degree", "prepare_step", "unscale_grads_", "unscale_pending_"]
 
 _GRADIENT_FREE = frozenset({"contribution", "adaptable_contribution", "activation"})
 """Built-in criteria whose scores do not read the gradient."""
@@ -89,7 +89,7 @@ def unscale_pending_(tracker: Tracker, grad_scale: Tensor | float) -> None:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
         >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
         >>> model(torch.randn(16, 4)).sum().mul(1024.0).backward()  # a loss scaled by 1024
-        >>> tracker = opt._require_tracker()
+        >>> tracker = opt.tracker
         >>> unscale_pending_(tracker, 1024.0)
         >>> bool(tracker.layers["0"].pending_abs.isfinite().all())
         True
@@ -106,3 +106,48 @@ def unscale_pending_(tracker: Tracker, grad_scale: Tensor | float) -> None:
             for batch in layer.open_batches:
                 if batch.acc is not None:
                     batch.acc = batch.acc * inverse.to(batch.acc.dtype)
+
+
+def prepare_step(
+    optimizer: torch.optim.Optimizer,
+    found_inf: Tensor,
+    grad_scale: Tensor | None,
+    grad_scaler: torch.amp.GradScaler | None,
+    tracker: Tracker | None,
+) -> bool:
+    """Inside ``GradScaler.step(opt)``: skip on inf/NaN gradients, else unscale the gradients
+    (unless ``scaler.unscale_`` already did) and the tracker's pending statistics.
+
+    Args:
+        optimizer: the inner optimizer.
+        found_inf: what GradScaler set on the wrapper (``opt.found_inf``).
+        grad_scale: the scale GradScaler handed over (``opt.grad_scale``); ``None`` after
+            ``scaler.unscale_(opt)``, when the gradients are unscaled already.
+        grad_scaler: the scaler given to the wrapper (``grad_scaler=``), if any.
+        tracker: the wrapper's tracker, if the units are known.
+
+    Returns:
+        Whether the step goes ahead.
+
+    Raises:
+        RuntimeError: ``scaler.unscale_(opt)`` was called but the wrapper has no
+            ``grad_scaler`` to read the scale its statistics carry from.
+    """
+    if bool(found_inf):
+        if tracker is not None:
+            tracker.discard()
+        return False
+    scale: Tensor | float
+    if grad_scale is not None:
+        unscale_grads_(optimizer, grad_scale)
+        scale = grad_scale
+    elif grad_scaler is not None:
+        scale = grad_scaler.get_scale()  # unscale_ already divided the gradients
+    else:
+        raise RuntimeError(
+            "scaler.unscale_(opt) was called, so GradScaler does not tell GXDReset the loss "
+            "scale its statistics carry: pass it, GXDReset(..., grad_scaler=scaler)"
+        )
+    if tracker is not None:
+        unscale_pending_(tracker, scale)
+    return True

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,19 +23,25 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .discovery import Edge, LayerInfo, _edge_for, _num_units
-from .tracking import _TINY, Tracker
+from .binding import ModelBinding, written_params
+from .config import Config
+from .delegating import DelegatingOptimizer
+from .discovery import Edge, LayerInfo, edge_for, num_units, producer_modules, unwrap_model
+from .selection import BudgetSelector
+from .watch import check_claims
 
 __all__ = [
     "FORMAT_VERSION",
     "KEY",
+    "Checkpointing",
     "Entry",
+    "build",
     "check",
     "layers_from_dict",
     "layers_to_dict",
-    "load_stats",
-    "pack_stats",
     "parse",
+    "read",
+    "restore",
 ]
 
 KEY = "gxd_reset"
@@ -231,10 +238,10 @@ def check(
             raise ValueError(
                 f"checkpoint is from another architecture: no Linear/Conv layer {name!r}"
             )
-        if _num_units(module) != info.num_units:
+        if num_units(module) != info.num_units:
             raise ValueError(
                 f"checkpoint is from another architecture: {name!r} has "
-                f"{_num_units(module)} units here, {info.num_units} in the checkpoint"
+                f"{num_units(module)} units here, {info.num_units} in the checkpoint"
             )
         touched = [name, *info.consumers]
         if any(n in exclude for n in touched):
@@ -248,7 +255,7 @@ def check(
                 raise ValueError(
                     f"checkpoint is from another architecture: no consumer {edge.consumer!r}"
                 )
-            rebuilt = _edge_for(consumer, edge.consumer, info.num_units, reference)
+            rebuilt = edge_for(consumer, edge.consumer, info.num_units, reference)
             if isinstance(rebuilt, Edge) and rebuilt.reference != edge.reference:
                 raise ValueError(
                     f"checkpoint uses a {edge.reference!r} reference for {name!r} -> "
@@ -270,66 +277,140 @@ def check(
                 )
 
 
-def pack_stats(tracker: Tracker, names: Sequence[str] | None = None) -> dict[str, Any]:
-    """Copies of every statistic that influences future training (of ``names``: all).
-
-    The pending sums are completed first (`Tracker.settle`), so a checkpoint taken between
-    the backward passes of one step resumes with them.
-    """
-    tracker.settle()
+def build(
+    config: Config, binding: ModelBinding, selector: BudgetSelector, generator: torch.Generator
+) -> dict[str, Any]:
+    """The entry of a wrapper: its settings, layers, statistics, budgets, steps, generator."""
+    tracker = binding.tracker
+    stats = None
+    if tracker is not None:
+        stats = tracker.stats_dict()
+        for name, layer_stats in stats.items():
+            layer_stats["budget"] = selector.budgets.get(name, 0.0)
     return {
-        name: {
-            "utility_ema": layer.utility_ema.detach().clone(),
-            "weight_ema": layer.weight_ema.detach().clone(),
-            "age": layer.age.detach().clone(),
-            "mean_ema": [e.mean_ema.detach().clone() for e in layer.edges],
-            "edge_weight_ema": [e.weight_ema.detach().clone() for e in layer.edges],
-            "budget": layer.budget,
-            "resets": layer.resets,
-            "pending_abs": layer.pending_abs.detach().clone(),
-            "pending_samples": layer.pending_samples,
-            "pending_h": [e.pending_h.detach().clone() for e in layer.edges],
-            "pending_count": [e.pending_count for e in layer.edges],
-        }
-        for name, layer in tracker.layers.items()
-        if names is None or name in names
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "layers": None if tracker is None else layers_to_dict(binding.layers),
+        "skipped": dict(binding.skipped) if tracker is not None else {},
+        "stats": stats,
+        "steps": binding.steps,
+        "generator": generator.get_state(),
     }
 
 
-def load_stats(tracker: Tracker, stats: Mapping[str, Any]) -> None:
-    """Restore statistics packed by :func:`pack_stats` (already checked by `parse`).
+def read(entry: object, binding: ModelBinding) -> Entry:
+    """Parse an entry and check it against the bound model and settings, changing nothing.
 
-    Layers of the tracker that ``stats`` does not name keep their (fresh) statistics; a
-    version-1 entry has no pending sums, which start empty.
+    Raises:
+        ValueError: the entry is malformed, does not fit the model, or names layers another
+            open wrapper resets.
     """
-    tracker.discard()
-    with torch.no_grad():
-        for name, saved in stats.items():
-            if name not in tracker.layers:
-                continue
-            layer = tracker.layers[name]
-            for key in ("utility_ema", "weight_ema", "age"):
-                _copy(getattr(layer, key), saved[key])
-            layer.weight_ema.clamp_min_(_TINY)  # a bias correction is never 0 (earlier: 0)
-            layer.recount_at = 0  # ages were replaced
-            layer.budget = float(saved["budget"])
-            layer.resets = int(saved["resets"])
-            for edge, mean, norm in zip(
-                layer.edges, saved["mean_ema"], saved["edge_weight_ema"], strict=True
-            ):
-                _copy(edge.mean_ema, mean)
-                _copy(edge.weight_ema, norm)
-                edge.weight_ema.clamp_min_(_TINY)
-            if "pending_abs" in saved:
-                _copy(layer.pending_abs, saved["pending_abs"])
-                layer.pending_samples = int(saved["pending_samples"])
-                for edge, pending, count in zip(
-                    layer.edges, saved["pending_h"], saved["pending_count"], strict=True
-                ):
-                    _copy(edge.pending_h, pending)
-                    edge.pending_count = int(count)
-            tracker.refresh_references(layer)
+    parsed = parse(entry)
+    saved = parsed.layers
+    if saved is not None:
+        root = unwrap_model(binding.model)
+        named = dict(root.named_modules())
+        current = binding.layers if binding.tracker is not None else None
+        modules = producer_modules(root)
+        check(saved, current, modules, named, binding.config.reference, binding.exclude)
+        if binding.tracker is None:
+            check_claims(binding.owner, written_params(named, saved))
+    return parsed
 
 
-def _copy(dst: Tensor, src: Tensor) -> None:
-    dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
+def restore(
+    entry: Entry, binding: ModelBinding, selector: BudgetSelector, generator: torch.Generator
+) -> None:
+    """Apply an entry that `read` checked: layers, statistics, budgets, steps and generator.
+
+    Settings saved with other values than the wrapper's are reported, not applied.
+    """
+    mine = binding.config.to_dict()
+    changed = {
+        k: f"{v} -> {mine[k]}" for k, v in entry.config.items() if k in mine and v != mine[k]
+    }
+    if changed:
+        warnings.warn(
+            f"checkpoint was saved with other GXDReset settings; keeping this wrapper's: {changed}",
+            stacklevel=4,
+        )
+    if entry.layers is None:  # saved before discovery: back to that state
+        binding.forget()
+    else:
+        if binding.tracker is None:
+            binding.install(entry.layers, entry.skipped, fresh=True)
+        tracker = binding.require_tracker()
+        assert entry.stats is not None
+        tracker.load_stats_dict(entry.stats)
+        selector.budgets = {name: float(s["budget"]) for name, s in entry.stats.items()}
+        tracker.steps = entry.steps
+    generator.set_state(entry.generator)
+
+
+class Checkpointing(DelegatingOptimizer):
+    """The checkpoint methods of `gxd_optim.GXDReset` (a mixin over its binding, selector and
+    generator): its entry is built by `build`, checked by `read`, applied by `restore`."""
+
+    KEY = KEY
+    config: Config
+    _binding: ModelBinding
+    _selector: BudgetSelector
+    _generator: torch.Generator
+    _entry_restored: bool = False  # load_reset_state_dict ran: a plain load needs no warning
+
+    def reset_state_dict(self) -> dict[str, Any]:
+        """The wrapper's own state: what `state_dict` stores under ``"gxd_reset"``.
+
+        Tools that save only an optimizer's ``state`` and ``param_groups`` (such as
+        ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``) drop that entry;
+        save this next to their output and restore it with `load_reset_state_dict`.
+        ``load_state_dict`` checks everything before anything changes: a malformed entry or a
+        checkpoint from another architecture raises ``ValueError`` and leaves the wrapper and
+        the inner optimizer as they were; an entry saved before the units were found puts the
+        wrapper back in that state.
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.step()
+            >>> saved = opt.state_dict()  # the inner state, and this under "gxd_reset"
+            >>> opt.close()  # one wrapper per model: close it before building the next
+            >>> twin = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> twin.load_state_dict(saved)
+            >>> twin.steps
+            1
+        """
+        return build(self.config, self._binding, self._selector, self._generator)
+
+    def load_reset_state_dict(self, entry: Mapping[str, Any]) -> None:
+        """Restore the wrapper's own state saved by `reset_state_dict`, leaving the inner
+        optimizer's alone; a plain ``load_state_dict`` that follows then warns of nothing.
+
+        Raises:
+            ValueError: the entry is malformed or does not fit this model (nothing is changed).
+        """
+        self.apply_own_state(self.check_own_state(entry))
+        self._entry_restored = True
+
+    own_state_dict = reset_state_dict
+
+    def check_own_state(self, entry: object) -> Entry:
+        """Read an entry and check it against this model and settings, changing nothing."""
+        return read(entry, self._binding)
+
+    def apply_own_state(self, checked: Entry) -> None:
+        """Restore a checked entry: layers, statistics, budgets, step count and generator."""
+        restore(checked, self._binding, self._selector, self._generator)
+
+    def load_plain_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a plain optimizer's state dict, warning that the wrapper's state is not in it."""
+        if not self._entry_restored:
+            warnings.warn(
+                "loading a plain optimizer state dict into GXDReset: the inner optimizer is "
+                "restored, GXDReset's statistics and budgets are not (restore them with "
+                "opt.load_reset_state_dict(...) first)",
+                stacklevel=3,
+            )
+        self._entry_restored = False
+        self.optimizer.load_state_dict(state_dict)

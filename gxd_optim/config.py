@@ -1,18 +1,22 @@
-"""Validated hyperparameters of `gxd_optim.GXDReset`."""
+"""What `gxd_optim.GXDReset` is given, checked: its hyperparameters, optimizer and model."""
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
+from .discovery import producer_modules
 from .operator import STATE_POLICIES
+from .selection import BudgetSelector, selector_for
 from .utilities import CRITERIA, UTILITIES, Criterion, UtilityFn, probe
 
-__all__ = ["REFERENCES", "SELECTIONS", "Config"]
+__all__ = ["REFERENCES", "SELECTIONS", "Config", "check_wrap", "optimizer_params"]
 
 REFERENCES = ("mean", "zero")
 """Names accepted by ``GXDReset(reference=...)``."""
@@ -100,22 +104,21 @@ class Config:
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)
 
-    @property
-    def tau(self) -> float:
-        """The threshold ``τ`` of ``selection="threshold"`` (its default if none was given)."""
-        return DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold)
-
-    @property
-    def every(self) -> int:
-        """The interval ``F`` of ``selection="threshold"`` (its default if none was given)."""
-        return DEFAULT_INTERVAL if self.interval is None else self.interval
+    def selector(self) -> BudgetSelector:
+        """A new selector for these settings (the threshold's defaults where none was given)."""
+        return selector_for(
+            self.selection,
+            self.replacement_rate,
+            DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold),
+            DEFAULT_INTERVAL if self.interval is None else self.interval,
+        )
 
     @property
     def criterion(self) -> Criterion:
         """The criterion that ``utility`` names (or wraps, for a callable)."""
         if isinstance(self.utility, str):
             return CRITERIA[self.utility]
-        return Criterion.custom(self.utility)
+        return Criterion.of(self.utility)
 
     @property
     def utility_name(self) -> str:
@@ -156,3 +159,65 @@ def _integer(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     return int(value)
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters an optimizer holds."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def check_wrap(optimizer: object, model: object, exclude: Iterable[str] | str) -> tuple[str, ...]:
+    """Refuse what cannot be wrapped, before anything changes; return ``exclude`` as a tuple.
+
+    Raises:
+        TypeError: ``optimizer`` is not a ``torch.optim.Optimizer``, or ``model`` is not an
+            ``nn.Module``.
+        ValueError: the model has no Linear/Conv layer, the optimizer holds none of its
+            parameters, or ``exclude`` names a layer that is not one.
+        NotImplementedError: sharded setups (FSDP, DTensor, ZeroRedundancyOptimizer).
+    """
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    _refuse_sharded(optimizer, model)
+    modules = producer_modules(model)
+    if not modules:
+        raise ValueError(
+            "the model has no Linear or Conv1d/2d/3d layer: GXDReset has no unit to reset"
+        )
+    owned = {id(p) for p in optimizer_params(optimizer)}
+    if not any(id(p) in owned for p in model.parameters()):
+        raise ValueError("the optimizer holds none of the model's parameters")
+    names = (exclude,) if isinstance(exclude, str) else tuple(exclude)
+    unknown = [n for n in names if n not in modules]
+    if unknown:
+        raise ValueError(
+            f"exclude= names {unknown} that are not Linear/Conv layers; known: {sorted(modules)}"
+        )
+    return names
+
+
+def _refuse_sharded(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """FSDP, DTensor and ZeroRedundancyOptimizer shard parameters: not supported yet."""
+    if type(optimizer).__name__ == "ZeroRedundancyOptimizer":
+        raise NotImplementedError(
+            "GXDReset does not support ZeroRedundancyOptimizer yet (it shards optimizer state); "
+            "wrap a plain optimizer under DistributedDataParallel instead"
+        )
+    for module in model.modules():
+        if type(module).__name__ in {"FullyShardedDataParallel", "FSDPModule"} or any(
+            base.__name__ == "FSDPModule" for base in type(module).__mro__
+        ):
+            raise NotImplementedError(
+                "GXDReset does not support FSDP yet (fully_shard / FullyShardedDataParallel); "
+                "use DistributedDataParallel, or leave resets off for sharded models"
+            )
+    for param in model.parameters():
+        if type(param).__name__ == "DTensor" or type(param.data).__name__ == "DTensor":
+            raise NotImplementedError(
+                "GXDReset does not support DTensor (sharded) parameters yet; "
+                "use DistributedDataParallel with regular tensors"
+            )

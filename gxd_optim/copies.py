@@ -4,12 +4,13 @@ A copy made with ``copy.deepcopy`` (as ``torch.optim.swa_utils.AveragedModel`` d
 the wrapper's hooks along, but they are inert there (`gxd_optim.hooks`): the copy never
 feeds the statistics. Its weights, however, average the trained model's, so right after a
 reset the two disagree on the reset units. `mirror_resets` applies every reset to the copy
-as well, with the same operator:
+as well, with the same operator (`gxd_optim.operator.apply_reset_`):
 
-1. before the reset, each consumer of the copy gets ``W_out·r`` folded into its bias and the
-   unit's outgoing weights zeroed, with the copy's own ``W_out`` and the wrapper's ``r``;
-2. after it, the copy takes the unit's new incoming weights from the model (the same draw),
-   and its BatchNorm entries are restored.
+1. before the reset, the wrapper's `GXDReset.reset_plan` is noted (with its references ``r``);
+2. after it, the plan is applied to the copy: each consumer gets ``W_out·r`` folded into its
+   bias and the unit's outgoing weights zeroed, with the copy's own ``W_out`` and the
+   wrapper's ``r``; the unit's new incoming weights are taken from the model (the same draw);
+   its BatchNorm entries are restored.
 
 Then the copy reads each reset unit as the same constant the model does, and both start the
 unit from the same new weights.
@@ -18,16 +19,14 @@ unit from the same new weights.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.hooks import RemovableHandle
 
-from .discovery import layer_params, unwrap_model
-from .operator import reset_norm_entries_
-from .tracking import fold_edge_
+from .discovery import unwrap_model
+from .operator import ResetPlan, apply_reset_
 
 if TYPE_CHECKING:
     from .reset import GXDReset
@@ -99,29 +98,18 @@ def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
             f"the copy shares parameters {shared[:3]} with opt.model: mirror into a copy made "
             "with copy.deepcopy or AveragedModel"
         )
-    for name, info in opt.layers.items():
-        _check_copy(named, source, (name, *info.consumers, *info.norms))
+    for info in opt.layers.values():
+        _check_copy(named, source, info.touched)
+    plans: dict[str, ResetPlan] = {}
 
-    def fold(name: str, index: Tensor) -> None:
-        info = opt.layers[name]  # the layers may have been found again since
-        _check_copy(named, source, (name, *info.consumers, *info.norms))
-        for edge in opt._require_tracker().layers[name].edges:
-            fold_edge_(edge, named[edge.edge.consumer], index)
+    def before(name: str, index: Tensor) -> None:
+        plans[name] = plan = opt.reset_plan(name)  # the references before the reset
+        _check_copy(named, source, plan.modules)  # the layers may have been found again
 
-    def take_new_weights(name: str, index: Tensor) -> None:
-        with torch.no_grad():
-            for mine, theirs in zip(
-                layer_params(named[name]), layer_params(source[name]), strict=True
-            ):
-                if mine is not None and theirs is not None:
-                    at = index.to(theirs.device)
-                    mine.index_copy_(0, at.to(mine.device), theirs.index_select(0, at).to(mine))
-        for norm in opt.layers[name].norms:
-            reset_norm_entries_(cast(_BatchNorm, named[norm]), index)
+    def after(name: str, index: Tensor) -> None:
+        apply_reset_(named, plans.pop(name), index, new_weights=source)
 
-    return MirrorHandle(
-        [opt.register_reset_pre_hook(fold), opt.register_reset_hook(take_new_weights)]
-    )
+    return MirrorHandle([opt.register_reset_pre_hook(before), opt.register_reset_hook(after)])
 
 
 def _check_copy(

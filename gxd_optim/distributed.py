@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .discovery import unwrap_model
-from .tracking import Tracker, _has_pending
+from .tracking import Tracker
 
 __all__ = ["AllReduceStatistics", "assert_replicas_in_sync", "find_ddp", "reducer_for"]
 
@@ -112,7 +112,7 @@ class AllReduceStatistics:
 
     def __call__(self, tracker: Tracker) -> None:
         layers = list(tracker.layers.values())
-        if not any(_has_pending(layer) for layer in layers):
+        if not any(layer.has_pending for layer in layers):
             return  # no backward pass on this rank, hence on none (see the module docstring)
         sums = [layer.pending_abs for layer in layers]
         sums += [edge.pending_h for layer in layers for edge in layer.edges]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .discovery import PassRecorder, _Trace, is_replaying, unwrap_model
+from .discovery import PassRecorder, Trace, is_replaying, unwrap_model
 from .hooks import OwnedHook
 
 __all__ = ["LazyDiscovery"]
@@ -39,14 +39,14 @@ class LazyDiscovery:
         model: the model (wrappers are stripped).
         replay: called with the root's ``(args, kwargs)`` when a training pass enters
             through the root's ``forward``.
-        recorded: called with the recorded `_Trace` of a pass that entered elsewhere.
+        recorded: called with the recorded `Trace` of a pass that entered elsewhere.
     """
 
     def __init__(
         self,
         model: nn.Module,
         replay: Callable[[tuple[Any, ...], dict[str, Any]], None],
-        recorded: Callable[[_Trace], None],
+        recorded: Callable[[Trace], None],
     ) -> None:
         self.root = unwrap_model(model)
         self._replay = replay

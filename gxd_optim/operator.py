@@ -8,20 +8,29 @@ assignment (``w[idx].uniform_()`` writes into a copy and silently does nothing).
 from __future__ import annotations
 
 import math
-from collections.abc import MutableMapping
-from typing import Any
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .discovery.layers import layer_params
 
 __all__ = [
     "SECOND_MOMENT_KEYS",
     "STATE_POLICIES",
+    "ConsumerFold",
+    "ResetPlan",
+    "apply_reset_",
     "clear_state_slices_",
+    "copy_units_",
     "fold_and_zero_inputs_",
     "reinit_units_",
     "reset_norm_entries_",
     "unit_columns",
+    "unit_indices",
 ]
 
 STATE_POLICIES = ("zero", "mean_scale")
@@ -97,6 +106,24 @@ def reinit_units_(
         weight.index_copy_(0, index, draw((count, *weight.shape[1:])))
         if bias is not None:
             bias.index_copy_(0, index, draw((count,)))
+
+
+def copy_units_(
+    weight: Tensor, bias: Tensor | None, index: Tensor, source: Tensor, source_bias: Tensor | None
+) -> None:
+    """Copy the incoming weights of the given units from ``source`` (cast to ``weight``).
+
+    Example:
+        >>> a, b = nn.Linear(2, 3), nn.Linear(2, 3)
+        >>> copy_units_(a.weight, a.bias, torch.tensor([1]), b.weight, b.bias)
+        >>> torch.equal(a.weight[1], b.weight[1])
+        True
+    """
+    with torch.no_grad():
+        for mine, theirs in ((weight, source), (bias, source_bias)):
+            if mine is not None and theirs is not None:
+                at = index.to(theirs.device)
+                mine.index_copy_(0, index.to(mine.device), theirs.index_select(0, at).to(mine))
 
 
 def fold_and_zero_inputs_(
@@ -216,3 +243,139 @@ def _mean_outside(value: Tensor, dim: int, index: Tensor) -> float:
     if not bool(keep.any()):
         return 0.0
     return float(value.index_select(dim, keep.nonzero().flatten()).float().mean())
+
+
+@dataclass(frozen=True)
+class ConsumerFold:
+    """One consumer's part of a reset.
+
+    Attributes:
+        name: the consumer's qualified name.
+        columns_per_unit: ``k``: unit ``i`` is read on input columns ``[i·k, (i+1)·k)``.
+        reference: ``r`` per unit (``[U]``), folded into the consumer's bias; ``None`` for the
+            zero reference (nothing is folded).
+    """
+
+    name: str
+    columns_per_unit: int
+    reference: Tensor | None
+
+
+@dataclass(frozen=True)
+class ResetPlan:
+    """Everything a reset of one producer's units writes, by qualified module name.
+
+    `GXDReset.reset_plan` gives the plan of an eligible layer, with the references its
+    statistics hold now; `apply_reset_` carries it out, on the model or on a copy of it.
+
+    Attributes:
+        producer: the layer whose units are reset.
+        consumers: one `ConsumerFold` per layer that reads them.
+        norms: BatchNorm layers between the producer and its consumers.
+    """
+
+    producer: str
+    consumers: tuple[ConsumerFold, ...]
+    norms: tuple[str, ...] = ()
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Every module the reset writes: the producer, its consumers and its BatchNorms."""
+        return (self.producer, *(c.name for c in self.consumers), *self.norms)
+
+
+def apply_reset_(
+    modules: Mapping[str, nn.Module],
+    plan: ResetPlan,
+    index: Tensor,
+    new_weights: torch.Generator | Mapping[str, nn.Module],
+    optimizer_state: Mapping[Tensor, MutableMapping[str, Any]] | None = None,
+    policy: str = "mean_scale",
+) -> None:
+    """Reset units ``index`` of ``plan.producer``: the whole operator, in this order.
+
+    1. each consumer reads ``r`` instead of the units: ``b += W_out[:, i]·r_i``,
+       ``W_out[:, i] = 0`` (`fold_and_zero_inputs_`);
+    2. the units' incoming weights are redrawn from the producer's default init
+       (`reinit_units_`), or copied from the same layer of another model (`copy_units_`);
+    3. the BatchNorm entries between them are restored (`reset_norm_entries_`);
+    4. the optimizer state of every touched slice is cleared under ``policy``
+       (`clear_state_slices_`): consumer input columns, producer and BatchNorm rows.
+
+    Right after it, each consumer's pre-activation has changed by exactly
+    ``W_out[:, i]·(r_i − h_i)``; nothing else in the network moves.
+
+    Args:
+        modules: the modules by qualified name (``dict(model.named_modules())``, or a copy's).
+        plan: what to write (`ResetPlan`).
+        index: the unit indices, int64, unique.
+        new_weights: the CPU generator the new weights are drawn from, or the modules of a
+            model already reset (by name) to copy them from (to mirror a reset into a copy).
+        optimizer_state: ``optimizer.state`` (``None``: no state to clear, e.g. for a copy).
+        policy: one of `STATE_POLICIES`.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+        >>> plan = ResetPlan("0", (ConsumerFold("2", 1, torch.full((4,), 0.5)),))
+        >>> apply_reset_(dict(net.named_modules()), plan, torch.tensor([1]), torch.Generator())
+        >>> float(net[2].weight[:, 1].detach().abs().sum())
+        0.0
+    """
+
+    def clear(param: Tensor | None, dim: int, at: Tensor) -> None:
+        state = None if optimizer_state is None or param is None else optimizer_state.get(param)
+        if state:
+            clear_state_slices_(state, cast(Tensor, param), dim, at, policy)
+
+    weight, bias = layer_params(modules[plan.producer])
+    index = index.to(weight.device)
+    for fold in plan.consumers:
+        consumer_weight, consumer_bias = layer_params(modules[fold.name])
+        k = fold.columns_per_unit
+        columns = unit_columns(index, k).to(consumer_weight.device)
+        values = None
+        if fold.reference is not None:
+            values = fold.reference.index_select(0, index.to(fold.reference.device))
+            values = values.repeat_interleave(k).to(consumer_weight.device)
+        fold_and_zero_inputs_(consumer_weight, consumer_bias, columns, values)
+        clear(consumer_weight, 1, columns)
+    if isinstance(new_weights, torch.Generator):
+        reinit_units_(weight, bias, index, new_weights)
+    else:
+        copy_units_(weight, bias, index, *layer_params(new_weights[plan.producer]))
+    touched: list[Tensor | None] = [weight, bias]
+    for name in plan.norms:
+        norm = cast(_BatchNorm, modules[name])
+        reset_norm_entries_(norm, index)
+        touched += [norm.weight, norm.bias]
+    for param in touched:
+        clear(param, 0, index)
+
+
+def unit_indices(indices: Tensor | Sequence[int], units: int, layer: str) -> Tensor:
+    """Check a user's unit indices of a layer of ``units`` units; return them sorted, unique,
+    int64 (empty if there are none).
+
+    Raises:
+        ValueError: not a 1-D sequence of integers, or an index outside ``[0, units)``.
+
+    Example:
+        >>> unit_indices([3, 1, 3], 4, "fc")
+        tensor([1, 3])
+    """
+    index = torch.as_tensor(indices)
+    if index.numel() == 0 and index.dim() <= 1:
+        return index.reshape(0).to(torch.int64)
+    integers = not (index.dtype == torch.bool or index.is_floating_point() or index.is_complex())
+    if not integers or index.dim() > 1:
+        raise ValueError(
+            f"indices must be a 1-D sequence of ints, got {index.dtype} of shape "
+            f"{tuple(index.shape)}"
+        )
+    index = index.reshape(-1).to(torch.int64)
+    if int(index.min()) < 0 or int(index.max()) >= units:
+        raise ValueError(
+            f"indices must lie in [0, {units}) for layer {layer!r}, got {index.tolist()}"
+        )
+    unique: Tensor = torch.unique(index)
+    return unique

@@ -3,10 +3,23 @@ unit whose layer-normalised utility falls to a threshold."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
 import torch
 from torch import Tensor
 
-__all__ = ["accrue", "below", "lowest"]
+from .utilities import layer_normalised
+
+__all__ = [
+    "BudgetSelector",
+    "Candidates",
+    "ThresholdSelector",
+    "accrue",
+    "below",
+    "lowest",
+    "selector_for",
+]
 
 
 def accrue(budget: float, eligible: int, rate: float) -> float:
@@ -44,3 +57,95 @@ def below(normalised: Tensor, eligible: Tensor, threshold: float) -> Tensor:
         tensor([0, 2])
     """
     return torch.nonzero(eligible & (normalised <= threshold)).reshape(-1)
+
+
+class Candidates(Protocol):
+    """What a selector reads of the tracked layers (the tracker provides it)."""
+
+    steps: int
+
+    def eligible(self, name: str) -> int: ...
+
+    def eligible_units(self, name: str) -> Tensor: ...
+
+    def utilities(self, name: str) -> Tensor: ...
+
+
+class BudgetSelector:
+    """Each step adds ``rate × eligible`` to a layer's budget; whole units are spent on the
+    eligible units of lowest utility (`accrue`, `lowest`).
+
+    Attributes:
+        rate: the replacement rate; 0 never resets.
+        budgets: the fractional budget per layer (absent: 0).
+
+    Example:
+        >>> class Layers:
+        ...     steps = 1
+        ...     def eligible(self, name): return 4
+        ...     def eligible_units(self, name): return torch.ones(4, dtype=torch.bool)
+        ...     def utilities(self, name): return torch.tensor([3.0, 1.0, 2.0, 4.0])
+        >>> selector = BudgetSelector(rate=0.375)  # 4 eligible units: 1.5 units per step
+        >>> selector.choose("fc", Layers(), lambda: False), selector.budgets["fc"]
+        (tensor([1]), 0.5)
+    """
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.budgets: dict[str, float] = {}
+        self._saved: dict[str, float] | None = None
+
+    def choose(self, name: str, layers: Candidates, bad_step: Callable[[], bool]) -> Tensor | None:
+        """Accrue, then spend whole units of the budget unless the step was bad."""
+        if self.rate == 0:
+            return None
+        budget = accrue(self.budgets.get(name, 0.0), layers.eligible(name), self.rate)
+        self.budgets[name] = budget
+        count = int(budget)
+        if count < 1 or bad_step():
+            return None
+        self.budgets[name] = budget - count
+        utility = layers.utilities(name)
+        return lowest(utility, layers.eligible_units(name).to(utility.device), count)
+
+    def begin(self) -> None:
+        """Remember the budgets: a commit starts."""
+        self._saved = dict(self.budgets)
+
+    def rollback(self) -> None:
+        """Put the budgets back as they were at `begin`: the step did not happen."""
+        if self._saved is not None:
+            self.budgets, self._saved = self._saved, None
+
+    def finish(self) -> None:
+        """The step went through."""
+        self._saved = None
+
+    def keep(self, names: Iterable[str]) -> None:
+        """Forget the budgets of every layer but ``names``."""
+        kept = set(names)
+        self.budgets = {n: b for n, b in self.budgets.items() if n in kept}
+
+
+class ThresholdSelector(BudgetSelector):
+    """Every ``interval`` steps, every eligible unit whose utility divided by its layer's
+    mean is ``<= threshold`` (as ReDo and GraMa do; `below`). It keeps no budget."""
+
+    def __init__(self, threshold: float, interval: int) -> None:
+        super().__init__(rate=0.0)
+        self.threshold, self.interval = threshold, interval
+
+    def choose(self, name: str, layers: Candidates, bad_step: Callable[[], bool]) -> Tensor | None:
+        """The units at or below the threshold, on the steps that are due."""
+        if layers.steps % self.interval or not layers.eligible(name) or bad_step():
+            return None
+        utility = layers.utilities(name)
+        eligible = layers.eligible_units(name).to(utility.device)
+        return below(layer_normalised(utility), eligible, self.threshold)
+
+
+def selector_for(selection: str, rate: float, threshold: float, interval: int) -> BudgetSelector:
+    """The selector that ``GXDReset(selection=...)`` names."""
+    if selection == "threshold":
+        return ThresholdSelector(threshold, interval)
+    return BudgetSelector(rate)

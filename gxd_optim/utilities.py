@@ -214,24 +214,29 @@ class Criterion:
         score: ``ConsumerView -> [N, U]`` for ``"consumer"``, ``[N, U, P] -> [N, U]`` for
             ``"output"``; ``None`` for ``"none"``.
         normalised: whether utilities are reported divided by their layer's mean.
+        streamed: whether its score is GXD's ``|Σ_pos g·(h − r)|``, which the tracker
+            reduces without building a `ConsumerView` (`gxd_optim.tracking.kernels`).
+        custom: whether it is a user's callable, whose scores are checked before they count.
 
     Example:
         >>> CRITERIA["activation"].reads, CRITERIA["activation"].normalised
         ('consumer', True)
-        >>> Criterion.custom(gxd).reads
-        'consumer'
+        >>> Criterion.of(gxd).custom
+        True
     """
 
     name: str
     reads: Literal["consumer", "output", "none"]
     score: Callable[..., Tensor] | None
     normalised: bool = False
+    streamed: bool = False
+    custom: bool = False
 
     @staticmethod
-    def custom(fn: UtilityFn) -> Criterion:
+    def of(fn: UtilityFn) -> Criterion:
         """A criterion from a user's ``fn(h, grad, reference) -> [N, U]``."""
         name = getattr(fn, "__qualname__", type(fn).__name__)
-        return Criterion(name, "consumer", partial(_on_view, fn))
+        return Criterion(name, "consumer", partial(_on_view, fn), custom=True)
 
 
 def check_scores(name: str, scores: object, shape: tuple[int, int], values: bool) -> None:
@@ -302,7 +307,7 @@ def _activation(view: ConsumerView) -> Tensor:
 CRITERIA: dict[str, Criterion] = {
     c.name: c
     for c in (
-        Criterion("gxd", "consumer", partial(_on_view, gxd)),
+        Criterion("gxd", "consumer", partial(_on_view, gxd), streamed=True),
         Criterion("contribution", "consumer", _contribution),
         Criterion("adaptable_contribution", "consumer", _adaptable_contribution),
         Criterion("activation", "consumer", _activation, normalised=True),

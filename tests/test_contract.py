@@ -169,7 +169,7 @@ def test_utilities_rank_units_and_are_bias_corrected() -> None:
     opt = _wrap(model, "sgd", replacement_rate=0.0, decay=0.9)
     _train(model, opt, range(1))
     # one step with decay 0.9: EMA = 0.1 * batch, bias correction 1 - 0.9 = 0.1 -> batch value
-    layer = opt._tracker.layers["hidden.0"]  # type: ignore[union-attr]
+    layer = opt.tracker.layers["hidden.0"]  # type: ignore[union-attr]
     torch.testing.assert_close(opt.utilities()["hidden.0"], layer.utility_ema / 0.1)
 
 
@@ -433,7 +433,7 @@ def test_summary_reports_every_layer_and_logs_it(caplog: pytest.LogCaptureFixtur
     rows = {line.split()[0]: line.split() for line in lines[2:4]}
     assert rows["hidden.0"][1:4] == [
         "16",
-        str(int((opt._tracker.layers["hidden.0"].age > 2).sum())),
+        str(int((opt.tracker.layers["hidden.0"].age > 2).sum())),
         str(opt.reset_counts["hidden.0"]),
     ]  # type: ignore[union-attr]
     assert "skipped: head: its units are part of the model's output" in table

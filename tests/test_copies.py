@@ -82,7 +82,7 @@ def test_an_ema_teacher_follows_resets_and_keeps_its_function() -> None:
     with torch.no_grad():
         before = net(x)
     index = torch.tensor([4, 9])
-    r = opt._require_tracker().layers["3"].edges[0].reference[index].clone()
+    r = opt.tracker.layers["3"].edges[0].reference[index].clone()
     with torch.no_grad():
         h = torch.tanh(net[3](net[2](net[1](net[0](x)))))[:, index]
         expected = before + (r - h) @ net[5].weight[:, index].T  # each row reads r instead

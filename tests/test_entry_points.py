@@ -133,7 +133,7 @@ def test_an_acting_pass_without_gradients_records_nothing() -> None:
         policy.evaluate_actions(torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
     policy.eval()
     policy.evaluate_actions(torch.randn(4, 4), torch.zeros(4, dtype=torch.long))
-    assert opt._lazy is not None and opt._lazy.recorder is None
+    assert opt._binding._lazy is not None and opt._binding._lazy.recorder is None
     assert torch._C._len_torch_function_stack() == 0
     with pytest.raises(RuntimeError, match="first training pass"):
         _ = opt.layers

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from gxd_optim import GXDReset, mirror_resets
 from gxd_optim.testing.models import MLP, MLPSpec
+from gxd_optim.tracking import kernels
 
 X = torch.randn(16, 4, generator=torch.Generator().manual_seed(5))
 
@@ -297,11 +298,11 @@ def test_a_tensor_returned_in_a_dataclass_is_part_of_the_output() -> None:
 def test_an_overflowing_batch_commits_nothing(
     host_reads: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gxd_optim.tracking.HOST_READS", host_reads)
+    monkeypatch.setattr(kernels, "DEFAULT_LIMITS", kernels.Limits(host_reads=host_reads))
     model = _mlp()
     opt = _wrap(model, lr=0.0, replacement_rate=0.5)
     _train(model, opt, 3)
-    tracker = opt._tracker
+    tracker = opt.tracker
     assert tracker is not None
     before = {name: copy.deepcopy(opt.reset_state_dict()["stats"][name]) for name in opt.layers}
     resets = dict(opt.reset_counts)
@@ -321,7 +322,7 @@ def test_an_overflowing_batch_commits_nothing(
 
 @pytest.mark.parametrize("host_reads", [True, False], ids=["read-on-host", "device-path"])
 def test_a_nan_batch_commits_nothing(host_reads: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("gxd_optim.tracking.HOST_READS", host_reads)
+    monkeypatch.setattr(kernels, "DEFAULT_LIMITS", kernels.Limits(host_reads=host_reads))
     model = _mlp()
     opt = _wrap(model, lr=0.0)
     _train(model, opt, 3)

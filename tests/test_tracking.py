@@ -27,6 +27,8 @@ from torch.utils.hooks import RemovableHandle
 
 from gxd_optim import Edge, GXDReset, LayerInfo
 from gxd_optim.testing.models import CNN, MLP, CNNSpec, MLPSpec
+from gxd_optim.tracking import kernels
+from gxd_optim.tracking.collector import Batch
 
 
 class Tokens(nn.Module):
@@ -152,9 +154,9 @@ def test_statistics_match_a_brute_force_oracle(case: str, backwards: int) -> Non
             torch.testing.assert_close(opt.predicted_cost(name), expected_cost)
             # the reset step reads only the chosen units' columns: same numbers, any order
             subset = torch.tensor([info.num_units - 1, 0])
-            assert opt._tracker is not None
+            assert opt.tracker is not None
             torch.testing.assert_close(
-                opt._tracker.predicted_cost(name, subset), expected_cost[subset]
+                opt.tracker.predicted_cost(name, subset), expected_cost[subset]
             )
         opt.step()
         for name, info in layers.items():
@@ -244,7 +246,7 @@ def test_a_step_without_resets_reads_no_tensor_value(
     opt = GXDReset(
         torch.optim.SGD(model.parameters(), lr=0.01), model, maturity=3, replacement_rate=1e-9
     )
-    monkeypatch.setattr("gxd_optim.tracking.HOST_READS", False)  # the path a GPU takes
+    monkeypatch.setattr(kernels, "DEFAULT_LIMITS", kernels.Limits(host_reads=False))  # a GPU's path
 
     def step() -> None:
         opt.zero_grad()
@@ -256,9 +258,9 @@ def test_a_step_without_resets_reads_no_tensor_value(
         for _ in range(6):
             step()
     assert opt.steps == 7 and sum(opt.reset_counts.values()) == 0
-    assert opt._tracker is not None
+    assert opt.tracker is not None
     assert all(
-        layer.eligible_count == layer.info.num_units for layer in opt._tracker.layers.values()
+        layer.eligible_count == layer.info.num_units for layer in opt.tracker.layers.values()
     )
 
 
@@ -285,7 +287,7 @@ def test_no_host_device_synchronisation_per_step_on_cuda() -> None:
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize(
     ("setting", "values"),
-    [(("_CHUNK", "_CHUNK_ZERO"), (1 << 30, 5)), (("_DEFER",), (-1, 1 << 30))],
+    [(("chunk", "chunk_zero"), (1 << 30, 5)), (("defer",), (-1, 1 << 30))],
     ids=["chunked-vs-one-chunk", "immediate-vs-deferred"],
 )
 def test_reduction_strategies_give_the_same_statistics(
@@ -295,8 +297,8 @@ def test_reduction_strategies_give_the_same_statistics(
     make, shape = CASES[case]
     results = []
     for value in values:
-        for name in setting:
-            monkeypatch.setattr(f"gxd_optim.tracking.{name}", value)
+        limits = kernels.Limits(**dict.fromkeys(setting, value))
+        monkeypatch.setattr(kernels, "DEFAULT_LIMITS", limits)
         torch.manual_seed(0)
         model = make().double()
         opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
@@ -318,7 +320,7 @@ def test_flat_and_segment_commits_agree(case: str, monkeypatch: pytest.MonkeyPat
     results = []
     for flat in (True, False):
         if not flat:  # as if some segment had seen no data: the segment-by-segment path
-            monkeypatch.setattr("gxd_optim.tracking._Slab.counts", lambda self: [0])
+            monkeypatch.setattr(kernels, "DEFAULT_LIMITS", kernels.Limits(flat_commits=False))
         torch.manual_seed(0)
         model = make().double()
         opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
@@ -327,8 +329,8 @@ def test_flat_and_segment_commits_agree(case: str, monkeypatch: pytest.MonkeyPat
             x = torch.randn(shape, dtype=torch.float64)
             model(x * torch.inf if step == 1 else x).pow(2).sum().backward()  # one bad batch
             opt.step()
-        assert opt._tracker is not None
-        edges = [e for layer in opt._tracker.layers.values() for e in layer.edges]
+        assert opt.tracker is not None
+        edges = [e for layer in opt.tracker.layers.values() for e in layer.edges]
         results.append(
             (
                 opt.utilities(),
@@ -374,12 +376,15 @@ def test_copies_keep_the_statistics_views_on_their_own_buffers(
         step(model, opt)
         step(twin_model, twin)
     torch.testing.assert_close(twin.utilities(), opt.utilities(), rtol=0, atol=0)
-    tracker = twin._require_tracker()
-    (slab,) = tracker._slabs.values()
+    tracker = twin.tracker
+    (slab,) = tracker.stats.slabs.values()
     for layer in tracker.layers.values():
         assert layer.age.tolist() == [3] * layer.info.num_units
-        assert layer.age.untyped_storage().data_ptr() == tracker._ages.untyped_storage().data_ptr()
-        stats = [layer.utility_ema, layer.weight_ema, layer.pending_abs]
+        assert (
+            layer.age.untyped_storage().data_ptr()
+            == tracker.stats.ages.untyped_storage().data_ptr()
+        )
+        stats = [layer.utility_ema, layer.correction, layer.pending_abs]
         stats += [t for e in layer.edges for t in (e.mean_ema, e.reference, e.pending_h)]
         buffers = {
             b.untyped_storage().data_ptr()
@@ -405,22 +410,22 @@ def test_chunk_scores_follow_the_definition_in_every_layout(
 ) -> None:
     """``a = Σ_pos g·(h − r)`` per sample and unit, and ``Σ h`` for a mean reference, in each
     layout the reduction views a consumer's input in (4 units)."""
-    from gxd_optim.tracking import _as_units, _chunk_scores, _plan, _token_ones
+    from gxd_optim.tracking.kernels import as_units, chunk_scores, make_plan, token_ones
 
     torch.manual_seed(0)
     units = 4
     h, g = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
     reference = torch.randn(units, dtype=torch.float64) if mean else torch.zeros(units)
-    h4, g4 = _as_units(h, units, linear), _as_units(g, units, linear)  # [N, pre, U, post]
+    h4, g4 = as_units(h, units, linear), as_units(g, units, linear)  # [N, pre, U, post]
     expected = h4 - reference[:, None]
     # statistics in the inputs' dtype (token sums as products), and in a wider one (AMP)
     for inputs in (torch.float64, torch.float32):
-        plan = _plan(h.shape, reference.to(inputs), linear, mean)
+        plan = make_plan(h.shape, reference.to(inputs), linear, mean)
         view = h.shape if plan.view is None else plan.view
         h_in, g_in = h.reshape(view).to(inputs), g.reshape(view).to(inputs)
-        ones = _token_ones(plan, h_in, torch.float64)
+        ones = token_ones(plan, h_in, torch.float64)
         assert (ones is not None) == (plan.positions == (1,) and inputs == torch.float64)
-        scores, h_sum = _chunk_scores(h_in, g_in, plan, mean, torch.float64, ones)
+        scores, h_sum = chunk_scores(h_in, g_in, plan, mean, torch.float64, ones)
         tolerance = {} if inputs == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
         torch.testing.assert_close(scores.double(), (expected * g4).sum((1, 3)), **tolerance)
         if mean:
@@ -434,7 +439,7 @@ def test_plans_view_only_what_needs_a_view() -> None:
     """A convolution's input and ``[N, U]``/``[N, T, U]`` inputs are read as they are (a
     channels-last input is not copied); a flatten's columns and several token dimensions are
     viewed; the reference is a view of the statistics, shaped to broadcast."""
-    from gxd_optim.tracking import _plan
+    from gxd_optim.tracking.kernels import make_plan
 
     reference = torch.arange(4.0)
     cases = {
@@ -445,7 +450,7 @@ def test_plans_view_only_what_needs_a_view() -> None:
         ((3, 4 * 5), True): ((3, 4, 5), (2,), (4, 1)),
     }
     for (shape, linear), (view, positions, reference_shape) in cases.items():
-        plan = _plan(torch.Size(shape), reference, linear, mean=True)
+        plan = make_plan(torch.Size(shape), reference, linear, mean=True)
         assert (plan.view, plan.positions) == (view, positions), shape
         assert plan.reference.shape == reference_shape
         assert plan.reference.data_ptr() == reference.data_ptr()
@@ -461,23 +466,22 @@ def test_chunked_scores_come_in_the_samples_order(
 ) -> None:
     """With several consumers the per-sample scores wait in the batch; reduced chunk by chunk
     (last rows first), they are still ``a = Σ_t g·(h − r)`` of sample 0, 1, … in that order."""
-    from gxd_optim import tracking
 
-    for limit in ("_CHUNK", "_CHUNK_ZERO"):  # 2 of the 7 samples (6 x 6 each) per chunk
-        monkeypatch.setattr(tracking, limit, 80)
+    # 2 of the 7 samples (6 x 6 each) per chunk
+    monkeypatch.setattr(kernels, "DEFAULT_LIMITS", kernels.Limits(chunk=80, chunk_zero=80))
     torch.manual_seed(0)
     model = Tokens()
     opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
     model(torch.randn(2, 6, 4)).sum().backward()  # discovery
-    tracker = opt._require_tracker()
+    tracker = opt.tracker
     layer = tracker.layers["up"]
     edge = layer.edges[0]
     edge.reference.copy_(torch.randn(6) if mean else torch.zeros(6))
     edge.edge = dataclasses.replace(edge.edge, reference="mean" if mean else "zero")
     h, g = torch.randn(7, 6, 6), torch.randn(7, 6, 6)  # chunks of 2, 2, 2 and 1 samples
-    batch = tracking._Batch(layer, 7)
+    batch = Batch(layer, 7)
     batch.read = {"down", "another consumer"}  # keeps the scores until both have reported
-    tracker._reduce(edge, batch, h, g)
+    tracker.collector.reduce(edge, batch, h, g)
     assert batch.acc is not None
     torch.testing.assert_close(batch.acc, ((h - edge.reference) * g).sum(1))
 
@@ -501,13 +505,13 @@ def test_consumers_chunked_differently_give_the_statistics_of_one_chunk(
 ) -> None:
     """Two consumers of one layer whose inputs are cut into different chunks (1 and 3 samples)
     add their per-sample scores sample by sample: the utilities are those of one chunk each."""
-    from gxd_optim import tracking
 
     results = []
     for limits in ((1 << 30, 1 << 30), (30, 100)):  # one chunk; chunks of 1 and 3 samples
-        for name, limit in zip(("_CHUNK", "_CHUNK_ZERO"), limits, strict=True):
-            monkeypatch.setattr(tracking, name, limit)
-        monkeypatch.setattr(tracking, "_DEFER", -1)  # reduced at once, not at the commit
+        chunk, chunk_zero = limits  # defer=-1: reduced at once, not at the commit
+        monkeypatch.setattr(
+            kernels, "DEFAULT_LIMITS", kernels.Limits(chunk=chunk, chunk_zero=chunk_zero, defer=-1)
+        )
         torch.manual_seed(0)
         model = TwoReaders().double()
         opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
@@ -515,7 +519,7 @@ def test_consumers_chunked_differently_give_the_statistics_of_one_chunk(
             opt.zero_grad()
             model(torch.randn(7, 5, 4, dtype=torch.float64)).pow(2).sum().backward()
             opt.step()
-        edges = opt._require_tracker().layers["up"].edges
+        edges = opt.tracker.layers["up"].edges
         assert sorted(e.edge.reference for e in edges) == ["mean", "zero"]
         results.append(opt.utilities())
     torch.testing.assert_close(results[0], results[1])
@@ -540,11 +544,7 @@ def test_channels_last_inputs_give_the_same_statistics() -> None:
             opt.zero_grad()
             model(x).pow(2).mean().backward()
             opt.step()
-        means = [
-            e.mean_ema.clone()
-            for layer in opt._require_tracker().layers.values()
-            for e in layer.edges
-        ]
+        means = [e.mean_ema.clone() for layer in opt.tracker.layers.values() for e in layer.edges]
         results.append((opt.utilities(), means))
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
@@ -556,26 +556,25 @@ def test_token_sums_are_products_only_at_full_precision(
 ) -> None:
     """Float32 sums over tokens use a matrix product only at full matmul precision (no TF32
     or bfloat16) and for statistics in the inputs' dtype, and give the plain sum either way."""
-    from gxd_optim import tracking
 
     used: list[bool] = []
-    real = tracking._token_sums
+    real = kernels.token_sums
 
     def spy(t: Tensor, ones: Tensor) -> Tensor:
         used.append(True)
         return real(t, ones)
 
-    monkeypatch.setattr(tracking, "_token_sums", spy)
+    monkeypatch.setattr(kernels, "token_sums", spy)
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
         torch.manual_seed(0)
         h, g = torch.randn(3, 6, 4), torch.randn(3, 6, 4)
         reference = torch.randn(4)
-        plan = tracking._plan(h.shape, reference, linear=True, mean=True)
-        ones = tracking._token_ones(plan, h, torch.float32)
-        wider = tracking._token_ones(plan, h, torch.float64)  # statistics wider than the inputs
-        scores, h_sum = tracking._chunk_scores(h, g, plan, True, torch.float32, ones)
+        plan = kernels.make_plan(h.shape, reference, linear=True, mean=True)
+        ones = kernels.token_ones(plan, h, torch.float32)
+        wider = kernels.token_ones(plan, h, torch.float64)  # statistics wider than the inputs
+        scores, h_sum = kernels.chunk_scores(h, g, plan, True, torch.float32, ones)
     finally:
         torch.set_float32_matmul_precision(previous)
     assert bool(used) == (precision == "highest") == (ones is not None)
@@ -593,7 +592,7 @@ def test_commits_follow_batch_sizes_that_change(monkeypatch: pytest.MonkeyPatch)
     results = []
     for flat in (True, False):
         if not flat:  # the segment-by-segment path divides by each count directly
-            monkeypatch.setattr("gxd_optim.tracking._Slab.counts", lambda self: [0])
+            monkeypatch.setattr(kernels, "DEFAULT_LIMITS", kernels.Limits(flat_commits=False))
         torch.manual_seed(0)
         model = make().double()
         opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
@@ -631,7 +630,7 @@ def test_an_undefined_consumer_gradient_counts_as_zero() -> None:
     opt.step()
     assert opt.steps == 1
     assert not opt.utilities()["0"].any()
-    edge = opt._require_tracker().layers["0"].edges[0]
+    edge = opt.tracker.layers["0"].edges[0]
     torch.testing.assert_close(edge.reference, h.detach().mean(0))
     opt.zero_grad()
     model(x).sum().backward()  # a defined gradient afterwards is scored as usual
@@ -689,27 +688,28 @@ def test_the_host_eligible_count_follows_the_ages(maturity: int, actions: list[A
             opt.load_state_dict(state)
         else:
             opt.reset_units("0", sorted(set(action)))
-        assert opt._tracker is not None
-        layer = opt._tracker.layers["0"]
-        assert opt._tracker.eligible("0") == int((layer.age > maturity).sum())
+        assert opt.tracker is not None
+        layer = opt.tracker.layers["0"]
+        assert opt.tracker.eligible("0") == int((layer.age > maturity).sum())
 
 
 def test_a_pair_keeps_a_bounded_number_of_plans() -> None:
     """Inputs of ever new shapes (varying sequence lengths) start a pair's plans over instead
     of growing them without bound, and every shape's running-mean sums follow the definition."""
-    from gxd_optim import tracking
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2))
     opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.0), model, replacement_rate=0.0)
     opt.discover(torch.randn(2, 5, 3))
-    (edge,) = opt._require_tracker().layers["0"].edges
-    first = tracking._DEFER // 8 + 1  # 2 samples × 4 units × tokens: reduced during backward
-    for tokens in range(first, first + tracking._PLANS + 8):
+    (edge,) = opt.tracker.layers["0"].edges
+    first = (
+        kernels.DEFAULT_LIMITS.defer // 8 + 1
+    )  # 2 samples × 4 units × tokens: reduced during backward
+    for tokens in range(first, first + kernels.DEFAULT_LIMITS.plans + 8):
         x = torch.randn(2, tokens, 3)
         opt.zero_grad()
         model(x).pow(2).sum().backward()
-        assert 0 < len(edge.plans) <= tracking._PLANS
+        assert 0 < len(edge.plans) <= kernels.DEFAULT_LIMITS.plans
         assert edge.pending_count == 2 * tokens
         with torch.no_grad():
             expected = F.gelu(model[0](x)).sum((0, 1))

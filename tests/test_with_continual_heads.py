@@ -44,7 +44,7 @@ def test_the_wrapper_follows_the_heads_and_never_writes_a_replaced_one(grow: boo
             opt.step()
             if task and step == 1:  # the change was noticed at step 0, the units found again
                 assert opt.layers["body.2"].consumers == ("head",)
-                ages = opt._tracker.layers  # type: ignore[union-attr]
+                ages = opt.tracker.layers  # type: ignore[union-attr]
                 assert int(ages["body.0"].age.max()) > 40  # unchanged: its statistics kept
                 assert int(ages["body.2"].age.max()) == 1  # its consumer changed: fresh
     assert opt.steps == 3 * 40 - 2  # the steps that noticed a change committed nothing

@@ -1,0 +1,293 @@
+"""Where the statistics live: per-layer and per-pair views into one flat slab per device.
+
+Every `LayerStats` and `EdgeStats` tensor is a view into a `Slab`'s buffers, so a commit in
+which every layer and pair saw data updates all of them with a handful of kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from itertools import accumulate
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from ..discovery.layers import Edge, LayerInfo, layer_params
+
+if TYPE_CHECKING:
+    from .collector import Batch
+    from .kernels import Plan
+
+__all__ = ["TINY", "EdgeStats", "LayerStats", "Slab", "Statistics"]
+
+TINY = 1e-30
+"""The floor of a bias correction: never 0, so ``r = ema / correction`` needs no clamp."""
+
+
+@dataclass
+class EdgeStats:
+    """Statistics of one (producer, consumer) pair.
+
+    ``mean_ema`` is the EMA of the batch means of ``h`` and ``correction`` its bias
+    correction (the EMA of 1 over the steps this consumer saw data); ``reference`` is the ``r``
+    they imply (0 for a zero-reference pair, whose ``reference_mask`` is 0); ``pending_h`` and
+    ``pending_count`` sum ``h`` over the backward passes since the last commit.
+    ``weight`` is the consumer's weight when the wrapper was built (`Tracker.predicted_cost`
+    refuses to read one that replaced it), its version at the last backward ``grad_version``.
+    """
+
+    edge: Edge
+    linear: bool
+    weight: Tensor
+    mean_ema: Tensor
+    correction: Tensor
+    reference: Tensor
+    pending_h: Tensor
+    reference_mask: Tensor
+    pending_count: int = 0
+    grad_version: int | None = None  # the consumer weight's version at the last backward
+    position: int = 0  # among the pairs of its slab, whose segments come in this order
+    plans: dict[torch.Size, Plan] = field(default_factory=dict, repr=False)  # by input shape
+
+    @property
+    def mean(self) -> bool:
+        """Whether this pair substitutes the running mean (else zero)."""
+        return self.edge.reference == "mean"
+
+
+@dataclass
+class LayerStats:
+    """Statistics of one producer.
+
+    Attributes:
+        utility_ema: EMA of ``mean_x |a_i(x)|`` (not bias-corrected).
+        correction: EMA of 1 over the same steps, ``1 - decay**age``: the Adam-style bias
+            correction of every EMA of the layer, kept on the statistics' device.
+        age: committed steps since each unit's last reset, on the host (eligibility is
+            counted there, so the step never waits for the device).
+        commits: committed steps of the layer, the clock of ``age``.
+        eligible_count: units older than the tracker's maturity; recounted from ``age`` only
+            once ``commits`` reaches ``recount_at`` (see `Tracker.eligible`).
+    """
+
+    info: LayerInfo
+    utility_ema: Tensor
+    correction: Tensor
+    age: Tensor
+    edges: list[EdgeStats]
+    pending_abs: Tensor
+    pending_samples: int = 0
+    resets: int = 0
+    open_batches: list[Batch] = field(default_factory=list)
+    commits: int = 0  # committed steps of this layer: the clock that ``age`` counts in
+    eligible_count: int = 0  # units older than maturity, valid while ``commits < recount_at``
+    recount_at: int = 0
+
+    @property
+    def has_pending(self) -> bool:
+        """Whether a backward pass reached the layer since the last commit."""
+        return bool(self.pending_samples) or any(e.pending_count for e in self.edges)
+
+
+class Slab:
+    """The statistics of all layers on one device and dtype, in flat buffers.
+
+    Every `LayerStats` and `EdgeStats` tensor is a view into these, so a commit in which every
+    layer and pair saw data updates all of them with a handful of kernels.
+
+    The segments of all pairs come first, then those of all layers. Where every layer has one
+    consumer, the pairs' segments (``[:pair_units]``) and the layers' (``[pair_units:]``) then
+    hold the same units in the same order.
+    """
+
+    def __init__(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.dtype, self.device = dtype, device
+        self.size = 0
+        self.owners: list[LayerStats | EdgeStats] = []  # in the order of their segments
+        self.edges: list[EdgeStats] = []
+        self.pair_units = 0
+        self.one_consumer_each = True  # every layer of the slab has exactly one consumer
+        self._cursor = 0
+        self._segments: list[slice] = []
+        self._scaled_for: list[int] = []  # the counts that `scale` holds the inverses of
+
+    def allocate(self) -> None:
+        """Create the buffers, once `size` is known."""
+        zeros = partial(torch.zeros, dtype=self.dtype, device=self.device)
+        self.state = zeros(4, self.size)  # one buffer: a step's state is copied in one kernel
+        self.saved = zeros(2, self.size)  # ema and norm before a commit (see `Tracker.commit`)
+        self.state[1].fill_(TINY)  # a bias correction is never 0: r = ema / norm needs no clamp
+        self.unbind()
+        self.mask, self.scale = zeros(self.size), zeros(self.size)  # scale: 1 / counts
+        self.ends = torch.ones(2, self.size, dtype=self.dtype, device=self.device)
+
+    def unbind(self) -> None:
+        """``ema``, ``norm``, ``reference`` and ``pending``: the rows of `state`."""
+        self.ema, self.norm, self.reference, self.pending = self.state.unbind(0)
+
+    def take(self, units: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The next segment's views: EMA, its bias correction, reference, pending sum, mask."""
+        part = slice(self._cursor, self._cursor + units)
+        self._cursor += units
+        self._segments.append(part)
+        return self._views(part)
+
+    def _views(self, part: slice) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return (
+            self.ema[part],
+            self.norm[part],
+            self.reference[part],
+            self.pending[part],
+            self.mask[part],
+        )
+
+    def relink(self) -> None:
+        """Make every owner's tensors views of the buffers again.
+
+        ``copy.deepcopy`` and ``torch.save`` keep views of one storage together; plain
+        ``pickle`` gives each view a storage of its own (with the same values), after which
+        a commit would update the buffers and leave the owners' tensors behind.
+        """
+        self.unbind()
+        for owner, part in zip(self.owners, self._segments, strict=True):
+            ema, norm, reference, pending, mask = self._views(part)
+            if isinstance(owner, EdgeStats):
+                owner.mean_ema, owner.correction, owner.reference = ema, norm, reference
+                owner.pending_h, owner.reference_mask = pending, mask
+                owner.plans.clear()  # their reference views are views of the old storage
+            else:
+                owner.utility_ema, owner.correction, owner.pending_abs = ema, norm, pending
+        self.split()
+
+    def split(self) -> None:
+        """Views of the pairs' and the layers' halves, once every segment is taken."""
+        pairs, layers = slice(0, self.pair_units), slice(self.pair_units, self.size)
+        self.pair_reference, self.pair_mask = self.reference[pairs], self.mask[pairs]
+        self.pair_pending, self.layer_pending = self.pending[pairs], self.pending[layers]
+        # only zero-reference pairs need their references masked (the layers' are unused)
+        self.masked = not bool(self.pair_mask.all())
+
+    def counts(self) -> list[int]:
+        """Samples (layers) or positions (pairs) pending per segment."""
+        return [
+            o.pending_samples if isinstance(o, LayerStats) else o.pending_count for o in self.owners
+        ]
+
+    def means(self, counts: list[int]) -> Tensor:
+        """Write every segment's pending mean (all counts positive) to the first row of
+        `ends`; return their sum of squares (a 0-d tensor, for `_finite`).
+
+        The means are the sums times `scale`, refilled (on the device, without a transfer)
+        only when the counts differ from the last step's.
+        """
+        if counts != self._scaled_for:
+            for part, n in zip(self._segments, counts, strict=True):
+                self.scale[part].fill_(1.0 / n)
+            self._scaled_for = counts
+        means = torch.mul(self.pending, self.scale, out=self.ends[0])
+        return torch.dot(means, means)
+
+    def fold(self, finite: Tensor | bool, decay: float) -> None:
+        """Fold the `means` into the EMAs and recompute the references (`Tracker.finish`
+        clears the pending sums once the step went through).
+
+        The second row of `ends` holds the ones that each bias correction is an EMA of, so
+        one ``lerp`` updates ``ema`` and ``norm`` together. Where ``finite`` is false,
+        nothing changes: as a 0-d bool tensor (its value unread), the EMAs are put back from
+        `saved` (the copy `Tracker.commit` took first); as a Python bool, nothing is folded.
+        """
+        if finite is not False:
+            self.state[:2].lerp_(self.ends, 1.0 - decay)
+            if finite is not True:
+                torch.where(finite, self.state[:2], self.saved[:2], out=self.state[:2])
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Every ``r`` from its running mean (0 for zero references)."""
+        torch.div(self.ema, self.norm, out=self.reference)
+        if self.masked:
+            self.reference.mul_(self.mask)
+
+
+class Statistics:
+    """Every statistic of the tracked layers: the `LayerStats` by producer, each with its
+    `EdgeStats`, as views into one `Slab` per device and dtype, and the units' ages (on the
+    host, in one int64 tensor).
+
+    Args:
+        layers: eligible producers.
+        modules: every Linear/Conv layer by qualified name.
+
+    Attributes:
+        layers: `LayerStats` by producer name, in the order of ``layers``.
+        readers: ``(producer, pair)`` by consumer name.
+        slabs: the `Slab` per (device, dtype).
+        ages: every unit's age, consecutive per layer (each ``LayerStats.age`` is a view).
+    """
+
+    def __init__(self, layers: Mapping[str, LayerInfo], modules: Mapping[str, nn.Module]) -> None:
+        self.layers: dict[str, LayerStats] = {}
+        self.readers: dict[str, tuple[str, EdgeStats]] = {}
+        self.slabs: dict[tuple[torch.device, torch.dtype], Slab] = {}
+        self.ages = torch.zeros(sum(i.num_units for i in layers.values()), dtype=torch.int64)
+        for info in layers.values():
+            self.slab(modules[info.name]).size += info.num_units * (1 + len(info.edges))
+        for slab in self.slabs.values():
+            slab.allocate()
+        edges_of: dict[str, list[EdgeStats]] = {}
+        for name, info in layers.items():  # every pair's segment first, then every layer's
+            slab = self.slab(modules[name])
+            edges_of[name] = [
+                EdgeStats(
+                    e,
+                    isinstance(modules[e.consumer], nn.Linear),
+                    layer_params(modules[e.consumer])[0],
+                    *slab.take(info.num_units),
+                )
+                for e in info.edges
+            ]
+            for edge in edges_of[name]:
+                edge.position = len(slab.edges)
+                slab.edges.append(edge)
+                slab.owners.append(edge)  # owners follow the order of the `take` calls
+            slab.pair_units += info.num_units * len(info.edges)
+            slab.one_consumer_each &= len(info.edges) == 1
+        ages = self._age_views([info.num_units for info in layers.values()])
+        for (name, info), age in zip(layers.items(), ages, strict=True):
+            slab = self.slab(modules[name])
+            ema, norm, _, pending, _ = slab.take(info.num_units)
+            stats = LayerStats(info, ema, norm, age, edges_of[name], pending)
+            slab.owners.append(stats)
+            self.layers[name] = stats
+            for edge in stats.edges:
+                self.readers[edge.edge.consumer] = (name, edge)
+                if edge.mean:
+                    edge.reference_mask.fill_(1.0)
+        for slab in self.slabs.values():
+            slab.split()
+
+    def _age_views(self, units: list[int]) -> list[Tensor]:
+        """Consecutive views of `ages`, one per layer of ``units`` units."""
+        ends = list(accumulate(units))
+        return [self.ages[end - n : end] for end, n in zip(ends, units, strict=True)]
+
+    def relink(self) -> None:
+        """Make every statistic a view of its buffer again (after plain unpickling)."""
+        for slab in self.slabs.values():
+            slab.relink()
+        layers = list(self.layers.values())
+        ages = self._age_views([layer.info.num_units for layer in layers])
+        for layer, age in zip(layers, ages, strict=True):
+            layer.age = age
+
+    def slab(self, module: nn.Module) -> Slab:
+        """The slab for a layer's device and dtype (created empty if new)."""
+        weight, _ = layer_params(module)
+        float_type = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        key = (weight.device, float_type)
+        if key not in self.slabs:
+            self.slabs[key] = Slab(float_type, weight.device)
+        return self.slabs[key]

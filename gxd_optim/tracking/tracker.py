@@ -1,0 +1,399 @@
+"""The tracker: statistics that count only when the optimizer steps, and what they say.
+
+The hooks (`gxd_optim.tracking.collector`) leave their sums in ``pending`` buffers;
+`Tracker.commit` folds them into the running means when the optimizer steps, `Tracker.discard`
+drops them at a ``zero_grad`` without a step. The signed sums that `Tracker.predicted_cost`
+needs are not collected at all: they follow from the consumers' gradients (see
+`gxd_optim.utilities.predicted_cost`).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..discovery.layers import LayerInfo, layer_params
+from ..operator import unit_columns
+from ..utilities import Criterion, layer_normalised, predicted_cost, random_scores
+from . import kernels
+from .collector import Collector
+from .storage import TINY, LayerStats, Statistics
+
+__all__ = ["Tracker"]
+
+
+class Tracker:
+    """Collects per-unit statistics for the discovered layers of one model.
+
+    Args:
+        layers: eligible producers.
+        modules: every Linear/Conv layer by qualified name.
+        criterion: how units are scored (`gxd_optim.utilities.Criterion`).
+        decay: EMA decay ``η`` of utilities and running means.
+        seed: seed of the random criterion's scores.
+        maturity: a unit is eligible for a reset once older than this many committed steps.
+
+    Attributes:
+        steps: committed steps (steps that saw at least one backward pass).
+        finite: whether the latest commit's batch means were finite and sane (a 0-d bool
+            tensor, or a bool where it was read on the host); if not, it left every
+            statistic as it was (``None`` before the first).
+        before_commit: called with the tracker at the start of `commit`, once the pending
+            sums are complete (e.g. to reduce them across processes, `gxd_optim.distributed`).
+    """
+
+    def __init__(
+        self,
+        layers: Mapping[str, LayerInfo],
+        modules: Mapping[str, nn.Module],
+        criterion: Criterion,
+        decay: float,
+        seed: int = 0,
+        maturity: int = 0,
+    ) -> None:
+        self.decay = decay
+        self.maturity = maturity
+        self.criterion = criterion
+        self.seed = seed
+        self.steps = 0
+        self.finite: Tensor | bool | None = None  # whether the latest commit folded anything
+        self.before_commit: Callable[[Tracker], None] | None = None
+        self.limits = kernels.DEFAULT_LIMITS
+        self.modules = dict(modules)
+        self.stats = Statistics(layers, self.modules)
+        self.layers = self.stats.layers
+        self.collector = Collector(self.stats, self.modules, criterion, self.limits)
+        self._committed: list[LayerStats] = []  # by the last commit, until `finish`
+        self._undo: tuple[Tensor | bool | None] | None = None  # (`finite` before the commit,)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle with every statistic a view of its buffer again (`Statistics.relink`)."""
+        self.__dict__.update(state)
+        self.stats.relink()
+
+    def attach(self) -> None:
+        """Register the hooks that collect the statistics (`Collector.attach`)."""
+        self.collector.attach()
+
+    def detach(self) -> None:
+        """Remove the hooks."""
+        self.collector.detach()
+
+    def flush(self) -> None:
+        """Reduce the inputs that wait for the commit (`Collector.flush`)."""
+        self.collector.flush()
+
+    def commit(self) -> list[str]:
+        """Fold the pending statistics into the EMAs; return the layers that had any.
+
+        All layers are updated together, with a few kernels per slab. When any batch mean is
+        not finite or absurdly large (`kernels.finite`: an overflowing batch), no statistic changes
+        at all; the step still counts, and `finite` says so (read it only where a reset is
+        due: it waits for the device). Until `finish`, `rollback` undoes the commit.
+        """
+        self.settle()
+        if self.before_commit is not None:
+            self.before_commit(self)
+        layers = [layer for layer in self.layers.values() if layer.has_pending]
+        self._committed = layers
+        counts = [slab.counts() for slab in self.stats.slabs.values()]
+        self._undo = (self.finite,)
+        if not layers:
+            return []
+        self.steps += 1
+        slabs = list(self.stats.slabs.values())
+        with torch.no_grad():
+            for slab in slabs:
+                slab.saved.copy_(slab.state[:2])
+            if self.limits.flat_commits and all(
+                all(c) for c in counts
+            ):  # every segment saw data: whole buffers at once
+                squares = [slab.means(c) for slab, c in zip(slabs, counts, strict=True)]
+                if self.limits.host_reads and all(slab.device.type == "cpu" for slab in slabs):
+                    self.finite = all(math.isfinite(float(t)) for t in squares)
+                    for slab in slabs:
+                        slab.fold(self.finite, self.decay)
+                else:
+                    self.finite = finite = kernels.finite(squares)
+                    for slab in slabs:
+                        slab.fold(finite.to(slab.device), self.decay)
+                self.stats.ages += 1
+            else:
+                self._commit_segments(layers)
+        for layer in layers:
+            layer.commits += 1
+        return [layer.info.name for layer in layers]
+
+    def finish(self) -> None:
+        """The step that committed went through: clear the pending sums it folded
+        (`rollback` no longer applies)."""
+        layers, self._committed, self._undo = self._committed, [], None
+        if len(layers) == len(self.layers):
+            for slab in self.stats.slabs.values():
+                slab.pending.zero_()
+            self._reset_counts(layers)
+        elif layers:
+            self._clear_pending(layers)
+
+    def rollback(self) -> None:
+        """Undo the last commit: its step did not happen.
+
+        The pending sums are still there (`finish` clears them), so the next step commits
+        them. (Under DDP they are already summed over the ranks then.)
+        """
+        if self._undo is None:
+            return
+        (self.finite,) = self._undo
+        layers, self._committed, self._undo = self._committed, [], None
+        if not layers:
+            return
+        self.steps -= 1
+        with torch.no_grad():
+            for slab in self.stats.slabs.values():
+                slab.state[:2].copy_(slab.saved)
+                slab.refresh()
+        for layer in layers:
+            layer.age -= 1
+            layer.commits -= 1
+            layer.recount_at = 0  # the cached eligible count was for the later ages
+
+    def settle(self) -> None:
+        """Complete the pending sums: reduce the deferred inputs and close every open batch.
+
+        The commit does this first; doing it earlier (a checkpoint) changes what it folds only
+        in the order of additions.
+        """
+        self.flush()
+        for layer in self.layers.values():
+            for batch in list(layer.open_batches):
+                batch.close()
+
+    def _commit_segments(self, layers: list[LayerStats]) -> None:
+        """Commit segment by segment, skipping those that saw no data."""
+        segments = [
+            seg
+            for lay in layers
+            for seg in [
+                (lay.pending_abs, lay.utility_ema, lay.correction, lay.pending_samples),
+                *((e.pending_h, e.mean_ema, e.correction, e.pending_count) for e in lay.edges),
+            ]
+            if seg[3]
+        ]
+        means = [value / count for value, _, _, count in segments]
+        self.finite = kernels.finite([torch.dot(m, m) for m in means])
+        for mean, (_, ema, norm, _) in zip(means, segments, strict=True):
+            ema.lerp_(mean, 1.0 - self.decay)
+            norm.mul_(self.decay).add_(1.0 - self.decay)  # the EMA of 1
+        for slab in self.stats.slabs.values():  # an overflowing step puts every EMA back
+            torch.where(
+                self.finite.to(slab.device), slab.state[:2], slab.saved[:2], out=slab.state[:2]
+            )
+        for layer in layers:
+            layer.age += 1
+            self.refresh_references(layer)
+
+    def discard(self) -> None:
+        """Drop statistics of backward passes that no step committed."""
+        self.collector.forget()
+        dirty = [layer for layer in self.layers.values() if layer.has_pending or layer.open_batches]
+        for layer in dirty:
+            layer.open_batches.clear()
+        self._clear_pending(dirty)
+
+    @classmethod
+    def _clear_pending(cls, layers: list[LayerStats]) -> None:
+        if not layers:
+            return
+        edges = [edge for layer in layers for edge in layer.edges]
+        torch._foreach_zero_([layer.pending_abs for layer in layers] + [e.pending_h for e in edges])
+        cls._reset_counts(layers)
+
+    @staticmethod
+    def _reset_counts(layers: list[LayerStats]) -> None:
+        for layer in layers:
+            layer.pending_samples = 0
+            for edge in layer.edges:
+                edge.pending_count = 0
+
+    @staticmethod
+    def refresh_references(layer: LayerStats) -> None:
+        """Recompute every ``r`` of a layer from its running means (0 for zero references)."""
+        for edge in layer.edges:
+            if edge.mean:
+                torch.div(edge.mean_ema, edge.correction.clamp_min(TINY), out=edge.reference)
+
+    def eligible_units(self, name: str) -> Tensor:
+        """Which units of a layer are older than ``maturity`` (a mask on the host)."""
+        layer = self.layers[name]
+        return layer.age > self.maturity
+
+    def eligible(self, name: str) -> int:
+        """How many units of a layer are older than ``maturity``, without a tensor op per step.
+
+        The count can change only when a reset (or a checkpoint load) sets ages, or when the
+        oldest unit not yet eligible comes of age; it is recounted from ``age`` at those
+        moments and read from the host otherwise.
+        """
+        layer = self.layers[name]
+        if layer.commits >= layer.recount_at:
+            young = layer.age[~self.eligible_units(name)]
+            layer.eligible_count = layer.info.num_units - young.numel()
+            if young.numel():  # the oldest young unit comes of age after this many commits
+                layer.recount_at = layer.commits + self.maturity + 1 - int(young.max())
+            else:
+                layer.recount_at = sys.maxsize
+        return layer.eligible_count
+
+    def utilities(self, name: str) -> Tensor:
+        """Bias-corrected utilities of one layer (0 for units never scored).
+
+        Normalised by the layer's mean for the criteria that are; fresh uniform scores of
+        this step for the random criterion.
+        """
+        layer = self.layers[name]
+        if self.criterion.reads == "none":
+            index = list(self.layers).index(name)
+            scores = random_scores(layer.info.num_units, self.seed, self.steps, index)
+            return scores.to(layer.utility_ema)
+        utility = layer.utility_ema / layer.correction.clamp_min(TINY)
+        return layer_normalised(utility) if self.criterion.normalised else utility
+
+    def predicted_cost(self, name: str, index: Tensor | None = None) -> Tensor:
+        """``c_i = Σ_consumers Σ_{x,pos} ∂L/∂h · (r_i − h)`` from the consumers' gradients.
+
+        With ``index``, only for those units (in that order), reading only their columns.
+
+        Raises:
+            RuntimeError: a consumer has no gradient (before ``backward()``, or after
+                ``zero_grad()``).
+        """
+        layer = self.layers[name]
+        units = layer.utility_ema if index is None else layer.utility_ema.index_select(0, index)
+        cost = torch.zeros_like(units)
+        found = False
+        with torch.no_grad():
+            for edge in layer.edges:
+                weight, bias = layer_params(self.modules[edge.edge.consumer])
+                if weight.grad is None:
+                    continue  # no gradient reached this consumer: it adds nothing
+                if weight is not edge.weight:
+                    raise RuntimeError(
+                        f"predicted_cost({name!r}): the weight of `{edge.edge.consumer}` is not "
+                        "the parameter it was when GXDReset was built (replaced, e.g. by "
+                        "load_state_dict(assign=True)); the inner optimizer still holds the "
+                        "old one: build the optimizer and GXDReset again"
+                    )
+                if edge.grad_version is not None and weight._version != edge.grad_version:
+                    raise RuntimeError(
+                        f"predicted_cost({name!r}): `{edge.edge.consumer}` changed since the "
+                        "last backward (an optimizer step or a reset): call it right after "
+                        "backward()"
+                    )
+                found = True
+                bias_grad = None if bias is None else bias.grad
+                reference = edge.reference if edge.mean else None
+                if reference is not None and bias_grad is None:
+                    raise RuntimeError(
+                        f"predicted_cost({name!r}) needs the bias gradient of "
+                        f"`{edge.edge.consumer}` (its bias does not require grad)"
+                    )
+                k = edge.edge.columns_per_unit
+                weight_grad = weight.grad
+                if index is not None:
+                    columns = unit_columns(index, k).to(weight.device)
+                    weight, weight_grad = (
+                        t.index_select(1, columns) for t in (weight, weight_grad)
+                    )
+                    reference = None if reference is None else reference.index_select(0, index)
+                cost += predicted_cost(weight, weight_grad, bias_grad, reference, k).to(cost.dtype)
+        if not found:
+            raise RuntimeError(
+                f"predicted_cost({name!r}) needs the gradients of its consumers: "
+                "call it after backward() and before zero_grad()"
+            )
+        return cost
+
+    def restart(self, name: str, index: Tensor) -> None:
+        """Start the statistics of the given units again (after their reset)."""
+        self.flush()  # what the units saw before the reset is dropped below, as for the rest
+        layer = self.layers[name]
+        layer.recount_at = 0  # ages changed: recount the eligible units
+        with torch.no_grad():
+            layer.age.index_fill_(0, index.cpu(), 0)
+            for t in (layer.utility_ema, layer.pending_abs):
+                t.index_fill_(0, index, 0.0)
+            layer.correction.index_fill_(0, index, TINY)  # never 0: see `TINY`
+            for batch in layer.open_batches:
+                if batch.acc is not None:
+                    batch.acc.index_fill_(1, index, 0.0)
+            for edge in layer.edges:
+                for t in (edge.mean_ema, edge.reference, edge.pending_h):
+                    t.index_fill_(0, index, 0.0)
+                edge.correction.index_fill_(0, index, TINY)
+
+    def stats_dict(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """Copies of every statistic that influences future training (of ``names``: all).
+
+        The pending sums are completed first (`settle`), so a copy taken between the
+        backward passes of one step resumes with them.
+        """
+        self.settle()
+        return {
+            name: {
+                "utility_ema": layer.utility_ema.detach().clone(),
+                "weight_ema": layer.correction.detach().clone(),
+                "age": layer.age.detach().clone(),
+                "mean_ema": [e.mean_ema.detach().clone() for e in layer.edges],
+                "edge_weight_ema": [e.correction.detach().clone() for e in layer.edges],
+                "resets": layer.resets,
+                "pending_abs": layer.pending_abs.detach().clone(),
+                "pending_samples": layer.pending_samples,
+                "pending_h": [e.pending_h.detach().clone() for e in layer.edges],
+                "pending_count": [e.pending_count for e in layer.edges],
+            }
+            for name, layer in self.layers.items()
+            if names is None or name in names
+        }
+
+    def load_stats_dict(self, stats: Mapping[str, Any]) -> None:
+        """Restore statistics from `stats_dict` (checked by `gxd_optim.checkpoint.parse`).
+
+        Layers that ``stats`` does not name keep their statistics; an entry without pending
+        sums (a checkpoint of format 1) leaves them empty.
+        """
+        self.discard()
+        with torch.no_grad():
+            for name, saved in stats.items():
+                if name not in self.layers:
+                    continue
+                layer = self.layers[name]
+                _copy(layer.utility_ema, saved["utility_ema"])
+                _copy(layer.correction, saved["weight_ema"])
+                _copy(layer.age, saved["age"])
+                layer.correction.clamp_min_(TINY)  # never 0 (format 1 saved 0 for fresh units)
+                layer.recount_at = 0  # ages were replaced
+                layer.resets = int(saved["resets"])
+                for edge, mean, norm in zip(
+                    layer.edges, saved["mean_ema"], saved["edge_weight_ema"], strict=True
+                ):
+                    _copy(edge.mean_ema, mean)
+                    _copy(edge.correction, norm)
+                    edge.correction.clamp_min_(TINY)
+                if "pending_abs" in saved:
+                    _copy(layer.pending_abs, saved["pending_abs"])
+                    layer.pending_samples = int(saved["pending_samples"])
+                    for edge, pending, count in zip(
+                        layer.edges, saved["pending_h"], saved["pending_count"], strict=True
+                    ):
+                        _copy(edge.pending_h, pending)
+                        edge.pending_count = int(count)
+                self.refresh_references(layer)
+
+
+def _copy(dst: Tensor, src: Tensor) -> None:
+    dst.copy_(src.to(device=dst.device, dtype=dst.dtype))
