@@ -414,3 +414,13 @@ class Checkpointing(DelegatingOptimizer):
             )
         self._entry_restored = False
         self.optimizer.load_state_dict(state_dict)
+
+    def __getstate__(self) -> dict[str, Any]:  # type: ignore[override]
+        state = super().__getstate__()
+        state["_generator"] = self._generator.get_state()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._generator = torch.Generator()
+        self._generator.set_state(state["_generator"])

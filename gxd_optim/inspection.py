@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
@@ -15,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 from .binding import ModelBinding
 from .config import Config
 from .diagnostics import RECENT_RESETS, LayerSummary, format_table, summarise_layer
+from .discovery import LayerInfo
 from .operator import ConsumerFold, ResetPlan
 from .records import ResetHook, ResetLog
 from .tracking import Tracker
@@ -33,6 +36,26 @@ class Inspection:
     _reset_log: ResetLog
     _reset_hooks: OrderedDict[int, ResetHook]
     _reset_pre_hooks: OrderedDict[int, ResetHook]
+
+    @property
+    def layers(self) -> Mapping[str, LayerInfo]:
+        """Eligible producers by qualified name: ``info.num_units``, ``info.consumers``, ...
+
+        Example:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
+            >>> opt.discover(torch.randn(2, 4))
+            >>> opt.layers["0"].num_units, opt.layers["0"].consumers
+            (8, ('2',))
+        """
+        self._binding.require_tracker()
+        return MappingProxyType(self._binding.layers)
+
+    @property
+    def skipped(self) -> Mapping[str, str]:
+        """Linear/Conv layers that are not eligible, and why (see `layers` for an example)."""
+        self._binding.require_tracker()
+        return MappingProxyType(self._binding.skipped)
 
     @property
     def tracker(self) -> Tracker | None:

@@ -8,10 +8,8 @@ changes) → `gxd_optim.tracking` (their statistics) → `gxd_optim.selection` (
 from __future__ import annotations
 
 import logging
-import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -21,7 +19,7 @@ from . import amp, checkpoint
 from .binding import ModelBinding
 from .checkpoint import Checkpointing
 from .config import Config, check_wrap
-from .discovery import LayerInfo, explicit_layers, unwrap_model
+from .discovery import explicit_layers, unwrap_model
 from .inspection import Inspection
 from .operator import apply_reset_, unit_indices
 from .records import ResetHook, ResetLog, ResetRecord
@@ -177,26 +175,6 @@ class GXDReset(Inspection, Checkpointing):
         """
         self._binding.close()
 
-    @property
-    def layers(self) -> Mapping[str, LayerInfo]:
-        """Eligible producers by qualified name: ``info.num_units``, ``info.consumers``, ...
-
-        Example:
-            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
-            >>> opt.discover(torch.randn(2, 4))
-            >>> opt.layers["0"].num_units, opt.layers["0"].consumers
-            (8, ('2',))
-        """
-        self._binding.require_tracker()
-        return MappingProxyType(self._binding.layers)
-
-    @property
-    def skipped(self) -> Mapping[str, str]:
-        """Linear/Conv layers that are not eligible, and why (see `layers` for an example)."""
-        self._binding.require_tracker()
-        return MappingProxyType(self._binding.skipped)
-
     # -- the optimizer interface -------------------------------------------------------------
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Step the inner optimizer: commit this step's statistics, choose, reset.
@@ -277,9 +255,9 @@ class GXDReset(Inspection, Checkpointing):
         due = []
         for name in committed:
             assert tracker is not None
-            index = self._selector.choose(name, tracker, self._bad_step)
+            index = self._selector.choose(name, tracker, tracker.overflowed)
             if index is not None and index.numel():
-                due.append((name, index, self._predicted(name, index)))
+                due.append((name, index, tracker.predicted_total(name, index)))
         return due
 
     def _apply(self, due: _Due) -> None:
@@ -290,20 +268,6 @@ class GXDReset(Inspection, Checkpointing):
                 self._binding.retire(why)
                 return
             self._reset(name, index, predicted)
-
-    def _bad_step(self) -> bool:
-        """Whether the latest commit's statistics were not finite (waits for the device)."""
-        finite = self._binding.require_tracker().finite
-        return finite is not None and not bool(finite)
-
-    def _predicted(self, name: str, index: Tensor) -> float:
-        """``Σ_{i∈index} c_i`` from the current gradients, or NaN where they are stale."""
-        tracker = self._binding.require_tracker()
-        try:
-            cost = tracker.predicted_cost(name, index.to(tracker.layers[name].utility_ema.device))
-        except RuntimeError:
-            return math.nan
-        return float(cost.sum())
 
     def _reset(self, name: str, index: Tensor, predicted: float) -> None:
         tracker = self._binding.require_tracker()
@@ -349,14 +313,4 @@ class GXDReset(Inspection, Checkpointing):
         why = self._binding.unwritable(name)
         if why:
             raise ValueError(f"cannot reset units of {name!r}: {why}")
-        self._reset(name, index, self._predicted(name, index))
-
-    def __getstate__(self) -> dict[str, Any]:  # type: ignore[override]
-        state = super().__getstate__()
-        state["_generator"] = self._generator.get_state()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._generator = torch.Generator()
-        self._generator.set_state(state["_generator"])
+        self._reset(name, index, self._binding.require_tracker().predicted_total(name, index))

@@ -28,7 +28,7 @@ from torch.utils.hooks import RemovableHandle
 from gxd_optim import Edge, GXDReset, LayerInfo
 from gxd_optim.testing.models import CNN, MLP, CNNSpec, MLPSpec
 from gxd_optim.tracking import kernels
-from gxd_optim.tracking.collector import Batch
+from gxd_optim.tracking.storage import Batch
 
 
 class Tokens(nn.Module):

@@ -22,50 +22,9 @@ from ..discovery.layers import layer_params
 from ..hooks import OwnedHook
 from ..utilities import ConsumerView, Criterion, check_scores
 from . import kernels
-from .storage import TINY, EdgeStats, LayerStats, Statistics
+from .storage import TINY, Batch, EdgeStats, Statistics
 
-__all__ = ["Batch", "Collector"]
-
-
-class Batch:
-    """Per-sample attributions of one producer call, summed over its consumers.
-
-    With one consumer (the common case) the batch closes as soon as its gradient arrives.
-    """
-
-    __slots__ = ("acc", "layer", "output_seen", "read", "reported", "samples")
-
-    def __init__(self, layer: LayerStats, samples: int) -> None:
-        self.layer = layer
-        self.samples = samples
-        self.acc: Tensor | None = None
-        self.output_seen = False  # the producer's output gradient arrived (criteria reading it)
-        self.read: set[str] = set()  # consumers that read this call's output
-        self.reported: set[str] = set()  # consumers whose scores have been added
-
-    def add(self, consumer: str, scores: Tensor) -> None:
-        """Add one consumer's per-sample scores ``[N, U]``; close once all have reported."""
-        if not self.reported and len(self.read) > 1:
-            self.layer.open_batches.append(self)
-        self.reported.add(consumer)
-        self.acc = scores if self.acc is None else self.acc + scores
-        if len(self.reported) >= len(self.read):
-            self.close()
-
-    def add_reduced(self, consumer: str, samples: int) -> None:
-        """Record that the only consumer reported ``samples`` samples, already reduced."""
-        self.reported.add(consumer)
-        self.layer.pending_samples += samples
-
-    def close(self) -> None:
-        """Move ``Σ_x |a(x)|`` into the layer's pending sums."""
-        layer = self.layer
-        if self.acc is not None:
-            layer.pending_abs += self.acc.abs().sum(0, dtype=layer.pending_abs.dtype)
-            layer.pending_samples += self.acc.shape[0]
-            self.acc = None
-        if self in layer.open_batches:
-            layer.open_batches.remove(self)
+__all__ = ["Collector"]
 
 
 def _plain(edge: EdgeStats, batch: Batch, h: Tensor, grad: Tensor) -> bool:

@@ -10,18 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from ..discovery.layers import Edge, LayerInfo, layer_params
+from .kernels import Plan
 
-if TYPE_CHECKING:
-    from .collector import Batch
-    from .kernels import Plan
-
-__all__ = ["TINY", "EdgeStats", "LayerStats", "Slab", "Statistics"]
+__all__ = ["TINY", "Batch", "EdgeStats", "LayerStats", "Slab", "Statistics"]
 
 TINY = 1e-30
 """The floor of a bias correction: never 0, so ``r = ema / correction`` needs no clamp."""
@@ -90,6 +86,47 @@ class LayerStats:
     def has_pending(self) -> bool:
         """Whether a backward pass reached the layer since the last commit."""
         return bool(self.pending_samples) or any(e.pending_count for e in self.edges)
+
+
+class Batch:
+    """Per-sample attributions of one producer call, summed over its consumers.
+
+    With one consumer (the common case) the batch closes as soon as its gradient arrives.
+    """
+
+    __slots__ = ("acc", "layer", "output_seen", "read", "reported", "samples")
+
+    def __init__(self, layer: LayerStats, samples: int) -> None:
+        self.layer = layer
+        self.samples = samples
+        self.acc: Tensor | None = None
+        self.output_seen = False  # the producer's output gradient arrived (criteria reading it)
+        self.read: set[str] = set()  # consumers that read this call's output
+        self.reported: set[str] = set()  # consumers whose scores have been added
+
+    def add(self, consumer: str, scores: Tensor) -> None:
+        """Add one consumer's per-sample scores ``[N, U]``; close once all have reported."""
+        if not self.reported and len(self.read) > 1:
+            self.layer.open_batches.append(self)
+        self.reported.add(consumer)
+        self.acc = scores if self.acc is None else self.acc + scores
+        if len(self.reported) >= len(self.read):
+            self.close()
+
+    def add_reduced(self, consumer: str, samples: int) -> None:
+        """Record that the only consumer reported ``samples`` samples, already reduced."""
+        self.reported.add(consumer)
+        self.layer.pending_samples += samples
+
+    def close(self) -> None:
+        """Move ``Σ_x |a(x)|`` into the layer's pending sums."""
+        layer = self.layer
+        if self.acc is not None:
+            layer.pending_abs += self.acc.abs().sum(0, dtype=layer.pending_abs.dtype)
+            layer.pending_samples += self.acc.shape[0]
+            self.acc = None
+        if self in layer.open_batches:
+            layer.open_batches.remove(self)
 
 
 class Slab:

@@ -318,6 +318,19 @@ class Tracker:
             )
         return cost
 
+    def predicted_total(self, name: str, index: Tensor) -> float:
+        """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale."""
+        try:
+            cost = self.predicted_cost(name, index.to(self.layers[name].utility_ema.device))
+        except RuntimeError:
+            return math.nan
+        return float(cost.sum())
+
+    def overflowed(self) -> bool:
+        """Whether the latest commit's statistics were not finite (read only when a reset is
+        due: it waits for the device)."""
+        return self.finite is not None and not bool(self.finite)
+
     def restart(self, name: str, index: Tensor) -> None:
         """Start the statistics of the given units again (after their reset)."""
         self.flush()  # what the units saw before the reset is dropped below, as for the rest
