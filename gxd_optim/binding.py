@@ -179,7 +179,7 @@ class ModelBinding:
         config = self.config
         if tracker is None:
             tracker = Tracker(
-                layers, modules, config.criterion, config.decay, config.seed, config.maturity
+                layers, named, config.criterion, config.decay, config.seed, config.maturity
             )
         if fresh:
             self._previous = None

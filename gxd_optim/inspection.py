@@ -250,12 +250,15 @@ class Inspection:
     def _plan(self, name: str) -> ResetPlan:
         stats = self._binding.require_tracker().layers[name]
         folds = tuple(
-            ConsumerFold(e.edge.consumer, e.edge.columns_per_unit, e.reference.clone())
-            if e.mean
-            else ConsumerFold(e.edge.consumer, e.edge.columns_per_unit, None)
+            ConsumerFold(
+                e.edge.consumer,
+                e.edge.columns_per_unit,
+                e.reference.clone() if e.mean else None,
+                e.edge.norm,
+            )
             for e in stats.edges
         )
-        return ResetPlan(name, folds, stats.info.norms)
+        return ResetPlan(name, folds, stats.info.norms, stats.info.partners)
 
 
 def _register(hooks: OrderedDict[int, ResetHook], hook: ResetHook) -> RemovableHandle:

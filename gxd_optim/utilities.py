@@ -327,6 +327,7 @@ def predicted_cost(
     bias_grad: Tensor | None,
     reference: Tensor | None,
     columns_per_unit: int,
+    groups: int = 1,
 ) -> Tensor:
     """Predicted cost of resetting each unit, from one consumer's parameters and gradients.
 
@@ -349,14 +350,17 @@ def predicted_cost(
     $$
 
     (the second for unpadded convolutions, the only ones with a mean reference). Unit ``i``
-    owns columns ``[i·k, (i+1)·k)``.
+    owns columns ``[i·k, (i+1)·k)``. In a grouped convolution, input channel ``j`` is read
+    only by the outputs of its group, on weight column ``j mod (in / groups)``.
 
     Args:
         weight: consumer weight ``[out, in, *kernel]``.
         weight_grad: its gradient.
-        bias_grad: the consumer bias's gradient (needed only with a reference).
+        bias_grad: ``Σ ∂L/∂z[o]``: the consumer bias's gradient (needed only with a
+            reference; for a consumer without bias, what a BatchNorm after it passes back).
         reference: ``r`` per unit ``[U]``, or ``None`` for the zero reference.
         columns_per_unit: ``k``.
+        groups: the consumer's groups (a grouped convolution reads ``U = groups · in``).
 
     Returns:
         ``[U]``: the first-order change of the loss if each unit alone were reset.
@@ -367,6 +371,15 @@ def predicted_cost(
         >>> predicted_cost(w, gw, torch.tensor([2.0]), torch.tensor([1.0, 0.0]), 1)
         tensor([1.5000, 2.0000])
     """
+    if groups > 1:
+        blocks = (groups, weight.shape[0] // groups, weight.shape[1], -1)
+        w, g = weight.reshape(blocks), weight_grad.reshape(blocks)
+        cost = -(w * g).sum((1, 3)).reshape(-1)
+        if reference is not None:
+            assert bias_grad is not None, "a mean reference needs the consumer's bias gradient"
+            b = bias_grad.reshape(groups, -1)
+            cost = cost + torch.einsum("goj,go->gj", w.sum(3), b).reshape(-1) * reference
+        return cost
     products = (weight * weight_grad).reshape(weight.shape[0], weight.shape[1], -1)
     cost = -products.sum((0, 2))
     if reference is not None:

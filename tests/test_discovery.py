@@ -268,15 +268,27 @@ def test_one_dimensional_pooling_is_followed() -> None:
     assert _edges(opt) == {"c1": [("c2", 1, "mean")], "c2": [("head", 1, "mean")]}
 
 
-def test_subclasses_are_listed_with_the_layers_feeding_them() -> None:
-    class Custom(nn.Linear):
+def test_subclasses_count_when_they_compute_what_their_class_does() -> None:
+    class Plain(nn.Linear):
         pass
 
-    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), Custom(4, 1))
+    class Casting(nn.Linear):  # timm's Linear: casts the weight to the input's dtype
+        def forward(self, x: Tensor) -> Tensor:
+            return F.linear(x, self.weight.to(x.dtype), self.bias.to(x.dtype))
+
+    class Standardised(nn.Linear):  # weight standardisation: a zeroed column moves the rest
+        def forward(self, x: Tensor) -> Tensor:
+            w = self.weight
+            return F.linear(x, (w - w.mean(1, keepdim=True)) / w.std(1, keepdim=True), self.bias)
+
+    model = nn.Sequential(
+        Plain(3, 4), nn.ReLU(), Casting(4, 4), nn.ReLU(), Standardised(4, 4), nn.ReLU(),
+        nn.Linear(4, 1),
+    )  # fmt: skip
     opt = _discovered(model, torch.randn(2, 3))
-    assert "subclass" in opt.skipped["4"]
-    assert "its consumer `4` is a subclass" in opt.skipped["2"]
-    assert set(opt.layers) == {"0"}
+    assert set(opt.layers) == {"0"} and opt.layers["0"].consumers == ("2",)
+    assert "a subclass of Linear whose forward computes something else" in opt.skipped["4"]
+    assert "its consumer `4` is a subclass of Linear" in opt.skipped["2"]
 
 
 def test_describe_lists_layers_and_reasons_and_leaves_the_model_alone() -> None:

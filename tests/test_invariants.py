@@ -53,14 +53,14 @@ def test_reset_touches_exactly_the_unit(optimizer: str, policy: str) -> None:
 
 
 def test_the_invariant_check_catches_a_broken_operator(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gxd_optim.operator
+    import gxd_optim.operator.plan
 
     def fold_without_zeroing(
-        weight: Tensor, bias: Tensor | None, columns: Tensor, values: object
+        weight: Tensor, bias: Tensor | None, columns: Tensor, values: object, **_: object
     ) -> None:
         weight.detach()[:, columns].zero_()  # the classic bug: writes into a copy
 
-    monkeypatch.setattr(gxd_optim.operator, "fold_and_zero_inputs_", fold_without_zeroing)
+    monkeypatch.setattr(gxd_optim.operator.plan, "fold_and_zero_inputs_", fold_without_zeroing)
     _, opt = _trained("adam", "zero")
     with pytest.raises(AssertionError, match="outgoing weights of the units are not zero"):
         assert_reset_invariants(opt, "fc", [1])

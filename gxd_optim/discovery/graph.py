@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -12,15 +12,16 @@ from .checks import Checks
 from .layers import (
     NOT_CALLED,
     OUTPUT,
-    PRODUCER_TYPES,
     Edge,
     LayerInfo,
     Node,
     edge_for,
     num_units,
     producer_modules,
+    reads_features,
     unwrap_model,
 )
+from .ops import HINTS, Layout, op_name, others, step
 from .trace import Call, Trace, trace_forward
 
 
@@ -55,139 +56,39 @@ def _internal_owner(calls: Mapping[str, Call]) -> dict[Node, str]:
     return owner
 
 
-_UNARY = frozenset(
-    {
-        *("Relu", "Threshold", "LeakyRelu", "Tanh", "Sigmoid", "Gelu", "Silu", "Elu", "Celu"),
-        *("Hardtanh", "Softplus", "Mish", "Hardswish", "Hardsigmoid", "LogSigmoid"),
-        *("RreluWithNoise", "PreluKernel", "NativeDropout", "ToCopy", "Clone", "Alias"),
-    }
-)
-_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
-_NORMS = frozenset({"NativeBatchNorm", "CudnnBatchNorm", "MiopenBatchNorm"})
-_POOLS = frozenset(
-    {
-        *("MaxPool2DWithIndices", "MaxPool3DWithIndices", "AvgPool2D", "AvgPool3D"),
-        *("AdaptiveAvgPool2D", "AdaptiveAvgPool3D", "AdaptiveMaxPool2D", "AdaptiveMaxPool3D"),
-    }
-)
-_REDUCTIONS = frozenset({"Mean", "Sum"})
-_RESHAPES = frozenset({"View", "ReshapeAlias", "UnsafeView", "Squeeze", "Unsqueeze"})
-_HINTS = {
-    "Add": "an addition of two tensors (a residual connection?)",
-    "Sub": "a subtraction of two tensors",
-    "Mul": "a product of two tensors (gating?)",
-    "Div": "a division of two tensors",
-    "Cat": "a concatenation",
-    "Stack": "a stack",
-    "NativeLayerNorm": "LayerNorm",
-    "NativeGroupNorm": "GroupNorm",
-    "Softmax": "a softmax (attention?)",
-    "LogSoftmax": "a log-softmax",
-    "Bmm": "a matrix product (attention?)",
-    "Mm": "a matrix product",
-    "Permute": "a permutation of dimensions",
-    "Transpose": "a transpose",
-    "Expand": "a broadcast (inside a batched matrix product?)",
-}
+@dataclass
+class _Walk:
+    """What lies above one tensor of units: the layers that read it and what it passes.
 
+    Attributes:
+        reads: each consumer, with the layout in which it reads the units.
+        norms: the BatchNorms between (their entries of the units are reset too).
+        ops: the operations passed (autograd names), for `LayerInfo.path`.
+        region: every node the walk passed, with the units' layout there.
+        gates: products with another tensor of units (``act(gate(x)) * up(x)``): the node
+            and its other inputs, which must be another producer's units.
+    """
 
-def _op_name(node: Node) -> str:
-    name = type(node).__name__
-    cut = name.rfind("Backward")
-    return name[:cut] if cut > 0 else name
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where the units sit in a tensor: indices ``[i·k, (i+1)·k)`` of ``axis`` are unit ``i``."""
-
-    shape: tuple[int, ...]
-    axis: int
-    k: int = 1
-    stale: bool = False  # inside a composite op whose inner shapes were not recorded
-
-
-def _step(node: Node, layout: _Layout, units: int, shapes: Mapping[Node, Any]) -> _Layout | str:
-    """Follow one operation upwards; return the new layout or why the units are mixed."""
-    op = _op_name(node)
-    out_shape = shapes.get(node)
-    mixed = f"its units are mixed by {_HINTS.get(op, f'`{op}`')} before any consumer"
-    if op in _UNARY:
-        return layout
-    if op in _BINARY:
-        others = [
-            child
-            for child, _ in node.next_functions[1:]
-            if child is not None and type(child).__name__ != "AccumulateGrad"
-        ]
-        if others or (out_shape is not None and out_shape != layout.shape):
-            return mixed
-        return layout
-    if op in _NORMS or op in _POOLS:
-        if layout.axis != 1 or layout.k != 1:
-            return f"{mixed} (it does not act on the unit axis)"
-        if op in _NORMS:
-            return layout
-        return _Layout(out_shape, 1) if out_shape is not None else replace(layout, stale=True)
-    if op in _REDUCTIONS and hasattr(node, "_saved_dim"):
-        shape = tuple(getattr(node, "_saved_self_sym_sizes", layout.shape))
-        if shape[: layout.axis + 1] != layout.shape[: layout.axis + 1]:
-            return f"could not follow `{op}`"
-        dims = {(d - 2**64 if d >= 2**63 else d) % len(shape) for d in node._saved_dim}
-        if 0 in dims or layout.axis in dims:
-            return mixed
-        if node._saved_keepdim:
-            kept = tuple(1 if i in dims else size for i, size in enumerate(shape))
-            return _Layout(kept, layout.axis, layout.k, layout.stale)
-        shape = tuple(size for i, size in enumerate(shape) if i not in dims)
-        axis = layout.axis - sum(d < layout.axis for d in dims)
-        return _Layout(shape, axis, layout.k, layout.stale)
-    if op in _RESHAPES:
-        if out_shape is None:  # e.g. the unsqueeze inside a 1-d pooling
-            return replace(layout, stale=True)
-        if layout.stale:
-            if out_shape[: layout.axis + 1] == layout.shape[: layout.axis + 1]:
-                return _Layout(out_shape, layout.axis, layout.k)
-            return f"could not follow `{op}`"
-        return _reshape(layout, out_shape, units)
-    return mixed
-
-
-def _prod(values: Sequence[int]) -> int:
-    out = 1
-    for v in values:
-        out *= v
-    return out
-
-
-def _reshape(layout: _Layout, new: tuple[int, ...], units: int) -> _Layout | str:
-    """Locate the unit axis after a view: unit ``i`` spans ``k·inner`` consecutive elements."""
-    old = layout.shape
-    outer, span = _prod(old[: layout.axis]), layout.k * _prod(old[layout.axis + 1 :])
-    if new[:1] != old[:1]:
-        return "a view merges the batch dimension with others"
-    for b in range(1, len(new)):
-        inner = _prod(new[b + 1 :])
-        if _prod(new[:b]) == outer and new[b] % units == 0 and (new[b] // units) * inner == span:
-            return _Layout(new, b, new[b] // units)
-    return "a view splits its units across dimensions"
+    reads: list[tuple[str, Layout]] = field(default_factory=list)
+    norms: list[str] = field(default_factory=list)
+    ops: list[str] = field(default_factory=list)
+    region: dict[Node, Layout] = field(default_factory=dict)
+    gates: list[tuple[Node, list[Node]]] = field(default_factory=list)
 
 
 def _walk(
-    name: str,
-    module: nn.Module,
+    start: Node,
+    layout: Layout,
+    units: int,
     trace: Trace,
     parents: Mapping[Node, list[Node]],
     owner: Mapping[Node, str],
-) -> tuple[list[tuple[str, _Layout]], list[str], list[str]] | str:
-    """Walk upwards from producer ``name``; return (consumer reads, norms, ops) or a reason."""
-    call = trace.calls[name]
-    units = num_units(module)
-    axis = len(call.out_shape) - 1 if isinstance(module, nn.Linear) else 1
-    reads: list[tuple[str, _Layout]] = []
-    norms: list[str] = []
-    ops: list[str] = []
-    stack: list[tuple[Node, _Layout]] = [(call.out_node, _Layout(call.out_shape, axis))]
+) -> _Walk | str:
+    """Walk upwards from a tensor of units (``start``, laid out as ``layout``) to the layers
+    that read it; return what it found or why the units are mixed or leave the model."""
+    found = _Walk(region={start: layout})
+    joins: list[tuple[Node, list[Node], Layout]] = []
+    stack: list[tuple[Node, Layout]] = [(start, layout)]
     seen: set[Node] = set()
     while stack:
         node, layout = stack.pop()
@@ -195,41 +96,92 @@ def _walk(
             continue
         seen.add(node)
         if node in trace.roots:
-            return OUTPUT
+            return _resolve(found, joins, early=True) or OUTPUT
         if node in trace.hidden and not parents.get(node):
-            return "its units reach a tensor forward() does not return (an auxiliary loss?)"
+            hidden = "its units reach a tensor forward() does not return (an auxiliary loss?)"
+            return _resolve(found, joins, early=True) or hidden
         for parent in parents.get(node, []):
             consumer = owner.get(parent)
             if consumer is not None:
                 entered = trace.calls[consumer]
                 if all(node is not n for n in (entered.in_node, *(i for i, _ in entered.more))):
                     return f"its output reaches `{consumer}` other than as that layer's input"
-                reads.append((consumer, layout))
+                found.reads.append((consumer, layout))
                 continue
-            nxt = _step(parent, layout, units, trace.shapes)
+            nxt = step(parent, node, layout, units, trace.shapes, trace.nonzero_pads)
             if isinstance(nxt, str):  # mixed: by the model, or by what reads its output
                 outside = trace.inside is not None and parent not in trace.inside
-                return OUTPUT if outside else nxt
-            op = _op_name(parent)
-            if op not in ops:
-                ops.append(op)
-            if parent in trace.norms and trace.norms[parent] not in norms:
-                norms.append(trace.norms[parent])
+                return _resolve(found, joins, early=True) or (OUTPUT if outside else nxt)
+            extra = others(parent, node)
+            if extra and trace.inside is not None and parent not in trace.inside:
+                return _resolve(found, joins, early=True) or OUTPUT  # the loss, say
+            if extra:
+                joins.append((parent, extra, layout))
+            op = op_name(parent)
+            if op not in found.ops:
+                found.ops.append(op)
+            if parent in trace.norms and trace.norms[parent] not in found.norms:
+                found.norms.append(trace.norms[parent])
+            found.region.setdefault(parent, nxt)
             stack.append((parent, nxt))
-    return reads, norms, ops
+    return _resolve(found, joins) or found
+
+
+def _resolve(
+    found: _Walk, joins: list[tuple[Node, list[Node], Layout]], early: bool = False
+) -> str:
+    """Check the binary operations passed: the other operand must be the same units (then
+    nothing is mixed) or, for a product, another producer's (a gate, noted in ``found``).
+    A walk that ``early`` ended for another reason reports a product as what mixed first."""
+    for node, extra, layout in joins:
+        ours = [o for o in extra if _same(found.region.get(o), layout)]
+        if len(ours) == len(extra):
+            continue  # the same units on both sides: x * sigmoid(x), say
+        if ours or op_name(node) != "Mul" or early:
+            what = HINTS.get(op_name(node), f"`{op_name(node)}`")
+            return f"its units are mixed by {what} before any consumer"
+        found.gates.append((node, extra))
+    return ""
+
+
+def _same(a: Layout | None, b: Layout) -> bool:
+    return a is not None and (a.shape, a.axis, a.k) == (b.shape, b.axis, b.k)
+
+
+def _start(name: str, module: nn.Module, trace: Trace) -> tuple[Node, Layout]:
+    """Where a producer's walk starts: its output, units on the feature or channel axis."""
+    call = trace.calls[name]
+    axis = len(call.out_shape) - 1 if reads_features(module) else 1
+    return call.out_node, Layout(call.out_shape, axis)
 
 
 def _read_edge(
-    consumer: nn.Module, consumer_name: str, layout: _Layout, units: int, reference: str
+    consumer: nn.Module,
+    consumer_name: str,
+    layout: Layout,
+    units: int,
+    reference: str,
+    norm: str,
 ) -> Edge | str:
     """Check that ``consumer`` reads the units on its feature axis, then build the edge."""
-    feature_axis = len(layout.shape) - 1 if isinstance(consumer, nn.Linear) else 1
+    feature_axis = len(layout.shape) - 1 if reads_features(consumer) else 1
     if layout.axis != feature_axis:
         return f"its consumer `{consumer_name}` does not read its units on its feature axis"
-    edge = edge_for(consumer, consumer_name, units, reference)
+    edge = edge_for(consumer, consumer_name, units, reference, norm, layout.padded)
     if isinstance(edge, Edge) and edge.columns_per_unit != layout.k:
         return f"its consumer `{consumer_name}` reads its units in an order that cannot be mapped"
     return edge
+
+
+def _norm_after(consumer: str, trace: Trace, parents: Mapping[Node, list[Node]]) -> str:
+    """The BatchNorm that alone reads a consumer's output, called once ('' if none)."""
+    out = trace.calls[consumer].out_node
+    norm = trace.norm_inputs.get(out, "")
+    readers = set(parents.get(out, []))
+    if not norm or len(readers) != 1 or trace.norm_calls[norm] != 1:
+        return ""
+    (reader,) = readers
+    return norm if trace.norms.get(reader) == norm else ""
 
 
 def discover(
@@ -267,12 +219,8 @@ def analyse(
     named = dict(root.named_modules())
     parents = _parents(trace.roots | trace.hidden)
     owner = _internal_owner(trace.calls)
-    layers: dict[str, LayerInfo] = {}
-    skipped: dict[str, str] = {
-        name: f"a subclass of a Linear/Conv layer (`{type(module).__name__}`), not handled"
-        for name, module in root.named_modules()
-        if isinstance(module, PRODUCER_TYPES) and name not in modules
-    }
+    skipped: dict[str, str] = {}
+    walks: dict[str, _Walk] = {}
 
     def problem(name: str) -> str:
         """What the reset must not write first, then how the pass called the layer."""
@@ -281,38 +229,133 @@ def analyse(
         )
 
     for name, module in modules.items():
-        found = problem(name) or _walk(name, module, trace, parents, owner)
+        found = problem(name) or _walk(
+            *_start(name, module, trace), num_units(module), trace, parents, owner
+        )
         if isinstance(found, str):
             skipped[name] = found
-            continue
-        reads, norms, ops = found
-        why = next((w for n in norms if (w := checks.norm(n, named[n], trace.norm_calls[n]))), "")
-        if why:
-            skipped[name] = why
-            continue
-        edges: list[Edge] = []
-        for consumer, layout in reads:
-            if consumer not in modules:
-                skipped[name] = f"its consumer `{consumer}` is {skipped[consumer]}"
-                break
-            reason = problem(consumer)
-            edge = (
-                f"its consumer `{consumer}` is {reason}"
-                if reason
-                else _read_edge(modules[consumer], consumer, layout, num_units(module), reference)
-            )
-            if isinstance(edge, str):
-                skipped[name] = edge
-                break
-            edges.append(edge)
         else:
-            if not edges:
-                skipped[name] = "no layer reads its units"
-            else:
-                layers[name] = LayerInfo(
-                    name, num_units(module), tuple(edges), tuple(norms), tuple(ops)
-                )
+            walks[name] = found
+    units: dict[str, tuple[tuple[str, ...], _Walk]] = {}
+    for name, walk in walks.items():
+        if name in skipped or name in units:
+            continue
+        if not walk.gates:
+            units[name] = ((), walk)
+            continue
+        gated = _pair_gates(name, walks, modules, trace, parents, owner)
+        if isinstance(gated, str):
+            skipped[name] = gated
+            continue
+        primary, partner, merged = gated
+        units[primary] = ((partner,), merged)
+        skipped[partner] = f"its units are gated by those of `{primary}`: reset with that layer"
+    layers: dict[str, LayerInfo] = {}
+    for name, (partners, walk) in units.items():
+        info = _layer(
+            name,
+            partners,
+            walk,
+            modules,
+            named,
+            skipped,
+            problem,
+            checks,
+            trace,
+            parents,
+            reference,
+        )
+        if isinstance(info, str):
+            skipped[name] = info
+        else:
+            layers[name] = info
     return layers, skipped
+
+
+def _layer(
+    name: str,
+    partners: tuple[str, ...],
+    walk: _Walk,
+    modules: Mapping[str, nn.Module],
+    named: Mapping[str, nn.Module],
+    skipped: Mapping[str, str],
+    problem: Callable[[str], str],
+    checks: Checks,
+    trace: Trace,
+    parents: Mapping[Node, list[Node]],
+    reference: str,
+) -> LayerInfo | str:
+    """The `LayerInfo` of producer ``name`` from its walk, or why it is not eligible."""
+    why = next((w for n in walk.norms if (w := checks.norm(n, named[n], trace.norm_calls[n]))), "")
+    if why:
+        return why
+    units = num_units(modules[name])
+    edges: list[Edge] = []
+    for consumer, layout in walk.reads:
+        if consumer not in modules:
+            return f"its consumer `{consumer}` is {skipped[consumer]}"
+        reason = problem(consumer)
+        if reason:
+            return f"its consumer `{consumer}` is {reason}"
+        norm = _norm_after(consumer, trace, parents)
+        if norm and checks.norm(norm, named[norm]):
+            norm = ""
+        edge = _read_edge(modules[consumer], consumer, layout, units, reference, norm)
+        if isinstance(edge, str):
+            return edge
+        edges.append(edge)
+    if not edges:
+        return "no layer reads its units"
+    return LayerInfo(name, units, tuple(edges), tuple(walk.norms), tuple(walk.ops), partners)
+
+
+def _pair_gates(
+    name: str,
+    walks: Mapping[str, _Walk],
+    modules: Mapping[str, nn.Module],
+    trace: Trace,
+    parents: Mapping[Node, list[Node]],
+    owner: Mapping[Node, str],
+) -> tuple[str, str, _Walk] | str:
+    """Pair a producer with the one its units are multiplied by (a gated MLP), or say why not.
+
+    Unit ``i`` is then the product of both producers' units ``i``: only the product may reach
+    a consumer, through one product node that both walks pass. Returns the first of the two in
+    the model's order, the other, and the walk from the product.
+    """
+    mixed = "its units are mixed by a product of two tensors (gating?) before any consumer"
+    excitation = "its units are scaled by a gate of another shape (squeeze-excitation?)"
+    walk = walks[name]
+    if len(walk.gates) != 1:
+        return mixed
+    node, extra = walk.gates[0]
+    if any(trace.shapes.get(e, walk.region[node].shape) != walk.region[node].shape for e in extra):
+        return excitation
+    partner = next(
+        (n for n, w in walks.items() if n != name and all(e in w.region for e in extra)), None
+    )
+    if partner is None:
+        return mixed
+    theirs = walks[partner]
+    if not _same(theirs.region.get(node), walk.region[node]):
+        return excitation
+    if (
+        len(theirs.gates) != 1
+        or theirs.gates[0][0] is not node
+        or not all(e in walk.region for e in theirs.gates[0][1])
+        or num_units(modules[partner]) != num_units(modules[name])
+    ):
+        return mixed
+    merged = _walk(node, walk.region[node], num_units(modules[name]), trace, parents, owner)
+    if isinstance(merged, str) or merged.gates:
+        return merged if isinstance(merged, str) else mixed
+    reads = {c for c, _ in merged.reads}
+    if {c for c, _ in walk.reads} != reads or {c for c, _ in theirs.reads} != reads:
+        return "its units reach a layer other than through their product with a gate"
+    merged.norms = list(dict.fromkeys([*walk.norms, *theirs.norms]))
+    merged.ops = list(dict.fromkeys([*walk.ops, *theirs.ops]))
+    first, second = sorted((name, partner), key=list(modules).index)
+    return first, second, merged
 
 
 def _call_problem(call: Call | None, scope: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -21,6 +22,9 @@ NOT_CALLED = "not called in the forward pass"
 
 OUTPUT = "its units are part of the model's output"
 """The reason recorded for a layer whose units leave the model before any consumer."""
+
+PADDED = "zero-padded before its consumer: a fold differs from the mean at borders"
+"""Why a pair whose units are padded with zeros on their way uses the zero reference."""
 
 Node = Any  # torch.autograd.graph.Node; its C++ subclasses are not typed
 
@@ -35,6 +39,8 @@ class Edge:
             ``[i·k, (i+1)·k)`` (``k > 1`` when a conv output is flattened into a Linear).
         reference: ``"mean"`` or ``"zero"``: the reference this pair realises.
         note: why the reference differs from the one asked for (empty if it does not).
+        norm: the BatchNorm after a consumer without bias that takes the mean's fold (its
+            ``running_mean``), or empty.
 
     Example:
         >>> import torch
@@ -43,13 +49,14 @@ class Edge:
         >>> opt = GXDReset(torch.optim.SGD(net.parameters(), lr=0.1), net)
         >>> opt.discover(torch.randn(2, 1, 4, 4))
         >>> opt.layers["0"].edges
-        (Edge(consumer='3', columns_per_unit=4, reference='mean', note=''),)
+        (Edge(consumer='3', columns_per_unit=4, reference='mean', note='', norm=''),)
     """
 
     consumer: str
     columns_per_unit: int
     reference: str
     note: str = ""
+    norm: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class LayerInfo:
         edges: one `Edge` per consumer.
         norms: BatchNorm layers between the producer and its consumers.
         path: the operations found between producer and consumers (autograd node names).
+        partners: the producers whose units are multiplied with these (a gated MLP's ``up``
+            for its ``gate``): unit ``i`` is the product, and a reset redraws row ``i`` of
+            each.
 
     Example:
         >>> import torch
@@ -79,6 +89,7 @@ class LayerInfo:
     edges: tuple[Edge, ...]
     norms: tuple[str, ...] = ()
     path: tuple[str, ...] = field(default=(), compare=False)
+    partners: tuple[str, ...] = ()
 
     @property
     def consumers(self) -> tuple[str, ...]:
@@ -88,7 +99,8 @@ class LayerInfo:
     @property
     def touched(self) -> tuple[str, ...]:
         """The modules a reset of this layer writes: it, its consumers and its BatchNorms."""
-        return (self.name, *self.consumers, *self.norms)
+        absorbing = tuple(e.norm for e in self.edges if e.norm)
+        return (self.name, *self.partners, *self.consumers, *self.norms, *absorbing)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -103,32 +115,101 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model = inner
 
 
+def is_transposed(module: nn.Module) -> bool:
+    """Whether ``module`` is transformers' ``Conv1D``: a Linear whose weight is ``[in, out]``."""
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and isinstance(weight, Tensor)
+        and weight.dim() == 2
+    )
+
+
+def is_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is a Linear/Conv layer (a subclass, or transformers' ``Conv1D``)."""
+    return isinstance(module, PRODUCER_TYPES) or is_transposed(module)
+
+
+def reads_features(module: nn.Module) -> bool:
+    """Whether the layer reads (and writes) its features on the last axis, as a Linear does."""
+    return isinstance(module, nn.Linear) or is_transposed(module)
+
+
+def canonical(tensor: Tensor, module: nn.Module) -> Tensor:
+    """A tensor shaped like the layer's weight, as a view ``[out, in, *kernel]``."""
+    return tensor.t() if is_transposed(module) else tensor
+
+
+def dense_inputs(weight: Tensor, module: nn.Module) -> Tensor:
+    """A grouped convolution's weight as the dense ``[out, in, *kernel]`` it acts as (zeros
+    outside each group's block); any other layer's weight as it is."""
+    groups = int(getattr(module, "groups", 1))
+    if groups == 1:
+        return weight
+    per_out, per_in = weight.shape[0] // groups, weight.shape[1]
+    dense = weight.new_zeros(weight.shape[0], per_in * groups, *weight.shape[2:])
+    for group in range(groups):
+        rows = slice(group * per_out, (group + 1) * per_out)
+        dense[rows, group * per_in : (group + 1) * per_in] = weight[rows]
+    return dense
+
+
 def producer_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """All Linear/Conv{1,2,3}d layers of ``model`` by qualified name (parametrized ones too;
-    subclasses with their own forward are not included)."""
-    return {
-        name: module
-        for name, module in unwrap_model(model).named_modules()
-        if _base_type(module) in PRODUCER_TYPES
-    }
+    """All Linear/Conv{1,2,3}d layers of ``model`` by qualified name (subclasses, parametrized
+    layers and transformers' ``Conv1D`` too; `forward_problem` says which behave as one)."""
+    return {name: m for name, m in unwrap_model(model).named_modules() if is_layer(m)}
 
 
-def _base_type(module: nn.Module) -> type[nn.Module]:
-    """The layer's class; for a parametrized layer, the class it was before."""
-    if parametrize.is_parametrized(module):
-        return type(module).__bases__[0]
-    return type(module)
+def forward_problem(module: nn.Module) -> str:
+    """Why a subclass of a Linear/Conv layer does not compute what its class does ('' if it
+    does): checked on a small random input against the base class's ``forward``.
+
+    A subclass that casts or reshapes passes; one that standardises its weight in ``forward``
+    (so that zeroing a column changes the others) does not.
+    """
+    if is_transposed(module) or parametrize.is_parametrized(module):
+        return ""
+    base = next(t for t in type(module).__mro__ if t in PRODUCER_TYPES)
+    if type(module).forward is base.forward:
+        return ""
+    weight, _ = layer_params(module)
+    generator = torch.Generator().manual_seed(0)
+    if isinstance(module, nn.Linear):
+        shape: tuple[int, ...] = (2, module.in_features)
+    else:
+        conv: Any = module
+        size = [
+            d * (k - 1) + s + 1
+            for k, d, s in zip(conv.kernel_size, conv.dilation, conv.stride, strict=True)
+        ]
+        shape = (1, conv.in_channels, *size)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64).to(weight)
+    try:
+        with torch.no_grad():
+            same = torch.allclose(module.forward(x), base.forward(module, x), rtol=1e-4, atol=1e-5)
+    except Exception as error:
+        return f"a subclass of {base.__name__} whose forward fails on a probe ({error!r})"
+    if not same:
+        return f"a subclass of {base.__name__} whose forward computes something else"
+    return ""
 
 
-def requested_reference(consumer: nn.Module, requested: str) -> tuple[str, str]:
+def requested_reference(
+    consumer: nn.Module, requested: str, norm: str = "", padded: bool = False
+) -> tuple[str, str]:
     """The reference a consumer can realise exactly, and why if it differs from ``requested``.
 
-    A mean reference is folded into the consumer's bias; that needs a bias, and for a
-    convolution no zero padding (at the borders the padded zeros, not ``r``, are read).
+    A mean reference is folded into the consumer's bias, or, for a consumer without one whose
+    output only a BatchNorm ``norm`` reads, into what that BatchNorm subtracts. A convolution
+    must not pad its input with zeros, nor may the input be padded before it (``padded``): at
+    the borders the zeros, not ``r``, are read.
     """
     if requested == "zero":
         return "zero", ""
-    if getattr(consumer, "bias", None) is None:
+    if padded:
+        return "zero", PADDED
+    if getattr(consumer, "bias", None) is None and not norm:
         return "zero", "consumer has no bias to fold the mean into"
     if isinstance(consumer, nn.modules.conv._ConvNd) and consumer.padding_mode == "zeros":
         padding = consumer.padding
@@ -148,33 +229,43 @@ def weight_problem(module: nn.Module) -> str:
         return "parametrized (torch.nn.utils.parametrize): not supported yet"
     if not isinstance(module._parameters.get("weight"), nn.Parameter):
         return "holding a weight that is not a Parameter (pruned?): not supported"
-    return ""
+    return forward_problem(module)
 
 
-def edge_for(consumer: nn.Module, consumer_name: str, num_units: int, reference: str) -> Edge | str:
-    """Build the edge from a producer of ``num_units`` to ``consumer``, or say why not."""
+def edge_for(
+    consumer: nn.Module,
+    consumer_name: str,
+    num_units: int,
+    reference: str,
+    norm: str = "",
+    padded: bool = False,
+) -> Edge | str:
+    """Build the edge from a producer of ``num_units`` to ``consumer``, or say why not.
+
+    ``norm`` names a BatchNorm that alone reads the consumer's output; ``padded``, whether
+    the units were padded with zeros on their way (see `requested_reference`).
+    """
     problem = weight_problem(consumer)
     if problem:
         return f"its consumer `{consumer_name}` is {problem}"
-    if isinstance(consumer, nn.Linear):
-        if consumer.in_features % num_units:
+    inputs = in_features(consumer)
+    if reads_features(consumer):
+        if inputs % num_units:
             return (
-                f"its consumer `{consumer_name}` has {consumer.in_features} inputs, "
+                f"its consumer `{consumer_name}` has {inputs} inputs, "
                 f"not a multiple of its {num_units} units"
             )
-        k = consumer.in_features // num_units
+        k = inputs // num_units
     else:
-        conv: Any = consumer
-        if conv.groups != 1:
-            return f"its consumer `{consumer_name}` is a grouped convolution (not supported yet)"
-        if conv.in_channels != num_units:
+        if inputs != num_units:
             return (
-                f"its consumer `{consumer_name}` has {conv.in_channels} input channels, "
+                f"its consumer `{consumer_name}` has {inputs} input channels, "
                 f"not its {num_units} units"
             )
         k = 1
-    ref, note = requested_reference(consumer, reference)
-    return Edge(consumer_name, k, ref, note)
+    ref, note = requested_reference(consumer, reference, norm, padded)
+    absorbed = norm if ref == "mean" and getattr(consumer, "bias", None) is None else ""
+    return Edge(consumer_name, k, ref, note, absorbed)
 
 
 def layer_tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
@@ -191,4 +282,14 @@ def layer_params(module: nn.Module) -> tuple[Tensor, Tensor | None]:
 
 
 def num_units(module: nn.Module) -> int:
+    """The layer's units: output features (Linear, ``Conv1D``) or output channels (Conv)."""
+    if is_transposed(module):
+        return int(layer_params(module)[0].shape[1])
     return module.out_features if isinstance(module, nn.Linear) else int(module.out_channels)  # type: ignore[arg-type]
+
+
+def in_features(module: nn.Module) -> int:
+    """The layer's inputs: input features (Linear, ``Conv1D``) or input channels (Conv)."""
+    if is_transposed(module):
+        return int(layer_params(module)[0].shape[0])
+    return module.in_features if isinstance(module, nn.Linear) else int(module.in_channels)  # type: ignore[arg-type]

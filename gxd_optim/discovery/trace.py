@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
-from .layers import PRODUCER_TYPES, Node
+from .layers import Node, is_layer
 
 _STATE = threading.local()
 
@@ -73,6 +76,8 @@ class _ShapeRecorder(TorchFunctionMode):
     def __init__(self, on_backward: Callable[[list[Tensor]], None] | None = None) -> None:
         super().__init__()
         self.shapes: dict[Node, tuple[int, ...]] = {}
+        self.nonzero_pads: set[Node] = set()
+        self._outputs: dict[Node, weakref.ref[Tensor]] = {}  # to notice a node replaced
         self.on_backward = on_backward
         self.done = False  # a backward was announced: from now on, only pass calls through
 
@@ -90,7 +95,24 @@ class _ShapeRecorder(TorchFunctionMode):
         for tensor in _tensors_in(out):
             if tensor.grad_fn is not None:
                 self.shapes.setdefault(tensor.grad_fn, tuple(tensor.shape))
+                self._outputs.setdefault(tensor.grad_fn, weakref.ref(tensor))
+        if func is F.pad and isinstance(out, Tensor) and _pad_value(args, kwargs) != 0:
+            self.nonzero_pads.add(out.grad_fn)
         return out
+
+    def replaced(self, node: Node) -> bool:
+        """Whether the tensor ``node`` made was modified in place since: an in-place op on a
+        view of it (dropout after a flatten) gave it another node, and ``node`` is dead."""
+        ref = self._outputs.get(node)
+        tensor = None if ref is None else ref()
+        return tensor is not None and tensor.grad_fn is not node
+
+
+def _pad_value(args: Any, kwargs: Mapping[str, Any]) -> float:
+    """The constant of an ``F.pad`` call (0 for its other modes)."""
+    mode = kwargs.get("mode", args[2] if len(args) > 2 else "constant")
+    value = kwargs.get("value", args[3] if len(args) > 3 else None)
+    return float(value or 0.0) if mode == "constant" else 0.0
 
 
 @dataclass
@@ -121,6 +143,28 @@ def _record_call(calls: dict[str, Call], name: str, inputs: tuple[Any, ...], out
 
 
 @dataclass
+class _Notes:
+    """What module hooks report of a pass: producer calls and BatchNorm calls."""
+
+    calls: dict[str, Call] = field(default_factory=dict)
+    norms: dict[Node, str] = field(default_factory=dict)  # a BatchNorm's output: its name
+    norm_inputs: dict[Node, str] = field(default_factory=dict)
+    norm_calls: Counter[str] = field(default_factory=Counter)
+
+    def note(self, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        """Module ``name`` returned ``output`` from ``inputs``."""
+        if is_layer(module):
+            _record_call(self.calls, name, inputs, output)
+        elif isinstance(module, _BatchNorm):
+            self.norm_calls[name] += 1
+            if isinstance(output, Tensor) and output.grad_fn is not None:
+                self.norms[output.grad_fn] = name
+            x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+            if x is not None and x.grad_fn is not None:
+                self.norm_inputs[x.grad_fn] = name
+
+
+@dataclass
 class Trace:
     calls: dict[str, Call]
     norms: dict[Node, str]
@@ -131,33 +175,18 @@ class Trace:
     norm_calls: Counter[str] = field(default_factory=Counter)
     inside: set[Node] | None = None  # nodes made inside the model's modules (None: all)
     scope: str = "per forward pass"  # what a count of calls is counted over
+    norm_inputs: dict[Node, str] = field(default_factory=dict)  # a BatchNorm's input: its name
+    nonzero_pads: set[Node] = field(default_factory=set)  # padded with a constant other than 0
 
 
 def trace_forward(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Trace:
-    calls: dict[str, Call] = {}
-    norms: dict[Node, str] = {}
-    norm_calls: Counter[str] = Counter()
-    handles = []
-
-    def on_layer(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            _record_call(calls, name, inputs, output)
-
-        return hook
-
-    def on_norm(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            norm_calls[name] += 1
-            if isinstance(output, Tensor) and output.grad_fn is not None:
-                norms[output.grad_fn] = name
-
-        return hook
-
-    for name, module in root.named_modules():
-        if isinstance(module, PRODUCER_TYPES):
-            handles.append(module.register_forward_hook(on_layer(name)))
-        elif isinstance(module, _BatchNorm):
-            handles.append(module.register_forward_hook(on_norm(name)))
+    """Run ``root`` on one batch and record the pass (the caller restores buffers and RNG)."""
+    notes = _Notes()
+    handles = [
+        module.register_forward_hook(partial(_on_call, notes, name))
+        for name, module in root.named_modules()
+        if is_layer(module) or isinstance(module, _BatchNorm)
+    ]
     try:
         with torch.enable_grad(), replaying(), _ShapeRecorder() as recorder:
             out = root(*args, **kwargs)
@@ -166,11 +195,27 @@ def trace_forward(root: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
             handle.remove()
     roots = set(_nodes_of(out))
     returned = reachable(roots)
-    hidden = {node for node in recorder.shapes if node not in returned}
-    for call in calls.values():  # a consumer's input shape is known even for unrecorded nodes
+    hidden = {n for n in recorder.shapes if n not in returned and not recorder.replaced(n)}
+    for call in notes.calls.values():  # a consumer's input shape is known even if unrecorded
         if call.in_node is not None:
             recorder.shapes.setdefault(call.in_node, call.in_shape)
-    return Trace(calls, norms, recorder.shapes, roots, hidden, out, norm_calls)
+    return Trace(
+        notes.calls,
+        notes.norms,
+        recorder.shapes,
+        roots,
+        hidden,
+        out,
+        notes.norm_calls,
+        norm_inputs=notes.norm_inputs,
+        nonzero_pads=recorder.nonzero_pads,
+    )
+
+
+def _on_call(
+    notes: _Notes, name: str, module: nn.Module, inputs: tuple[Any, ...], output: Any
+) -> None:
+    notes.note(name, module, inputs, output)
 
 
 def reachable(roots: set[Node]) -> set[Node]:
@@ -218,9 +263,7 @@ class PassRecorder:
     """
 
     def __init__(self, on_backward: Callable[[list[Tensor]], None]) -> None:
-        self.calls: dict[str, Call] = {}
-        self.norms: dict[Node, str] = {}
-        self.norm_calls: Counter[str] = Counter()
+        self.notes = _Notes()
         self.tops: list[tuple[list[Node], list[Node]]] = []  # (inputs, outputs) of outer calls
         self._entered: list[list[Node]] = []  # the input nodes of the calls under way
         self._shapes = _ShapeRecorder(on_backward)
@@ -267,12 +310,7 @@ class PassRecorder:
             return  # a call that was under way before the recording started
         inputs = self._entered.pop()
         if torch.is_grad_enabled() and not self.finished:
-            if isinstance(module, PRODUCER_TYPES):
-                _record_call(self.calls, name, args, output)
-            elif isinstance(module, _BatchNorm):
-                self.norm_calls[name] += 1
-                if isinstance(output, Tensor) and output.grad_fn is not None:
-                    self.norms[output.grad_fn] = name
+            self.notes.note(name, module, args, output)
         if not self._entered:
             self.tops.append((inputs, _nodes_of(output)))
 
@@ -297,17 +335,20 @@ class PassRecorder:
                     continue
                 inside.add(node)
                 stack.extend(child for child, _ in node.next_functions if child is not None)
-        for call in self.calls.values():
+        notes = self.notes
+        for call in notes.calls.values():
             if call.in_node is not None:
                 shapes.setdefault(call.in_node, call.in_shape)
         return Trace(
-            self.calls,
-            self.norms,
+            notes.calls,
+            notes.norms,
             shapes,
             roots,
             set(),
             None,
-            self.norm_calls,
+            notes.norm_calls,
             inside,
             "in one training step",
+            notes.norm_inputs,
+            self._shapes.nonzero_pads,
         )

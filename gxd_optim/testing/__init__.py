@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..discovery import Edge
-from ..operator import SECOND_MOMENT_KEYS, unit_columns
+from ..discovery import Edge, canonical, is_transposed, layer_params, layer_tensors
+from ..operator import SECOND_MOMENT_KEYS, input_blocks, unit_columns
 from ..reset import GXDReset
 
 __all__ = ["assert_first_order", "assert_reset_invariants", "describe"]
@@ -115,9 +115,13 @@ def assert_first_order(
 ) -> None:
     """Check that resetting units changes the loss by ``Σ predicted_cost`` to first order.
 
-    On a float64 copy of ``model``: a few zero-learning-rate steps build the references,
-    BatchNorm layers are then put in eval mode (in training mode a BatchNorm right after a
-    consumer would undo the scaling below). For every eligible layer and unit set ``S``, the
+    On a float64 copy of ``model``: a few zero-learning-rate steps build the references; its
+    dropout and BatchNorm layers are then put in eval mode (BatchNorm on its running
+    statistics, since in training mode a BatchNorm right after a consumer would undo the
+    scaling below), and every
+    forward pass of the check starts from the same random state, so that any randomness eval
+    mode leaves on (functional dropout with ``training=True``, noise layers) draws the same
+    values before and after a reset. For every eligible layer and unit set ``S``, the
     outgoing weights of ``S`` are scaled by ``ε``; the loss change of resetting ``S`` must
     then equal ``Σ_{i∈S} c_i`` up to an error that shrinks as ``ε²``: halving ``ε`` must
     quarter it, judged at the smallest ``ε`` whose error is still above float64 round-off
@@ -161,8 +165,8 @@ def assert_first_order(
         opt.zero_grad()
         loss_fn(net(*batch)).backward()  # type: ignore[no-untyped-call]
         opt.step()
-    for module in net.modules():
-        if isinstance(module, _BatchNorm):
+    for module in net.modules():  # the rest stays in training mode: the hooks track it
+        if isinstance(module, (_BatchNorm, nn.modules.dropout._DropoutNd)):
             module.eval()
     generator = torch.Generator().manual_seed(seed)
     for name, info in opt.layers.items():
@@ -198,16 +202,21 @@ def _check_first_order(
         modules = dict(trial.model.named_modules())
         with torch.no_grad():
             for edge in info.edges:
-                weight = modules[edge.consumer].weight
-                assert isinstance(weight, Tensor)
+                consumer = modules[edge.consumer]
+                weight = canonical(layer_params(consumer)[0], consumer)
                 columns = unit_columns(index, edge.columns_per_unit)
-                weight.index_copy_(1, columns, weight.index_select(1, columns) * eps)
+                for outputs, local, _ in input_blocks(weight, columns, _groups(consumer)):
+                    block = weight[outputs]
+                    block.index_copy_(1, local, block.index_select(1, local) * eps)
         trial.zero_grad()
-        before = loss_fn(trial.model(*batch))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            before = loss_fn(trial.model(*batch))
         before.backward()  # type: ignore[no-untyped-call]
         predicted = float(trial.predicted_cost(name)[index].sum())
         trial.reset_units(name, index)
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             after = loss_fn(trial.model(*batch))
         loss = float(before.detach())
         errors.append(abs(float(after - before.detach()) - predicted))
@@ -258,6 +267,7 @@ def assert_reset_invariants(opt: GXDReset, name: str, indices: Sequence[int]) ->
         >>> assert_reset_invariants(opt, "0", [1, 4])
     """
     model = opt.model
+    named = dict(model.named_modules())
     params = dict(model.named_parameters())
     identities = {n: id(p) for n, p in params.items()}
     before = {n: p.detach().clone() for n, p in params.items()}
@@ -268,50 +278,38 @@ def assert_reset_invariants(opt: GXDReset, name: str, indices: Sequence[int]) ->
     }
     info = opt.layers[name]
     index = torch.tensor(sorted(set(indices)), dtype=torch.long)
-    touched: dict[str, list[tuple[int, Tensor]]] = {n: [] for n in params}
-    for suffix in ("weight", "bias"):
-        for owner in (name, *info.norms):
-            if f"{owner}.{suffix}" in touched:
-                touched[f"{owner}.{suffix}"].append((0, index))
+    redrawn = (name, *info.partners)
+    masks: dict[str, Tensor] = {}  # what the reset may change, per parameter
+    outgoing: dict[str, Tensor] = {}  # the consumer weights that must be zero after it
+    for owner in (*redrawn, *info.norms):
+        for attr, param in layer_tensors(named[owner]):
+            masks[f"{owner}.{attr}"] = _rows(named[owner], param, index)
     for edge in info.edges:
-        touched[f"{edge.consumer}.weight"].append((1, unit_columns(index, edge.columns_per_unit)))
+        consumer = named[edge.consumer]
+        weight = layer_params(consumer)[0]
+        columns = _columns(consumer, weight, unit_columns(index, edge.columns_per_unit))
+        outgoing[f"{edge.consumer}.weight"] = columns
+        masks[f"{edge.consumer}.weight"] = masks.get(f"{edge.consumer}.weight", columns) | columns
     folded = {f"{e.consumer}.bias" for e in info.edges if e.reference == "mean"}
     opt.reset_units(name, index)
 
     assert {n: id(p) for n, p in model.named_parameters()} == identities, "a Parameter was replaced"
     for pname, p in model.named_parameters():
-        mask = _mask(p, touched[pname])
+        mask = masks.get(pname, torch.zeros(p.shape, dtype=torch.bool, device=p.device))
         if pname not in folded and not torch.equal(p[~mask], before[pname][~mask]):
             raise AssertionError(f"{pname}: entries outside the reset units changed")
-        for dim, idx in touched[pname]:
-            if dim == 1:
-                outgoing = p.detach().index_select(1, idx)
-                if pname.rsplit(".", 1)[0] == name:  # rows redrawn by this reset read everything
-                    keep = torch.ones(p.shape[0], dtype=torch.bool)
-                    keep[index] = False
-                    outgoing = outgoing[keep]
-                if not bool((outgoing == 0).all()):
-                    raise AssertionError(f"{pname}: outgoing weights of the units are not zero")
-        if pname.rsplit(".", 1)[0] == name:
-            bound = 1.0 / float(params[f"{name}.weight"][0].numel()) ** 0.5
-            if float(p.detach().index_select(0, index).abs().max()) > bound:
+        if pname in outgoing:
+            zero = outgoing[pname]
+            if pname.rpartition(".")[0] in redrawn:  # rows redrawn by this reset read anything
+                zero = zero & ~_rows(named[pname.rpartition(".")[0]], p, index)
+            if not bool((p.detach()[zero] == 0).all()):
+                raise AssertionError(f"{pname}: outgoing weights of the units are not zero")
+        owner = named[pname.rpartition(".")[0]]
+        if pname.rpartition(".")[0] in redrawn and not is_transposed(owner):
+            fan_in = canonical(layer_params(owner)[0], owner)[0].numel()
+            if float(p.detach()[_rows(owner, p, index)].abs().max()) > fan_in**-0.5:
                 raise AssertionError(f"{pname}: new weights outside U(±1/sqrt(fan_in))")
-        for key, old in states.get(pname, {}).items():
-            new = opt.state[p][key]
-            if old.shape != p.shape:
-                if not torch.equal(new, old):
-                    raise AssertionError(f"{pname}/{key}: per-tensor state changed")
-                continue
-            if not torch.equal(new[~mask], old[~mask]):
-                raise AssertionError(f"{pname}/{key}: state outside the reset units changed")
-            cleared = new[mask]
-            scale = opt.config.state_policy == "mean_scale" and key in SECOND_MOMENT_KEYS
-            if not scale and not bool((cleared == 0).all()):
-                raise AssertionError(f"{pname}/{key}: state of the reset units not cleared")
-            if scale and len(touched[pname]) == 1:
-                expected = torch.full_like(cleared, float(old[~mask].mean()))
-                torch.testing.assert_close(cleared, expected, msg=f"{pname}/{key}: not refilled")
-    named = dict(model.named_modules())
+        _check_state(opt, pname, p, mask, states.get(pname, {}), _groups(owner))
     for norm in info.norms:
         bn = named[norm]
         for attr, value in (
@@ -325,8 +323,50 @@ def assert_reset_invariants(opt: GXDReset, name: str, indices: Sequence[int]) ->
                 raise AssertionError(f"{norm}.{attr} of the reset units is not {value}")
 
 
-def _mask(p: Tensor, slices: list[tuple[int, Tensor]]) -> Tensor:
-    mask = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
-    for dim, idx in slices:
-        mask.index_fill_(dim, idx.to(p.device), True)
+def _check_state(
+    opt: GXDReset, pname: str, p: Tensor, mask: Tensor, old_state: dict[str, Tensor], groups: int
+) -> None:
+    """The optimizer state of ``p``: unchanged outside ``mask``, cleared inside it."""
+    for key, old in old_state.items():
+        new = opt.state[p][key]
+        if old.shape != p.shape:
+            if not torch.equal(new, old):
+                raise AssertionError(f"{pname}/{key}: per-tensor state changed")
+            continue
+        if not torch.equal(new[~mask], old[~mask]):
+            raise AssertionError(f"{pname}/{key}: state outside the reset units changed")
+        cleared = new[mask]
+        scale = opt.config.state_policy == "mean_scale" and key in SECOND_MOMENT_KEYS
+        if not scale and not bool((cleared == 0).all()):
+            raise AssertionError(f"{pname}/{key}: state of the reset units not cleared")
+        whole_rows_or_columns = bool(mask.any()) and groups == 1
+        if scale and whole_rows_or_columns and _one_direction(mask):
+            expected = torch.full_like(cleared, float(old[~mask].mean()))
+            torch.testing.assert_close(cleared, expected, msg=f"{pname}/{key}: not refilled")
+
+
+def _one_direction(mask: Tensor) -> bool:
+    """Whether ``mask`` holds whole rows only, or whole columns only (one refilled mean)."""
+    flat = mask.reshape(mask.shape[0], mask.shape[1] if mask.dim() > 1 else 1, -1).any(2)
+    rows, columns = flat.all(1), flat.all(0)
+    return bool((flat == rows[:, None]).all()) or bool((flat == columns[None, :]).all())
+
+
+def _rows(module: nn.Module, param: Tensor, index: Tensor) -> Tensor:
+    """The mask of a layer's unit rows ``index`` in ``param`` (its weight, bias, or a norm's)."""
+    mask = torch.zeros(param.shape, dtype=torch.bool, device=param.device)
+    canonical(mask, module).index_fill_(0, index.to(param.device), True)
     return mask
+
+
+def _columns(module: nn.Module, weight: Tensor, columns: Tensor) -> Tensor:
+    """The mask of a consumer's input ``columns`` in its weight (grouped ones per group)."""
+    mask = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
+    view = canonical(mask, module)
+    for rows, local, _ in input_blocks(view, columns, _groups(module)):
+        view[rows].index_fill_(1, local.to(weight.device), True)
+    return mask
+
+
+def _groups(module: nn.Module) -> int:
+    return int(getattr(module, "groups", 1))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..discovery.layers import layer_params
+from ..discovery.layers import canonical, dense_inputs, layer_params, reads_features
 from ..hooks import OwnedHook
 from ..utilities import ConsumerView, Criterion, check_scores
 from . import kernels
@@ -43,7 +43,7 @@ class Collector:
 
     Args:
         stats: the statistics the sums go into.
-        modules: every Linear/Conv layer by qualified name.
+        modules: the model's modules by qualified name.
         criterion: how units are scored (its ``streamed`` ones take the fast kernels).
         limits: the knobs of the reduction (`gxd_optim.tracking.kernels.Limits`).
     """
@@ -93,7 +93,7 @@ class Collector:
         if torch.is_grad_enabled() and module.training and isinstance(output, Tensor):
             batch = self._current[name] = Batch(self.stats.layers[name], output.shape[0])
             if self._reads_output and output.requires_grad:
-                linear = isinstance(module, nn.Linear)
+                linear = reads_features(module)
                 output.register_hook(partial(self._on_output_grad, batch, linear))  # type: ignore[no-untyped-call]
         else:
             self._current.pop(name, None)
@@ -254,8 +254,9 @@ class Collector:
         edge.pending_h += h4.sum((0, 1, 3), dtype=dtype)
         h, grad = (t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4))
         mean = edge.mean_ema / edge.correction.clamp_min(TINY)
-        producer_weight = layer_params(self.modules[batch.layer.info.name])[0]
-        consumer_weight = layer_params(self.modules[edge.edge.consumer])[0]
+        producer, consumer = (self.modules[n] for n in (batch.layer.info.name, edge.edge.consumer))
+        producer_weight = canonical(layer_params(producer)[0], producer)
+        consumer_weight = dense_inputs(canonical(layer_params(consumer)[0], consumer), consumer)
         view = ConsumerView(h, grad, edge.reference, mean, consumer_weight, producer_weight)
         scores = self.criterion.score(view)
         if self._unchecked:  # a user's callable: its scores are checked before they count

@@ -14,7 +14,7 @@ from itertools import accumulate
 import torch
 from torch import Tensor, nn
 
-from ..discovery.layers import Edge, LayerInfo, layer_params
+from ..discovery.layers import Edge, LayerInfo, layer_params, reads_features
 from .kernels import Plan
 
 __all__ = ["TINY", "Batch", "EdgeStats", "LayerStats", "Slab", "Statistics"]
@@ -256,7 +256,7 @@ class Statistics:
 
     Args:
         layers: eligible producers.
-        modules: every Linear/Conv layer by qualified name.
+        modules: the model's modules by qualified name.
 
     Attributes:
         layers: `LayerStats` by producer name, in the order of ``layers``.
@@ -280,7 +280,7 @@ class Statistics:
             edges_of[name] = [
                 EdgeStats(
                     e,
-                    isinstance(modules[e.consumer], nn.Linear),
+                    reads_features(modules[e.consumer]),
                     layer_params(modules[e.consumer])[0],
                     *slab.take(info.num_units),
                 )

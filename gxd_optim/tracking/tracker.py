@@ -12,17 +12,18 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..discovery.layers import LayerInfo, layer_params
+from ..discovery.layers import LayerInfo, canonical, layer_params
 from ..operator import unit_columns
 from ..utilities import Criterion, layer_normalised, predicted_cost, random_scores
 from . import kernels
 from .collector import Collector
-from .storage import TINY, LayerStats, Statistics
+from .storage import TINY, EdgeStats, LayerStats, Statistics
 
 __all__ = ["Tracker"]
 
@@ -32,7 +33,7 @@ class Tracker:
 
     Args:
         layers: eligible producers.
-        modules: every Linear/Conv layer by qualified name.
+        modules: the model's modules by qualified name.
         criterion: how units are scored (`gxd_optim.utilities.Criterion`).
         decay: EMA decay ``η`` of utilities and running means.
         seed: seed of the random criterion's scores.
@@ -295,28 +296,62 @@ class Tracker:
                         "backward()"
                     )
                 found = True
-                bias_grad = None if bias is None else bias.grad
+                consumer = self.modules[edge.edge.consumer]
                 reference = edge.reference if edge.mean else None
-                if reference is not None and bias_grad is None:
-                    raise RuntimeError(
-                        f"predicted_cost({name!r}) needs the bias gradient of "
-                        f"`{edge.edge.consumer}` (its bias does not require grad)"
-                    )
+                shift = None if reference is None else self._shift_gradient(name, edge, bias)
+                groups = int(getattr(consumer, "groups", 1))
                 k = edge.edge.columns_per_unit
-                weight_grad = weight.grad
-                if index is not None:
+                weight_grad = canonical(weight.grad, consumer)
+                weight = canonical(weight, consumer)
+                if index is not None and groups == 1:
                     columns = unit_columns(index, k).to(weight.device)
                     weight, weight_grad = (
                         t.index_select(1, columns) for t in (weight, weight_grad)
                     )
                     reference = None if reference is None else reference.index_select(0, index)
-                cost += predicted_cost(weight, weight_grad, bias_grad, reference, k).to(cost.dtype)
+                part = predicted_cost(weight, weight_grad, shift, reference, k, groups)
+                if index is not None and groups > 1:
+                    part = part.index_select(0, index.to(part.device))
+                cost += part.to(cost.dtype)
         if not found:
             raise RuntimeError(
                 f"predicted_cost({name!r}) needs the gradients of its consumers: "
                 "call it after backward() and before zero_grad()"
             )
         return cost
+
+    def _shift_gradient(self, name: str, edge: EdgeStats, bias: Tensor | None) -> Tensor:
+        """``Σ_{x,pos} ∂L/∂z`` per output of a consumer ``z``: its bias gradient or, without a
+        bias, what the BatchNorm that reads ``z`` passes back of a constant shift of it: nothing
+        when it normalises with batch statistics, ``γ/√(σ² + ε)·∇β`` with running ones.
+
+        Raises:
+            RuntimeError: the gradient it needs is not there.
+        """
+        consumer = edge.edge.consumer
+        if bias is not None:
+            if bias.grad is None:
+                raise RuntimeError(
+                    f"predicted_cost({name!r}) needs the bias gradient of `{consumer}` (its "
+                    "bias does not require grad)"
+                )
+            return bias.grad
+        norm = cast(_BatchNorm, self.modules[edge.edge.norm])
+        batch_statistics = norm.training or norm.running_var is None
+        if batch_statistics:
+            return torch.zeros(
+                norm.num_features, dtype=edge.reference.dtype, device=edge.reference.device
+            )
+        if norm.bias is None or norm.bias.grad is None:
+            raise RuntimeError(
+                f"predicted_cost({name!r}) in eval mode needs the bias gradient of the "
+                f"BatchNorm `{edge.edge.norm}` after `{consumer}`"
+            )
+        assert norm.running_var is not None
+        scale = torch.rsqrt(norm.running_var + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight
+        return scale * norm.bias.grad
 
     def predicted_total(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale."""

@@ -1,20 +1,10 @@
-"""The wrapper's own entry in ``GXDReset.state_dict()``: packing, checking and restoring.
-
-The entry holds the discovered layer structure, so a checkpoint restores into a fresh model
-and wrapper without a forward pass, and the statistics, budgets, counts, the statistics of
-backward passes no step has committed yet and the generator state, so training resumes bit
-for bit, mid-accumulation too.
-
-Loading is check-then-apply: `parse` reads and checks the whole entry (types, shapes, finite
-values, the generator state, the model's architecture) and raises before anything changes;
-only a parsed `Entry` is applied.
-"""
+"""The format of the ``"gxd_reset"`` entry: plain-data layers, and the checks every load
+runs before anything changes (`parse` for the entry's form, `check` against the model)."""
 
 from __future__ import annotations
 
 import math
 import numbers
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,25 +13,16 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .binding import ModelBinding, written_params
-from .config import Config
-from .delegating import DelegatingOptimizer
-from .discovery import Edge, LayerInfo, edge_for, num_units, producer_modules, unwrap_model
-from .selection import BudgetSelector
-from .watch import check_claims
+from ..discovery import PADDED, Edge, LayerInfo, edge_for, num_units
 
 __all__ = [
     "FORMAT_VERSION",
     "KEY",
-    "Checkpointing",
     "Entry",
-    "build",
     "check",
     "layers_from_dict",
     "layers_to_dict",
     "parse",
-    "read",
-    "restore",
 ]
 
 KEY = "gxd_reset"
@@ -58,9 +39,12 @@ def layers_to_dict(layers: Mapping[str, LayerInfo]) -> dict[str, Any]:
     return {
         name: {
             "num_units": info.num_units,
-            "edges": [[e.consumer, e.columns_per_unit, e.reference, e.note] for e in info.edges],
+            "edges": [
+                [e.consumer, e.columns_per_unit, e.reference, e.note, e.norm] for e in info.edges
+            ],
             "norms": list(info.norms),
             "path": list(info.path),
+            "partners": list(info.partners),
         }
         for name, info in layers.items()
     }
@@ -72,12 +56,21 @@ def layers_from_dict(data: Mapping[str, Any]) -> dict[str, LayerInfo]:
         name: LayerInfo(
             name,
             int(d["num_units"]),
-            tuple(Edge(str(c), int(k), str(r), str(n)) for c, k, r, n in d["edges"]),
+            tuple(Edge(*_edge_fields(edge)) for edge in d["edges"]),
             tuple(d["norms"]),
             tuple(d["path"]),
+            tuple(str(p) for p in d.get("partners", ())),
         )
         for name, d in data.items()
     }
+
+
+def _edge_fields(edge: Sequence[Any]) -> tuple[str, int, str, str, str]:
+    """An edge's fields (entries saved before BatchNorm folds have four)."""
+    consumer, k, reference, note, *norm = edge
+    if len(norm) > 1:
+        raise ValueError(f"an edge has {len(edge)} fields")
+    return str(consumer), int(k), str(reference), str(note), str(norm[0]) if norm else ""
 
 
 @dataclass(frozen=True)
@@ -243,7 +236,7 @@ def check(
                 f"checkpoint is from another architecture: {name!r} has "
                 f"{num_units(module)} units here, {info.num_units} in the checkpoint"
             )
-        touched = [name, *info.consumers]
+        touched = [name, *info.partners, *info.consumers]
         if any(n in exclude for n in touched):
             raise ValueError(
                 f"checkpoint resets layer {name!r} (consumers {list(info.consumers)}), "
@@ -255,7 +248,10 @@ def check(
                 raise ValueError(
                     f"checkpoint is from another architecture: no consumer {edge.consumer!r}"
                 )
-            rebuilt = edge_for(consumer, edge.consumer, info.num_units, reference)
+            padded = edge.note == PADDED
+            rebuilt = edge_for(
+                consumer, edge.consumer, info.num_units, reference, edge.norm, padded
+            )
             if isinstance(rebuilt, Edge) and rebuilt.reference != edge.reference:
                 raise ValueError(
                     f"checkpoint uses a {edge.reference!r} reference for {name!r} -> "
@@ -268,159 +264,17 @@ def check(
                     f"checkpoint is from another architecture: {name!r} -> {edge.consumer!r} "
                     f"does not fit ({why})"
                 )
-        for norm in info.norms:
+        for partner in info.partners:
+            module = modules.get(partner)
+            if module is None or num_units(module) != info.num_units:
+                raise ValueError(
+                    f"checkpoint is from another architecture: no gate partner {partner!r} of "
+                    f"{info.num_units} units"
+                )
+        for norm in (*info.norms, *(e.norm for e in info.edges if e.norm)):
             bn = named.get(norm)
             if not isinstance(bn, _BatchNorm) or bn.num_features != info.num_units:
                 raise ValueError(
                     f"checkpoint is from another architecture: no BatchNorm {norm!r} "
                     f"of {info.num_units} features"
                 )
-
-
-def build(
-    config: Config, binding: ModelBinding, selector: BudgetSelector, generator: torch.Generator
-) -> dict[str, Any]:
-    """The entry of a wrapper: its settings, layers, statistics, budgets, steps, generator."""
-    tracker = binding.tracker
-    stats = None
-    if tracker is not None:
-        stats = tracker.stats_dict()
-        for name, layer_stats in stats.items():
-            layer_stats["budget"] = selector.budgets.get(name, 0.0)
-    return {
-        "format_version": FORMAT_VERSION,
-        "config": config.to_dict(),
-        "layers": None if tracker is None else layers_to_dict(binding.layers),
-        "skipped": dict(binding.skipped) if tracker is not None else {},
-        "stats": stats,
-        "steps": binding.steps,
-        "generator": generator.get_state(),
-    }
-
-
-def read(entry: object, binding: ModelBinding) -> Entry:
-    """Parse an entry and check it against the bound model and settings, changing nothing.
-
-    Raises:
-        ValueError: the entry is malformed, does not fit the model, or names layers another
-            open wrapper resets.
-    """
-    parsed = parse(entry)
-    saved = parsed.layers
-    if saved is not None:
-        root = unwrap_model(binding.model)
-        named = dict(root.named_modules())
-        current = binding.layers if binding.tracker is not None else None
-        modules = producer_modules(root)
-        check(saved, current, modules, named, binding.config.reference, binding.exclude)
-        if binding.tracker is None:
-            check_claims(binding.owner, written_params(named, saved))
-    return parsed
-
-
-def restore(
-    entry: Entry, binding: ModelBinding, selector: BudgetSelector, generator: torch.Generator
-) -> None:
-    """Apply an entry that `read` checked: layers, statistics, budgets, steps and generator.
-
-    Settings saved with other values than the wrapper's are reported, not applied.
-    """
-    mine = binding.config.to_dict()
-    changed = {
-        k: f"{v} -> {mine[k]}" for k, v in entry.config.items() if k in mine and v != mine[k]
-    }
-    if changed:
-        warnings.warn(
-            f"checkpoint was saved with other GXDReset settings; keeping this wrapper's: {changed}",
-            stacklevel=4,
-        )
-    if entry.layers is None:  # saved before discovery: back to that state
-        binding.forget()
-    else:
-        if binding.tracker is None:
-            binding.install(entry.layers, entry.skipped, fresh=True)
-        tracker = binding.require_tracker()
-        assert entry.stats is not None
-        tracker.load_stats_dict(entry.stats)
-        selector.budgets = {name: float(s["budget"]) for name, s in entry.stats.items()}
-        tracker.steps = entry.steps
-    generator.set_state(entry.generator)
-
-
-class Checkpointing(DelegatingOptimizer):
-    """The checkpoint methods of `gxd_optim.GXDReset` (a mixin over its binding, selector and
-    generator): its entry is built by `build`, checked by `read`, applied by `restore`."""
-
-    KEY = KEY
-    config: Config
-    _binding: ModelBinding
-    _selector: BudgetSelector
-    _generator: torch.Generator
-    _entry_restored: bool = False  # load_reset_state_dict ran: a plain load needs no warning
-
-    def reset_state_dict(self) -> dict[str, Any]:
-        """The wrapper's own state: what `state_dict` stores under ``"gxd_reset"``.
-
-        Tools that save only an optimizer's ``state`` and ``param_groups`` (such as
-        ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``) drop that entry;
-        save this next to their output and restore it with `load_reset_state_dict`.
-        ``load_state_dict`` checks everything before anything changes: a malformed entry or a
-        checkpoint from another architecture raises ``ValueError`` and leaves the wrapper and
-        the inner optimizer as they were; an entry saved before the units were found puts the
-        wrapper back in that state.
-
-        Example:
-            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
-            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
-            >>> opt.step()
-            >>> saved = opt.state_dict()  # the inner state, and this under "gxd_reset"
-            >>> opt.close()  # one wrapper per model: close it before building the next
-            >>> twin = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
-            >>> twin.load_state_dict(saved)
-            >>> twin.steps
-            1
-        """
-        return build(self.config, self._binding, self._selector, self._generator)
-
-    def load_reset_state_dict(self, entry: Mapping[str, Any]) -> None:
-        """Restore the wrapper's own state saved by `reset_state_dict`, leaving the inner
-        optimizer's alone; a plain ``load_state_dict`` that follows then warns of nothing.
-
-        Raises:
-            ValueError: the entry is malformed or does not fit this model (nothing is changed).
-        """
-        self.apply_own_state(self.check_own_state(entry))
-        self._entry_restored = True
-
-    own_state_dict = reset_state_dict
-
-    def check_own_state(self, entry: object) -> Entry:
-        """Read an entry and check it against this model and settings, changing nothing."""
-        return read(entry, self._binding)
-
-    def apply_own_state(self, checked: Entry) -> None:
-        """Restore a checked entry: layers, statistics, budgets, step count and generator."""
-        restore(checked, self._binding, self._selector, self._generator)
-
-    def load_plain_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a plain optimizer's state dict, warning that the wrapper's state is not in it."""
-        if not self._entry_restored:
-            warnings.warn(
-                "loading a plain optimizer state dict into GXDReset: the inner optimizer is "
-                "restored, GXDReset's statistics and budgets are not (restore them with "
-                "opt.load_reset_state_dict(...) first)",
-                stacklevel=3,
-            )
-        self._entry_restored = False
-        self.optimizer.load_state_dict(state_dict)
-
-    def __getstate__(self) -> dict[str, Any]:  # type: ignore[override]
-        state = super().__getstate__()
-        state["_generator"] = self._generator.get_state()
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._generator = torch.Generator()
-        self._generator.set_state(state["_generator"])

@@ -1,36 +1,29 @@
-"""The reset operator as pure, in-place tensor functions.
+"""The reset operator's parts as pure, in-place tensor functions.
 
-Every function here writes into existing tensors with ``index_copy_``, ``index_fill_``
-or ``add_``; none replaces a ``Parameter`` and none indexes with a tensor on the left of an
-assignment (``w[idx].uniform_()`` writes into a copy and silently does nothing).
+Every function here writes into existing tensors with ``index_copy_``, ``index_fill_``, basic
+slices or ``add_``; none replaces a ``Parameter`` and none indexes with a tensor on the left of
+an assignment (``w[idx].uniform_()`` writes into a copy and silently does nothing).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import MutableMapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-
-from .discovery.layers import layer_params
 
 __all__ = [
     "SECOND_MOMENT_KEYS",
     "STATE_POLICIES",
-    "ConsumerFold",
-    "ResetPlan",
-    "apply_reset_",
     "clear_state_slices_",
     "copy_units_",
     "fold_and_zero_inputs_",
+    "input_blocks",
     "reinit_units_",
     "reset_norm_entries_",
     "unit_columns",
-    "unit_indices",
 ]
 
 STATE_POLICIES = ("zero", "mean_scale")
@@ -71,7 +64,11 @@ def unit_columns(index: Tensor, columns_per_unit: int) -> Tensor:
 
 
 def reinit_units_(
-    weight: Tensor, bias: Tensor | None, index: Tensor, generator: torch.Generator
+    weight: Tensor,
+    bias: Tensor | None,
+    index: Tensor,
+    generator: torch.Generator,
+    std: float | None = None,
 ) -> None:
     """Redraw the incoming weights of the given units from the layer's default init.
 
@@ -81,11 +78,16 @@ def reinit_units_(
     ``generator`` in float32 (float64 for float64 weights), so the draw is the same on every
     device and every process seeded alike, then cast to the parameter's dtype and device.
 
+    A layer whose own init is normal (transformers' ``Conv1D``: ``N(0, 0.02²)``, bias 0) is
+    redrawn from that instead, with ``std``.
+
     Args:
-        weight: producer weight ``[out, in, *kernel]``; rows ``index`` are overwritten.
+        weight: producer weight ``[out, in, *kernel]`` (a view of it will do); rows ``index``
+            are overwritten.
         bias: producer bias ``[out]`` or ``None``.
         index: unit (row) indices, int64, on ``weight``'s device.
         generator: CPU generator the draw consumes.
+        std: the standard deviation of a normal init (``None``: the uniform one above).
 
     Example:
         >>> layer = nn.Linear(4, 3)
@@ -99,12 +101,17 @@ def reinit_units_(
     count = int(index.numel())
 
     def draw(shape: tuple[int, ...]) -> Tensor:
+        if std is not None:
+            n = torch.randn(shape, generator=generator, dtype=draw_dtype) * std
+            return n.to(device=weight.device, dtype=weight.dtype)
         u = torch.rand(shape, generator=generator, dtype=draw_dtype)
         return (u * (2 * bound) - bound).to(device=weight.device, dtype=weight.dtype)
 
     with torch.no_grad():
         weight.index_copy_(0, index, draw((count, *weight.shape[1:])))
-        if bias is not None:
+        if bias is not None and std is not None:
+            bias.index_fill_(0, index, 0.0)
+        elif bias is not None:
             bias.index_copy_(0, index, draw((count,)))
 
 
@@ -127,7 +134,13 @@ def copy_units_(
 
 
 def fold_and_zero_inputs_(
-    weight: Tensor, bias: Tensor | None, columns: Tensor, values: Tensor | None
+    weight: Tensor,
+    bias: Tensor | None,
+    columns: Tensor,
+    values: Tensor | None,
+    *,
+    groups: int = 1,
+    running_mean: Tensor | None = None,
 ) -> None:
     """Make a consumer read the constant ``values`` on ``columns`` instead of its input.
 
@@ -140,13 +153,20 @@ def fold_and_zero_inputs_(
 
     after which ``y`` equals the old layer applied to ``x`` with ``x_j := values_j`` on
     ``columns`` (exactly: the fold sums the kernel because every output position of an
-    unpadded convolution sees the whole kernel).
+    unpadded convolution sees the whole kernel). A consumer without bias whose output only a
+    BatchNorm reads has the fold subtracted from that BatchNorm's ``running_mean`` instead: a
+    constant shift of ``y`` is what its mean takes away (the batch mean in training does so
+    by itself). A grouped convolution reads input channel ``j`` only in the outputs of the
+    group that holds it, with weight column ``j mod (in / groups)``.
 
     Args:
-        weight: consumer weight ``[out, in, *kernel]``.
-        bias: consumer bias ``[out]``; required when ``values`` is given.
-        columns: input columns (dim 1 of ``weight``) to replace, int64.
+        weight: consumer weight ``[out, in / groups, *kernel]`` (a view of it will do).
+        bias: consumer bias ``[out]`` (or ``None``: then ``running_mean``, if given, takes the
+            fold; if neither, ``values`` must be ``None``).
+        columns: input columns (channels) to replace, int64, sorted.
         values: the constants ``r_j`` per column, or ``None`` for the zero reference.
+        groups: the consumer's groups (1 for a Linear).
+        running_mean: the running mean of the BatchNorm that alone reads the consumer.
 
     Example:
         >>> layer, x = nn.Linear(3, 2), torch.tensor([[1.0, 2.0, 3.0]])
@@ -155,14 +175,45 @@ def fold_and_zero_inputs_(
         >>> torch.allclose(layer(x), expected)
         True
     """
+    if values is not None and bias is None and running_mean is None:
+        raise ValueError("a fold needs the consumer's bias or a BatchNorm after it")
     with torch.no_grad():
-        if values is not None:
-            if bias is None:
-                raise ValueError("a bias fold needs a consumer bias")
-            block = weight.index_select(1, columns)
-            per_column = block.flatten(2).sum(2) if block.dim() > 2 else block
-            bias.add_(per_column @ values.to(per_column.dtype))
-        weight.index_fill_(1, columns, 0.0)
+        for rows, local, picked in input_blocks(weight, columns, groups):
+            block = weight[rows]
+            if values is not None:
+                taken = block.index_select(1, local)
+                per_column = taken.flatten(2).sum(2) if taken.dim() > 2 else taken
+                shift = per_column @ values.index_select(0, picked).to(per_column.dtype)
+                if bias is not None:
+                    bias[rows] += shift
+                elif running_mean is not None:
+                    running_mean[rows] -= shift.to(running_mean.dtype)
+            block.index_fill_(1, local, 0.0)
+
+
+def input_blocks(
+    weight: Tensor, columns: Tensor, groups: int
+) -> list[tuple[slice, Tensor, Tensor]]:
+    """Where a consumer reads input ``columns``: ``(rows, local columns, positions)`` per group.
+
+    ``weight[rows]`` holds the outputs of one group, which read the ``local`` columns of that
+    group's weight; ``positions`` index into ``columns`` (and the values that go with them).
+
+    Example:
+        >>> blocks = input_blocks(torch.zeros(4, 1, 3), torch.tensor([1, 2]), groups=4)
+        >>> [(rows.start, rows.stop, local.tolist(), at.tolist()) for rows, local, at in blocks]
+        [(1, 2, [0], [0]), (2, 3, [0], [1])]
+    """
+    if groups == 1:
+        return [(slice(None), columns, torch.arange(columns.numel(), device=columns.device))]
+    per_in, per_out = weight.shape[1], weight.shape[0] // groups
+    owner = torch.div(columns, per_in, rounding_mode="floor")
+    blocks = []
+    for group in sorted(set(owner.tolist())):
+        at = (owner == group).nonzero().flatten()
+        rows = slice(group * per_out, (group + 1) * per_out)
+        blocks.append((rows, columns.index_select(0, at) - group * per_in, at))
+    return blocks
 
 
 def reset_norm_entries_(norm: nn.modules.batchnorm._BatchNorm, index: Tensor) -> None:
@@ -190,7 +241,12 @@ def reset_norm_entries_(norm: nn.modules.batchnorm._BatchNorm, index: Tensor) ->
 
 
 def clear_state_slices_(
-    state: MutableMapping[str, Any], param: Tensor, dim: int, index: Tensor, policy: str
+    state: MutableMapping[str, Any],
+    param: Tensor,
+    dim: int,
+    index: Tensor,
+    policy: str,
+    groups: int = 1,
 ) -> None:
     """Clear the optimizer state of the touched slices of one parameter.
 
@@ -211,6 +267,9 @@ def clear_state_slices_(
         dim: the dimension that ``index`` selects along (0 for rows, 1 for input columns).
         index: touched indices, int64.
         policy: one of `STATE_POLICIES`.
+        groups: a grouped convolution's groups, for its input columns (``dim=1``): each is
+            cleared in the rows of its group (`input_blocks`), a second moment refilled with
+            the mean of that group's untouched entries.
 
     Example:
         >>> param = torch.zeros(3, 2)
@@ -226,14 +285,17 @@ def clear_state_slices_(
     """
     if policy not in STATE_POLICIES:
         raise ValueError(f"unknown state_policy {policy!r}; expected one of {STATE_POLICIES}")
+    blocks = input_blocks(param, index, groups) if groups > 1 else [(slice(None), index, index)]
     with torch.no_grad():
         for key, value in state.items():
             if not isinstance(value, Tensor) or value.shape != param.shape:
                 continue
-            fill = 0.0
-            if policy == "mean_scale" and key in SECOND_MOMENT_KEYS:
-                fill = _mean_outside(value, dim, index)
-            value.index_fill_(dim, index.to(value.device), fill)
+            for rows, local, _ in blocks:
+                block = value[rows]
+                fill = 0.0
+                if policy == "mean_scale" and key in SECOND_MOMENT_KEYS:
+                    fill = _mean_outside(block, dim, local)
+                block.index_fill_(dim, local.to(value.device), fill)
 
 
 def _mean_outside(value: Tensor, dim: int, index: Tensor) -> float:
@@ -243,139 +305,3 @@ def _mean_outside(value: Tensor, dim: int, index: Tensor) -> float:
     if not bool(keep.any()):
         return 0.0
     return float(value.index_select(dim, keep.nonzero().flatten()).float().mean())
-
-
-@dataclass(frozen=True)
-class ConsumerFold:
-    """One consumer's part of a reset.
-
-    Attributes:
-        name: the consumer's qualified name.
-        columns_per_unit: ``k``: unit ``i`` is read on input columns ``[i·k, (i+1)·k)``.
-        reference: ``r`` per unit (``[U]``), folded into the consumer's bias; ``None`` for the
-            zero reference (nothing is folded).
-    """
-
-    name: str
-    columns_per_unit: int
-    reference: Tensor | None
-
-
-@dataclass(frozen=True)
-class ResetPlan:
-    """Everything a reset of one producer's units writes, by qualified module name.
-
-    `GXDReset.reset_plan` gives the plan of an eligible layer, with the references its
-    statistics hold now; `apply_reset_` carries it out, on the model or on a copy of it.
-
-    Attributes:
-        producer: the layer whose units are reset.
-        consumers: one `ConsumerFold` per layer that reads them.
-        norms: BatchNorm layers between the producer and its consumers.
-    """
-
-    producer: str
-    consumers: tuple[ConsumerFold, ...]
-    norms: tuple[str, ...] = ()
-
-    @property
-    def modules(self) -> tuple[str, ...]:
-        """Every module the reset writes: the producer, its consumers and its BatchNorms."""
-        return (self.producer, *(c.name for c in self.consumers), *self.norms)
-
-
-def apply_reset_(
-    modules: Mapping[str, nn.Module],
-    plan: ResetPlan,
-    index: Tensor,
-    new_weights: torch.Generator | Mapping[str, nn.Module],
-    optimizer_state: Mapping[Tensor, MutableMapping[str, Any]] | None = None,
-    policy: str = "mean_scale",
-) -> None:
-    """Reset units ``index`` of ``plan.producer``: the whole operator, in this order.
-
-    1. each consumer reads ``r`` instead of the units: ``b += W_out[:, i]·r_i``,
-       ``W_out[:, i] = 0`` (`fold_and_zero_inputs_`);
-    2. the units' incoming weights are redrawn from the producer's default init
-       (`reinit_units_`), or copied from the same layer of another model (`copy_units_`);
-    3. the BatchNorm entries between them are restored (`reset_norm_entries_`);
-    4. the optimizer state of every touched slice is cleared under ``policy``
-       (`clear_state_slices_`): consumer input columns, producer and BatchNorm rows.
-
-    Right after it, each consumer's pre-activation has changed by exactly
-    ``W_out[:, i]·(r_i − h_i)``; nothing else in the network moves.
-
-    Args:
-        modules: the modules by qualified name (``dict(model.named_modules())``, or a copy's).
-        plan: what to write (`ResetPlan`).
-        index: the unit indices, int64, unique.
-        new_weights: the CPU generator the new weights are drawn from, or the modules of a
-            model already reset (by name) to copy them from (to mirror a reset into a copy).
-        optimizer_state: ``optimizer.state`` (``None``: no state to clear, e.g. for a copy).
-        policy: one of `STATE_POLICIES`.
-
-    Example:
-        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-        >>> plan = ResetPlan("0", (ConsumerFold("2", 1, torch.full((4,), 0.5)),))
-        >>> apply_reset_(dict(net.named_modules()), plan, torch.tensor([1]), torch.Generator())
-        >>> float(net[2].weight[:, 1].detach().abs().sum())
-        0.0
-    """
-
-    def clear(param: Tensor | None, dim: int, at: Tensor) -> None:
-        state = None if optimizer_state is None or param is None else optimizer_state.get(param)
-        if state:
-            clear_state_slices_(state, cast(Tensor, param), dim, at, policy)
-
-    weight, bias = layer_params(modules[plan.producer])
-    index = index.to(weight.device)
-    for fold in plan.consumers:
-        consumer_weight, consumer_bias = layer_params(modules[fold.name])
-        k = fold.columns_per_unit
-        columns = unit_columns(index, k).to(consumer_weight.device)
-        values = None
-        if fold.reference is not None:
-            values = fold.reference.index_select(0, index.to(fold.reference.device))
-            values = values.repeat_interleave(k).to(consumer_weight.device)
-        fold_and_zero_inputs_(consumer_weight, consumer_bias, columns, values)
-        clear(consumer_weight, 1, columns)
-    if isinstance(new_weights, torch.Generator):
-        reinit_units_(weight, bias, index, new_weights)
-    else:
-        copy_units_(weight, bias, index, *layer_params(new_weights[plan.producer]))
-    touched: list[Tensor | None] = [weight, bias]
-    for name in plan.norms:
-        norm = cast(_BatchNorm, modules[name])
-        reset_norm_entries_(norm, index)
-        touched += [norm.weight, norm.bias]
-    for param in touched:
-        clear(param, 0, index)
-
-
-def unit_indices(indices: Tensor | Sequence[int], units: int, layer: str) -> Tensor:
-    """Check a user's unit indices of a layer of ``units`` units; return them sorted, unique,
-    int64 (empty if there are none).
-
-    Raises:
-        ValueError: not a 1-D sequence of integers, or an index outside ``[0, units)``.
-
-    Example:
-        >>> unit_indices([3, 1, 3], 4, "fc")
-        tensor([1, 3])
-    """
-    index = torch.as_tensor(indices)
-    if index.numel() == 0 and index.dim() <= 1:
-        return index.reshape(0).to(torch.int64)
-    integers = not (index.dtype == torch.bool or index.is_floating_point() or index.is_complex())
-    if not integers or index.dim() > 1:
-        raise ValueError(
-            f"indices must be a 1-D sequence of ints, got {index.dtype} of shape "
-            f"{tuple(index.shape)}"
-        )
-    index = index.reshape(-1).to(torch.int64)
-    if int(index.min()) < 0 or int(index.max()) >= units:
-        raise ValueError(
-            f"indices must lie in [0, {units}) for layer {layer!r}, got {index.tolist()}"
-        )
-    unique: Tensor = torch.unique(index)
-    return unique
