@@ -222,28 +222,6 @@ def test_reset_hook_is_called_and_removable() -> None:
 
 
 # -- checkpoints ----------------------------------------------------------------------------
-@pytest.mark.parametrize("optimizer", ["adam", "sgd_momentum", "rmsprop"])
-def test_resume_is_bit_identical_with_resets(optimizer: str) -> None:
-    model = _model()
-    opt = _wrap(model, optimizer, seed=3)
-    _train(model, opt, range(6))
-    saved_opt = copy.deepcopy(opt.state_dict())
-    saved_model = copy.deepcopy(model.state_dict())
-    _train(model, opt, range(6, 16))
-    assert sum(opt.reset_counts.values()) > 0
-
-    fresh = _model(seed=99)
-    fresh.load_state_dict(saved_model)
-    resumed = _wrap(fresh, optimizer, seed=3)
-    resumed.load_state_dict(saved_opt)
-    _train(fresh, resumed, range(6, 16))
-    for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=False):
-        assert torch.equal(p, q), name
-    assert resumed.reset_counts == opt.reset_counts
-    for name, u in opt.utilities().items():
-        assert torch.equal(u, resumed.utilities()[name])
-
-
 def test_plain_optimizer_checkpoint_loads_with_a_warning() -> None:
     model = _model()
     plain = torch.optim.Adam(model.parameters(), lr=1e-2)

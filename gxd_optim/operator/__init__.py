@@ -3,6 +3,7 @@ layer's reset that composes them (`plan`)."""
 
 from .plan import ConsumerFold, ResetPlan, apply_reset_, unit_indices
 from .tensors import (
+    PARAMETER_KEYS,
     SECOND_MOMENT_KEYS,
     STATE_POLICIES,
     clear_state_slices_,
@@ -15,6 +16,7 @@ from .tensors import (
 )
 
 __all__ = [
+    "PARAMETER_KEYS",
     "SECOND_MOMENT_KEYS",
     "STATE_POLICIES",
     "ConsumerFold",

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "PARAMETER_KEYS",
     "SECOND_MOMENT_KEYS",
     "STATE_POLICIES",
     "clear_state_slices_",
@@ -30,14 +31,23 @@ STATE_POLICIES = ("zero", "mean_scale")
 """Names accepted by ``GXDReset(state_policy=...)``."""
 
 SECOND_MOMENT_KEYS = frozenset(
-    {"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"}
+    {
+        *("exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum", "acc_delta", "exp_inf"),
+        *("step_size", "variance", "exp_avg_var", "max_exp_avg_var"),
+    }
 )
-"""Optimizer-state keys holding non-negative scale statistics (second moments).
+"""Optimizer-state keys holding non-negative scale statistics (second moments, step sizes).
 
 Adam/AdamW/NAdam/RAdam ``exp_avg_sq`` and ``max_exp_avg_sq``, RMSprop ``square_avg``,
-Adagrad ``sum``, Adadelta ``square_avg``/``acc_delta`` and Adamax ``exp_inf``. Under
-``state_policy="mean_scale"`` these are refilled instead of zeroed; every other key is zeroed.
+Adagrad ``sum``, Adadelta ``square_avg``/``acc_delta``, Adamax ``exp_inf``, Rprop's per-element
+``step_size``, Adafactor's ``variance`` (of 1-D parameters) and AdaBelief's ``exp_avg_var`` and
+``max_exp_avg_var``. Under ``state_policy="mean_scale"`` these are refilled instead of zeroed;
+every other key shaped like its parameter is zeroed, except `PARAMETER_KEYS`.
 """
+
+PARAMETER_KEYS = frozenset({"ax"})
+"""Optimizer-state keys holding an average of the parameter itself (ASGD's ``ax``): a reset
+copies the parameter's new values into their touched slices, under either policy."""
 
 
 def unit_columns(index: Tensor, columns_per_unit: int) -> Tensor:
@@ -260,6 +270,7 @@ def clear_state_slices_(
         ``"mean_scale"``: first-moment (signed) buffers are zeroed; second-moment buffers
         (`SECOND_MOMENT_KEYS`) are set to the mean of their untouched entries, so the
         unit's next steps have the layer's usual size.
+        Under both, averages of the parameter itself (`PARAMETER_KEYS`) take its new values.
 
     Args:
         state: ``optimizer.state[param]``, modified in place.
@@ -291,11 +302,14 @@ def clear_state_slices_(
             if not isinstance(value, Tensor) or value.shape != param.shape:
                 continue
             for rows, local, _ in blocks:
-                block = value[rows]
+                block, at = value[rows], local.to(value.device)
+                if key in PARAMETER_KEYS:  # the parameter holds its new values already
+                    block.index_copy_(dim, at, param[rows].index_select(dim, at).to(block))
+                    continue
                 fill = 0.0
                 if policy == "mean_scale" and key in SECOND_MOMENT_KEYS:
                     fill = _mean_outside(block, dim, local)
-                block.index_fill_(dim, local.to(value.device), fill)
+                block.index_fill_(dim, at, fill)
 
 
 def _mean_outside(value: Tensor, dim: int, index: Tensor) -> float:

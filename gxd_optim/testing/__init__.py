@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..discovery import Edge, canonical, is_transposed, layer_params, layer_tensors
-from ..operator import SECOND_MOMENT_KEYS, input_blocks, unit_columns
+from ..operator import PARAMETER_KEYS, SECOND_MOMENT_KEYS, input_blocks, unit_columns
 from ..reset import GXDReset
 
 __all__ = ["assert_first_order", "assert_reset_invariants", "describe"]
@@ -252,7 +252,7 @@ def assert_reset_invariants(opt: GXDReset, name: str, indices: Sequence[int]) ->
     which absorb the mean reference, excepted); the outgoing weights of the units are zero
     (except rows redrawn by the same reset); the new incoming weights lie within the default
     initialisation bound; BatchNorm entries are restored; touched state slices are cleared
-    under the wrapper's ``state_policy``.
+    under the wrapper's ``state_policy`` (averages of the parameter take its new values).
 
     Raises:
         AssertionError: naming the parameter or state entry that broke an invariant.
@@ -336,6 +336,12 @@ def _check_state(
         if not torch.equal(new[~mask], old[~mask]):
             raise AssertionError(f"{pname}/{key}: state outside the reset units changed")
         cleared = new[mask]
+        if key in PARAMETER_KEYS:
+            if not torch.equal(cleared, p.detach()[mask].to(cleared)):
+                raise AssertionError(
+                    f"{pname}/{key}: the reset units' average is not the new value"
+                )
+            continue
         scale = opt.config.state_policy == "mean_scale" and key in SECOND_MOMENT_KEYS
         if not scale and not bool((cleared == 0).all()):
             raise AssertionError(f"{pname}/{key}: state of the reset units not cleared")
