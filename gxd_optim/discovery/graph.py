@@ -65,15 +65,16 @@ class _Walk:
         norms: the BatchNorms between (their entries of the units are reset too).
         ops: the operations passed (autograd names), for `LayerInfo.path`.
         region: every node the walk passed, with the units' layout there.
-        gates: products with another tensor of units (``act(gate(x)) * up(x)``): the node
-            and its other inputs, which must be another producer's units.
+        gates: products with another tensor of units (``act(gate(x)) * up(x)``): the node,
+            its other inputs (which must be another producer's units) and the units' layout
+            as they enter it.
     """
 
     reads: list[tuple[str, Layout]] = field(default_factory=list)
     norms: list[str] = field(default_factory=list)
     ops: list[str] = field(default_factory=list)
     region: dict[Node, Layout] = field(default_factory=dict)
-    gates: list[tuple[Node, list[Node]]] = field(default_factory=list)
+    gates: list[tuple[Node, list[Node], Layout]] = field(default_factory=list)
 
 
 def _walk(
@@ -140,7 +141,7 @@ def _resolve(
         if ours or op_name(node) != "Mul" or early:
             what = HINTS.get(op_name(node), f"`{op_name(node)}`")
             return f"its units are mixed by {what} before any consumer"
-        found.gates.append((node, extra))
+        found.gates.append((node, extra, layout))
     return ""
 
 
@@ -328,8 +329,8 @@ def _pair_gates(
     walk = walks[name]
     if len(walk.gates) != 1:
         return mixed
-    node, extra = walk.gates[0]
-    if any(trace.shapes.get(e, walk.region[node].shape) != walk.region[node].shape for e in extra):
+    node, extra, ours = walk.gates[0]
+    if any(trace.shapes.get(e, ours.shape) != ours.shape for e in extra):
         return excitation
     partner = next(
         (n for n, w in walks.items() if n != name and all(e in w.region for e in extra)), None

@@ -25,6 +25,7 @@ _UNARY = frozenset(
         *("RreluWithNoise", "PreluKernel", "NativeDropout", "ToCopy", "Clone", "Alias"),
         *("Pow", "Exp", "Log", "Sqrt", "Rsqrt", "Neg", "Abs", "Erf", "Reciprocal", "Clamp"),
         *("MulScalar", "AddScalar", "DivScalar", "SubScalar", "Hardshrink", "Softshrink"),
+        "RegisterPostBackwardFunction",  # FSDP2's identity on a sharded module's inputs
     }
 )
 BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
@@ -115,7 +116,11 @@ def step(
     if op in _UNARY:
         return layout
     if op in BINARY:
-        return mixed if out_shape is not None and out_shape != layout.shape else layout
+        if out_shape is None or out_shape == layout.shape:
+            return layout
+        if op == "Mul":
+            return "its units scale a tensor of another shape (a squeeze-excitation gate?)"
+        return mixed
     if op == "CopySlices":  # an in-place op on a view (dropout after a flatten)
         return mixed if others(node, came_from) else layout
     if op in ("Permute", "Transpose"):
