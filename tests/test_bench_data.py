@@ -19,7 +19,8 @@ from gxd_optim.bench.datasets import (
     read_cifar_batch,
     read_idx,
 )
-from gxd_optim.bench.problems import PROBLEMS, BitFlipSettings, apply_overrides
+from gxd_optim.bench.problems import PROBLEMS, BitFlipSettings
+from gxd_optim.bench.settings import apply_overrides
 from gxd_optim.bench.streams import (
     BitFlipStream,
     LTUTarget,

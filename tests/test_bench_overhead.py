@@ -16,18 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from gxd_optim.bench.__main__ import main
+from gxd_optim.bench.cli import main
 from gxd_optim.bench.overhead import (
     CASES,
     GOALS,
     Goal,
     Settings,
     failed_goals,
-    markdown_table,
-    peak_live_bytes,
+    median_ci,
+    overhead_table,
     select_cases,
     summarise_times,
     time_interleaved,
+    trace_peaks,
 )
 
 
@@ -103,8 +104,38 @@ def test_case_selection_and_goals() -> None:
         main([])  # a command is required
 
 
+def _memory(ts: float, total: int, change: int, device: int = 0) -> dict[str, Any]:
+    args = {"Device Type": device, "Total Allocated": total, "Bytes": change}
+    return {"name": "[memory]", "ph": "i", "ts": ts, "args": args}
+
+
+def test_memory_peaks_are_read_from_the_trace() -> None:
+    """Peaks count from what was live before the first event; the step's peak includes what
+    was live when the marked call began; other devices' events and other names are ignored."""
+    events = [
+        _memory(5.0, 510, 10),  # 500 live before the window
+        _memory(1.0, 500, 0, device=1),  # a CUDA event: not counted
+        _memory(6.0, 530, 20),
+        _memory(7.0, 505, -25),
+        {"name": "last", "ph": "X", "ts": 8.0, "dur": 2.0},
+        {"name": "other", "ph": "X", "ts": 0.0, "dur": 1.0},
+        _memory(9.0, 545, 40),
+        _memory(10.0, 500, -45),
+        _memory(11.0, 2000, 1500),  # after the last call: the run's peak only
+    ]
+    assert trace_peaks(events, "last") == (1500, 45)
+    assert trace_peaks(events[4:6], "last") == (0, 0)  # no memory events
+    with pytest.raises(RuntimeError, match="one 'last' event"):
+        trace_peaks(events[:4], "last")
+
+
+def test_the_median_interval_is_scipys_exact_one() -> None:
+    assert median_ci([float(v) for v in range(100)]) == (39.0, 60.0)
+    assert median_ci([12.0, 3.0, 1.0, 2.0, 5.0, 4.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0]) == (3.0, 10.0)
+    assert all(math.isnan(end) for end in median_ci([1.0, 2.0, 3.0]))  # too few for 95%
+
+
 def test_pure_helpers() -> None:
-    assert peak_live_bytes([10, 20, -25, 40, -45]) == 45
     assert failed_goals(None, 9.0, 50.0) is None
     assert failed_goals(Goal(1.05), 1.04, 1.0) == []
     assert failed_goals(Goal(1.05), 1.06, 3.0) == ["ratio", "memory"]
@@ -142,7 +173,7 @@ def test_the_table_says_which_figure_missed_its_goal() -> None:
             "failed": failed,
         }
 
-    rows = markdown_table(
+    rows = overhead_table(
         [
             record("a", 1.03031, 0.21, Goal(1.03)),
             record("b", 1.0612, 2.5, Goal(1.05)),
@@ -155,15 +186,19 @@ def test_the_table_says_which_figure_missed_its_goal() -> None:
     )
     assert rows[1].endswith("| no (ratio 1.0612 > 1.05, memory +2.50% > +2%) |")
     assert rows[2].endswith("| yes |") and rows[3].endswith("| — | — |")
+    few = record("f", 1.02, 0.5, Goal(1.03))  # too few pairs for a 95% interval
+    few["timing"]["ratio"]["median_ci95"] = [math.nan, math.nan]
+    (row,) = overhead_table([few]).splitlines()[2:]
+    assert "| 1.020 | — | +0.50% |" in row
     # figures that round onto their goal get the places it takes to tell them apart
-    (close,) = markdown_table([record("e", 1.10003, 2.004, Goal(1.10))]).splitlines()[2:]
+    (close,) = overhead_table([record("e", 1.10003, 2.004, Goal(1.10))]).splitlines()[2:]
     assert close.endswith("| no (ratio 1.10003 > 1.10, memory +2.004% > +2%) |")
 
 
 def test_the_plot_draws_awkward_reports(tmp_path: Path) -> None:
     """One case with every pair equal and one copy, or with a pair that is not a number and
     one that is infinite (an edited report), still gives a picture."""
-    from gxd_optim.bench.report import overhead_plot
+    from gxd_optim.bench.plots import overhead_plot
 
     def case(key: str, base: list[float], cand: list[float], copies: int) -> dict[str, Any]:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -230,3 +265,28 @@ def test_pairs_take_the_copies_in_turn() -> None:
     few = Settings(repeats=2, warmup=0, copies=3)
     (case,) = [c for c in CASES if c.key == "g"]
     assert few.copies_of(case) == 2 and few.calls(case) == 2 * (0 + 2 + few.memory_steps)
+
+
+def test_workloads_build_the_shared_models_from_one_seed() -> None:
+    """The overhead cases train the benchmark models of `gxd_optim.bench.models`, with the
+    same weights every time and whatever the global random state."""
+    from gxd_optim.bench.models import relu_mlp
+
+    by_key = {case.key: case.workload for case in CASES}
+    torch.manual_seed(123)
+    first = by_key["a"].model()
+    torch.manual_seed(456)
+    again = by_key["a"].model()
+    reference = relu_mlp((784, 2000, 2000, 2000, 10), seed=0)
+    for p, q, r in zip(first.parameters(), again.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(p, q) and torch.equal(p, r)
+
+    cnn = by_key["e"].model()
+    kinds = [type(m).__name__ for m in cnn]
+    assert kinds.count("Conv2d") == 5 and kinds.count("MaxPool2d") == 3
+    assert [i for i, k in enumerate(kinds) if k == "MaxPool2d"] == [6, 13, 17]  # blocks 2, 4, 5
+    x, _ = by_key["e"].batches(torch.device("cpu"), count=1)[0]
+    assert cnn(x).shape == (64, 10) and cnn[-1].in_features == 2048
+    ffn = by_key["f"].model()
+    assert [type(m).__name__ for m in ffn] == ["Linear", "GELU", "Linear"]
+    assert ffn[0].out_features == 4 * ffn[0].in_features == 1024

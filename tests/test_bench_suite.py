@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gxd_optim.bench.__main__ import main
+from gxd_optim.bench.cli import main
 from gxd_optim.bench.metrics import degradation_onset, spearman, summarise_criterion
 from gxd_optim.bench.problems import PROBLEMS
 from gxd_optim.bench.runner import CRITERIA, Job, Options, train_run
@@ -139,3 +139,22 @@ def test_summaries() -> None:
     assert s["records"] == 4 and s["mean_abs_realised_per_unit"] == pytest.approx(4 / 6)
     assert degradation_onset([1e-3, 1e-4, 1e-2], [0.5, 0.5, 0.6], False, 0.05) == 1e-2
     assert degradation_onset([1e-4, 1e-3, 1e-2], [0.5, 0.9, 0.5], False, 0.05) is None
+
+
+def test_the_table_helper() -> None:
+    from gxd_optim.bench.tables import markdown_table, number
+
+    assert markdown_table(["a", "b"], [["1", "2"]]).splitlines() == [
+        "| a | b |",
+        "|---|---|",
+        "| 1 | 2 |",
+    ]
+    assert [number(v) for v in (None, math.nan, math.inf, 0.123456, 12345.0)] == [
+        "—",
+        "—",
+        "—",
+        "0.123",
+        "1.23e+04",
+    ]
+    with pytest.raises(ValueError, match="1 cells under 2 columns"):
+        markdown_table(["a", "b"], [["1"]])

@@ -2,7 +2,8 @@
 
 * scikit-learn's bundled digits (`load_digits`: a file shipped inside scikit-learn),
 * MNIST in its IDX format (`read_idx`, `load_mnist`; plain or gzip-compressed files),
-* CIFAR-10 in its "python version" format (`read_cifar_batch`, `load_cifar10`).
+* CIFAR-10 in its "python version" format (`read_cifar_batch`, `load_cifar10`), and binary
+  tasks of two of its classes (`cifar10_class_pairs`).
 
 Every loader returns float32 inputs scaled to ``[0, 1]`` and int64 labels.
 
@@ -20,15 +21,19 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .streams import class_pairs
+
 __all__ = [
     "CIFAR_TRAIN_BATCHES",
     "MNIST_FILES",
+    "cifar10_class_pairs",
     "find_file",
     "load_cifar10",
     "load_digits",
@@ -142,6 +147,39 @@ def load_cifar10(data_dir: Path) -> tuple[Tensor, Tensor]:
         data_dir = data_dir / "cifar-10-batches-py"
     parts = [read_cifar_batch(find_file(data_dir, name)) for name in CIFAR_TRAIN_BATCHES]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def cifar10_class_pairs(
+    data_dir: Path, tasks: int, sizes: tuple[int, int], seed: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Binary tasks of two random CIFAR-10 classes, read from ``data_dir`` at the first task.
+
+    A sixth of the images (a split drawn from ``seed``) is held out; each task's two classes
+    come from `class_pairs` (seed ``seed + 2``), its examples from ``generator``. Images are
+    standardised to ``(x − 0.5) / 0.25``; the label is 1 for the task's second class.
+
+    Args:
+        data_dir: where `load_cifar10` finds the batches.
+        tasks: number of tasks.
+        sizes: training and held-out examples per task.
+        seed: seed of the split and of the class pairs.
+        generator: draws each task's examples.
+
+    Returns:
+        Per task: training images and labels, held-out images and labels.
+    """
+    images, labels = load_cifar10(data_dir)
+    images = (images - 0.5) / 0.25
+    split = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    held = len(images) // 6
+    pools = (split[held:], split[:held])
+    for a, b in class_pairs(tasks, 10, seed + 2).tolist():
+        parts: list[Tensor] = []
+        for pool, count in zip(pools, sizes, strict=True):
+            mine = pool[(labels[pool] == a) | (labels[pool] == b)]
+            pick = mine[torch.randperm(len(mine), generator=generator)[:count]]
+            parts += [images[pick], (labels[pick] == b).long()]
+        yield parts[0], parts[1], parts[2], parts[3]
 
 
 def load_digits() -> tuple[Tensor, Tensor]:

@@ -10,11 +10,13 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 from torch import Tensor, nn
 
 from ..sandbox import untouched
@@ -24,6 +26,7 @@ __all__ = [
     "accuracy",
     "degradation_onset",
     "dormant_fraction",
+    "evaluating",
     "spearman",
     "summarise_criterion",
     "window",
@@ -31,6 +34,19 @@ __all__ = [
 
 RECORD_FIELDS = ("step", "layer", "units", "predicted", "realised")
 """The fields of one reset record as a run stores it (a list in this order)."""
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode for a block: its mode, its buffers and the global RNG are
+    restored afterwards (`gxd_optim.sandbox.untouched`)."""
+    was_training = model.training
+    try:
+        with untouched(model):
+            model.eval()
+            yield
+    finally:
+        model.train(was_training)
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -67,42 +83,29 @@ def dormant_fraction(model: nn.Module, probe: Tensor) -> float:
         alive.append((output > 0).any(dim=dims) if dims else output > 0)
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.ReLU)]
-    was_training = model.training
     try:
-        with untouched(model):
-            model.eval()
+        with evaluating(model):
             model(probe)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     units = sum(a.numel() for a in alive)
     return float(sum(int((~a).sum()) for a in alive)) / units if units else math.nan
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    """Ranks from 0, ties sharing their mean rank."""
-    order = np.argsort(values, kind="mergesort")
-    ordered = values[order]
-    ranks = np.empty(len(values))
-    edges = np.flatnonzero(np.diff(ordered)) + 1
-    for start, end in zip(np.r_[0, edges], np.r_[edges, len(values)], strict=True):
-        ranks[order[start:end]] = (start + end - 1) / 2
-    return ranks
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties take their mean rank); NaN if either side is constant
-    or fewer than 3 pairs are given."""
+    """Spearman's rank correlation (`scipy.stats.spearmanr`: ties take their mean rank),
+    rounded to 12 decimals; NaN if either side is constant or fewer than 3 pairs are given.
+
+    Raises:
+        ValueError: ``x`` and ``y`` differ in length.
+    """
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(a) != len(b):
         raise ValueError(f"x and y differ in length: {len(a)} != {len(b)}")
-    if len(a) < 3:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
-    ra, rb = _ranks(a), _ranks(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    norm = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
-    return round(float((ra * rb).sum()) / norm, 12) if norm > 0 else math.nan
+    return round(float(stats.spearmanr(a, b).statistic), 12)
 
 
 def window(segments: int) -> int:

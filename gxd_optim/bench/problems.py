@@ -5,6 +5,8 @@ The runner trains on every batch of a segment, then reads the segment's performa
 fraction of dormant units on its probe inputs. Every problem is a pure function of its
 settings and a seed; nothing is downloaded (MNIST and CIFAR-10 are read from ``data_dir``).
 
+The segments come from one of two recipes (`gxd_optim.bench.segments`).
+
 Problems (`PROBLEMS`):
 
 * ``bitflip``: slowly-changing regression (Dohare et al. 2024): 20 binary inputs, 15 of
@@ -34,30 +36,22 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..sandbox import untouched
-from .datasets import load_cifar10, load_digits, load_mnist
+from .datasets import cifar10_class_pairs, load_digits, load_mnist
 from .metrics import accuracy
-from .models import relu_mlp, small_cnn
-from .streams import (
-    BitFlipStream,
-    LTUTarget,
-    class_pairs,
-    minibatches,
-    permutations,
-    prototype_images,
-    random_label_data,
-)
+from .models import conv_net, relu_mlp
+from .segments import Segment, Task, online_segment, task_segments
+from .settings import apply_overrides, check_positive
+from .streams import BitFlipStream, LTUTarget, permutations, prototype_tasks, random_label_data
 
 __all__ = [
     "PROBLEMS",
@@ -69,26 +63,7 @@ __all__ = [
     "MemorisationSettings",
     "Problem",
     "Segment",
-    "apply_overrides",
 ]
-
-Batch = tuple[Tensor, Tensor]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One point of the learning curve.
-
-    Attributes:
-        batches: the training batches ``(inputs, targets)``, in order.
-        evaluate: ``online -> performance``; ``online`` stacks the instance's online score of
-            every batch (``None`` if the instance has none). Called after the last batch.
-        probe: inputs on which dormant units are counted after the segment.
-    """
-
-    batches: Iterable[Batch]
-    evaluate: Callable[[Tensor | None], float]
-    probe: Tensor
 
 
 @dataclass
@@ -124,7 +99,7 @@ class Problem:
         settings_type: the settings dataclass; its defaults are the full scale.
         quick: overrides of ``--quick`` (a scale for tests and CI).
         builder: ``(settings, seed, device, data_dir) -> Instance``.
-        data: ``"none"``, ``"optional"`` or ``"required"``: what it does with ``--data-dir``.
+        data: what it does with ``--data-dir``.
     """
 
     name: str
@@ -135,12 +110,17 @@ class Problem:
     settings_type: type[Any]
     quick: Mapping[str, Any]
     builder: Callable[[Any, int, torch.device, Path | None], Instance]
-    data: str = "none"
+    data: Literal["none", "optional", "required"] = "none"
 
     def settings(
         self, quick: bool = False, overrides: Mapping[str, str] = MappingProxyType({})
     ) -> Any:
-        """The settings at full or quick scale, with ``KEY=VALUE`` overrides applied."""
+        """The settings at full or quick scale, with ``KEY=VALUE`` overrides applied.
+
+        Raises:
+            ValueError: an unknown setting, a value of the wrong type, or values out of range
+                (see `apply_overrides`).
+        """
         base = self.settings_type(**(self.quick if quick else {}))
         return apply_overrides(base, overrides)
 
@@ -157,80 +137,14 @@ class Problem:
         return self.builder(settings, seed, device, data_dir if self.data != "none" else None)
 
 
-def apply_overrides(settings: Any, overrides: Mapping[str, str]) -> Any:
-    """``settings`` with fields replaced from text values (converted to the field's type).
-
-    Raises:
-        ValueError: an unknown field, or a value that does not convert.
-
-    Example:
-        >>> apply_overrides(BitFlipSettings(), {"examples": "40000", "lr": "0.1"}).examples
-        40000
-    """
-    fields = {f.name: f for f in dataclasses.fields(settings)}
-    changes: dict[str, Any] = {}
-    for key, text in overrides.items():
-        if key not in fields:
-            raise ValueError(f"unknown setting {key!r}; known: {', '.join(fields)}")
-        current = getattr(settings, key)
-        try:
-            if isinstance(current, tuple):
-                changes[key] = tuple(int(v) for v in text.split("-"))
-            else:
-                changes[key] = type(current)(text)
-        except ValueError:
-            raise ValueError(
-                f"setting {key}: cannot read {text!r} as {type(current).__name__}"
-            ) from None
-    return dataclasses.replace(settings, **changes)
-
-
-def _check_positive(settings: Any) -> None:
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        values = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, (int, float)) and v <= 0 and f.name != "noise" for v in values):
-            raise ValueError(f"setting {f.name} must be positive, got {value}")
-
-
-@torch.no_grad()
-def _held_out_accuracy(model: nn.Module, inputs: Tensor, labels: Tensor) -> float:
-    was_training = model.training
-    try:
-        with untouched(model):
-            model.eval()
-            return float(accuracy(model(inputs), labels))
-    finally:
-        model.train(was_training)
-
-
-def _accuracy_at_end(
-    model: nn.Module, inputs: Tensor, labels: Tensor
-) -> Callable[[Tensor | None], float]:
-    """A segment's ``evaluate``: the accuracy on ``inputs`` once the segment is trained."""
-    return lambda _: _held_out_accuracy(model, inputs, labels)
-
-
-def _epochs(
-    inputs: Tensor, targets: Tensor, epochs: int, batch: int, order: torch.Generator
-) -> Iterator[Batch]:
-    for _ in range(epochs):
-        for index in minibatches(len(inputs), batch, order):
-            yield inputs[index], targets[index]
-
-
-def _mean_online(online: Tensor | None) -> float:
-    assert online is not None
-    return float(online.mean())
-
-
+# -- settings and the task recipe -------------------------------------------------------------
 class _Tasks:
     """Settings whose segments are tasks; every number must be positive."""
 
     tasks: int
 
     def __post_init__(self) -> None:
-        _check_positive(self)
+        check_positive(self, unchecked=("noise",))
 
     @property
     def segments(self) -> int:
@@ -238,8 +152,29 @@ class _Tasks:
         return self.tasks
 
 
+class _EpochSettings(Protocol):
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+
+
 def _epoch_steps(epochs: int, examples: int, batch: int) -> int:
     return epochs * -(-examples // batch)
+
+
+def _adam_on_tasks(
+    model: nn.Module, tasks: Iterable[Task], s: _EpochSettings, seed: int
+) -> Instance:
+    """Adam and cross-entropy on each task for ``s.epochs`` epochs, shuffled from ``seed + 1``."""
+    return Instance(
+        model,
+        torch.optim.Adam(model.parameters(), lr=s.lr),
+        F.cross_entropy,
+        task_segments(model, tasks, s.epochs, s.batch, seed + 1),
+    )
 
 
 # -- bit-flipping ------------------------------------------------------------------------------
@@ -259,7 +194,7 @@ class BitFlipSettings:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        _check_positive(self)
+        check_positive(self, unchecked=("noise",))
         if self.examples % self.bin or self.bin % self.batch:
             raise ValueError("examples must be a multiple of bin, and bin of batch")
 
@@ -282,10 +217,7 @@ def _bitflip(s: BitFlipSettings, seed: int, device: torch.device, _: Path | None
     def segments() -> Iterator[Segment]:
         for _ in range(s.segments):
             x = stream.take(s.bin)
-            y = target(x)
-            x, y = x.to(device), y.to(device)
-            batches = ((x[i : i + s.batch], y[i : i + s.batch]) for i in range(0, s.bin, s.batch))
-            yield Segment(batches, _mean_online, x[:1000])
+            yield online_segment(x.to(device), target(x).to(device), s.batch)
 
     return Instance(
         model,
@@ -293,92 +225,6 @@ def _bitflip(s: BitFlipSettings, seed: int, device: torch.device, _: Path | None
         F.mse_loss,
         segments(),
         online=lambda output, target: F.mse_loss(output, target),
-    )
-
-
-# -- random-label memorisation -----------------------------------------------------------------
-@dataclass(frozen=True)
-class MemorisationSettings(_Tasks):
-    """Random-label memorisation; ``examples/continual_demo.py`` runs it with 45 tasks."""
-
-    tasks: int = 60
-    samples: int = 1000
-    input_dim: int = 32
-    classes: int = 10
-    width: int = 128
-    depth: int = 2
-    epochs: int = 100
-    batch: int = 100
-    lr: float = 1e-3
-
-    @property
-    def steps_per_segment(self) -> int:
-        """Adam steps per task."""
-        return _epoch_steps(self.epochs, self.samples, self.batch)
-
-
-def _memorisation(
-    s: MemorisationSettings, seed: int, device: torch.device, _: Path | None
-) -> Instance:
-    inputs, labels = random_label_data(s.samples, s.input_dim, s.classes, s.tasks, seed)
-    inputs, labels = inputs.to(device), labels.to(device)
-    model = relu_mlp((s.input_dim, *[s.width] * s.depth, s.classes), seed=seed).to(device)
-    order = torch.Generator().manual_seed(seed + 1)
-
-    def segments() -> Iterator[Segment]:
-        for task in range(s.tasks):
-            y = labels[task]
-            yield Segment(
-                _epochs(inputs, y, s.epochs, s.batch, order),
-                _accuracy_at_end(model, inputs, y),
-                inputs,
-            )
-
-    return Instance(
-        model, torch.optim.Adam(model.parameters(), lr=s.lr), F.cross_entropy, segments()
-    )
-
-
-# -- permuted digits ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DigitsSettings(_Tasks):
-    """Permuted scikit-learn digits."""
-
-    tasks: int = 50
-    epochs: int = 5
-    batch: int = 16
-    hidden: tuple[int, ...] = (128, 128)
-    lr: float = 1e-3
-    test_fraction: float = 0.2
-
-    @property
-    def steps_per_segment(self) -> int:
-        """Adam steps per task."""
-        train = 1797 - int(1797 * self.test_fraction)
-        return _epoch_steps(self.epochs, train, self.batch)
-
-
-def _digits(s: DigitsSettings, seed: int, device: torch.device, _: Path | None) -> Instance:
-    inputs, labels = load_digits()
-    split = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
-    test = int(len(inputs) * s.test_fraction)
-    train_x, train_y = inputs[split[test:]].to(device), labels[split[test:]].to(device)
-    test_x, test_y = inputs[split[:test]].to(device), labels[split[:test]].to(device)
-    model = relu_mlp((64, *s.hidden, 10), seed=seed).to(device)
-    perms = permutations(s.tasks, 64, seed + 2).to(device)
-    order = torch.Generator().manual_seed(seed + 1)
-
-    def segments() -> Iterator[Segment]:
-        for p in perms:
-            x, xt = train_x[:, p], test_x[:, p]
-            yield Segment(
-                _epochs(x, train_y, s.epochs, s.batch, order),
-                _accuracy_at_end(model, xt, test_y),
-                x,
-            )
-
-    return Instance(
-        model, torch.optim.Adam(model.parameters(), lr=s.lr), F.cross_entropy, segments()
     )
 
 
@@ -417,11 +263,7 @@ def _mnist(s: MNISTSettings, seed: int, device: torch.device, data_dir: Path | N
     def segments() -> Iterator[Segment]:
         for p in perms:
             pick = torch.randperm(len(inputs), generator=order)[: s.examples].to(device)
-            x, y = inputs[pick][:, p], labels[pick]
-            batches = (
-                (x[i : i + s.batch], y[i : i + s.batch]) for i in range(0, s.examples, s.batch)
-            )
-            yield Segment(batches, _mean_online, x[:1000])
+            yield online_segment(inputs[pick][:, p], labels[pick], s.batch)
 
     return Instance(
         model,
@@ -430,6 +272,71 @@ def _mnist(s: MNISTSettings, seed: int, device: torch.device, data_dir: Path | N
         segments(),
         online=accuracy,
     )
+
+
+# -- random-label memorisation -----------------------------------------------------------------
+@dataclass(frozen=True)
+class MemorisationSettings(_Tasks):
+    """Random-label memorisation; ``examples/continual_demo.py`` runs it with 45 tasks."""
+
+    tasks: int = 60
+    samples: int = 1000
+    input_dim: int = 32
+    classes: int = 10
+    width: int = 128
+    depth: int = 2
+    epochs: int = 100
+    batch: int = 100
+    lr: float = 1e-3
+
+    @property
+    def steps_per_segment(self) -> int:
+        """Adam steps per task."""
+        return _epoch_steps(self.epochs, self.samples, self.batch)
+
+
+def _memorisation(
+    s: MemorisationSettings, seed: int, device: torch.device, _: Path | None
+) -> Instance:
+    inputs, labels = random_label_data(s.samples, s.input_dim, s.classes, s.tasks, seed)
+    inputs, labels = inputs.to(device), labels.to(device)
+    model = relu_mlp((s.input_dim, *[s.width] * s.depth, s.classes), seed=seed).to(device)
+    return _adam_on_tasks(model, (Task((inputs, y), (inputs, y), inputs) for y in labels), s, seed)
+
+
+# -- permuted digits ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DigitsSettings(_Tasks):
+    """Permuted scikit-learn digits."""
+
+    tasks: int = 50
+    epochs: int = 5
+    batch: int = 16
+    hidden: tuple[int, ...] = (128, 128)
+    lr: float = 1e-3
+    test_fraction: float = 0.2
+
+    @property
+    def steps_per_segment(self) -> int:
+        """Adam steps per task."""
+        return _epoch_steps(self.epochs, 1797 - int(1797 * self.test_fraction), self.batch)
+
+
+def _digits(s: DigitsSettings, seed: int, device: torch.device, _: Path | None) -> Instance:
+    inputs, labels = load_digits()
+    split = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
+    test = int(len(inputs) * s.test_fraction)
+    train_x, train_y = inputs[split[test:]].to(device), labels[split[test:]].to(device)
+    test_x, test_y = inputs[split[:test]].to(device), labels[split[:test]].to(device)
+    model = relu_mlp((64, *s.hidden, 10), seed=seed).to(device)
+    perms = permutations(s.tasks, 64, seed + 2).to(device)
+
+    def tasks() -> Iterator[Task]:
+        for p in perms:
+            x = train_x[:, p]
+            yield Task((x, train_y), (test_x[:, p], test_y), x)
+
+    return _adam_on_tasks(model, tasks(), s, seed)
 
 
 # -- continual convolutional tasks -------------------------------------------------------------
@@ -453,55 +360,22 @@ class CNNSettings(_Tasks):
         return _epoch_steps(self.epochs, self.train, self.batch)
 
 
-def _cifar_tasks(
-    s: CNNSettings, data_dir: Path, seed: int, generator: torch.Generator
-) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    images, labels = load_cifar10(data_dir)
-    images = (images - 0.5) / 0.25
-    split = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    held = len(images) // 6
-    pools = {"test": split[:held], "train": split[held:]}
-    for a, b in class_pairs(s.tasks, 10, seed + 2).tolist():
-        parts = []
-        for name, count in (("train", s.train), ("test", s.test)):
-            pool = pools[name]
-            mine = pool[(labels[pool] == a) | (labels[pool] == b)]
-            pick = mine[torch.randperm(len(mine), generator=generator)[:count]]
-            parts += [images[pick], (labels[pick] == b).long()]
-        yield parts[0], parts[1], parts[2], parts[3]
-
-
-def _generated_tasks(
-    s: CNNSettings, generator: torch.Generator
-) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
-    for _ in range(s.tasks):
-        x, y = prototype_images(s.train + s.test, 2, s.image_size, s.noise, generator)
-        yield x[: s.train], y[: s.train], x[s.train :], y[s.train :]
-
-
 def _cnn(s: CNNSettings, seed: int, device: torch.device, data_dir: Path | None) -> Instance:
     size = 32 if data_dir is not None else s.image_size
-    model = small_cnn(s.channels, 2, seed=seed, image_size=size).to(device)
+    model = conv_net(s.channels, 2, seed=seed, image_size=size).to(device)
     generator = torch.Generator().manual_seed(seed + 3)
-    order = torch.Generator().manual_seed(seed + 1)
-    tasks = (
-        _cifar_tasks(s, data_dir, seed, generator)
+    images = (
+        cifar10_class_pairs(data_dir, s.tasks, (s.train, s.test), seed, generator)
         if data_dir is not None
-        else _generated_tasks(s, generator)
+        else prototype_tasks(s.tasks, (s.train, s.test), s.image_size, s.noise, generator)
     )
 
-    def segments() -> Iterator[Segment]:
-        for x, y, xt, yt in tasks:
-            x, y, xt, yt = x.to(device), y.to(device), xt.to(device), yt.to(device)
-            yield Segment(
-                _epochs(x, y, s.epochs, s.batch, order),
-                _accuracy_at_end(model, xt, yt),
-                x[:256],
-            )
+    def tasks() -> Iterator[Task]:
+        for x, y, xt, yt in images:
+            x = x.to(device)
+            yield Task((x, y.to(device)), (xt.to(device), yt.to(device)), x[:256])
 
-    return Instance(
-        model, torch.optim.Adam(model.parameters(), lr=s.lr), F.cross_entropy, segments()
-    )
+    return _adam_on_tasks(model, tasks(), s, seed)
 
 
 PROBLEMS: Mapping[str, Problem] = MappingProxyType(

@@ -1,4 +1,5 @@
-"""Tables and plots of a benchmark report (``run``, ``sweep`` or ``overhead``).
+"""What a benchmark prints and writes: the summary of a ``run``, ``sweep`` or ``overhead``
+report, and the report as JSON.
 
 Example:
     >>> summary = {"none": {"early": 0.5, "average": 0.6, "final": 0.7, "final_dormant": 0.25,
@@ -10,111 +11,97 @@ Example:
 
 from __future__ import annotations
 
-import math
-import textwrap
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .overhead import where_and_what
+from .environment import describe_source
+from .overhead.report import overhead_notes, overhead_table
 from .runner import NONE
+from .tables import markdown_table, number
 
-__all__ = [
-    "compact",
-    "cost_plot",
-    "curve_plot",
-    "overhead_plot",
-    "run_table",
-    "summary_text",
-    "sweep_plot",
-    "sweep_table",
-]
-
-_COLOURS = {
-    "none": "tab:gray",
-    "gxd": "tab:blue",
-    "contribution": "tab:orange",
-    "adaptable_contribution": "tab:green",
-    "activation": "tab:red",
-    "gradient": "tab:purple",
-    "random": "tab:brown",
-}
-
-
-def _num(value: float | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return f"{value:.{digits}g}"
+__all__ = ["compact", "run_table", "summary_text", "sweep_table", "write_json"]
 
 
 def run_table(summary: Mapping[str, Mapping[str, Any]], metric: str) -> str:
     """The per-criterion summary of a ``run`` report as a Markdown table."""
-    header = (
-        f"| criterion | early {metric} | average | final | dormant (final) | resets / run "
-        "| mean abs realised / unit | mean abs predicted / unit | Spearman ρ |"
-    )
-    rows = [header, "|" + "---|" * (header.count("|") - 1)]
+    header = [
+        "criterion",
+        f"early {metric}",
+        "average",
+        "final",
+        "dormant (final)",
+        "resets / run",
+        "mean abs realised / unit",
+        "mean abs predicted / unit",
+        "Spearman ρ",
+    ]
+    rows = []
     for name, s in summary.items():
-        rho = s["spearman"]
-        rho_cell = _num(rho, 2) if s["records"] < 3 else f"{_num(rho, 2)} (n={s['records']})"
+        rho = number(s["spearman"], 2)
         rows.append(
-            f"| {name} | {_num(s['early'])} | {_num(s['average'])} | {_num(s['final'])} "
-            f"| {s['final_dormant']:.1%} | {s['resets_per_run']:g} "
-            f"| {_num(s['mean_abs_realised_per_unit'])} "
-            f"| {_num(s['mean_abs_predicted_per_unit'])} | {rho_cell} |"
+            [
+                name,
+                number(s["early"]),
+                number(s["average"]),
+                number(s["final"]),
+                f"{s['final_dormant']:.1%}",
+                f"{s['resets_per_run']:g}",
+                number(s["mean_abs_realised_per_unit"]),
+                number(s["mean_abs_predicted_per_unit"]),
+                rho if s["records"] < 3 else f"{rho} (n={s['records']})",
+            ]
         )
-    return "\n".join(rows)
+    return markdown_table(header, rows)
 
 
 def sweep_table(report: Mapping[str, Any]) -> str:
     """A ``sweep`` report as a Markdown table: average performance per rate, and the onset."""
     rates = [f"{r:g}" for r in report["rates"]]
-    metric = report["problem"]["metric"]
-    header = f"| criterion | {' | '.join(rates)} | degrades from |"
-    rows = [
-        f"Average {metric} per replacement rate (degrades from: the smallest rate from which it "
-        f"stays {report['tolerance']:.0%} worse than its best)",
-        "",
-        header,
-        "|" + "---|" * (header.count("|") - 1),
-    ]
+    rows = []
     for name, by_rate in report["summary"].items():
         if name == NONE:
-            cells = [_num(by_rate["any"]["average"])] * len(rates)
+            cells = [number(by_rate["any"]["average"])] * len(rates)
             onset = "(no resets)"
         else:
-            cells = [_num(by_rate[r]["average"]) for r in rates]
+            cells = [number(by_rate[r]["average"]) for r in rates]
             value = report["onset"][name]
             onset = "not within the rates" if value is None else f"{value:g}"
-        rows.append(f"| {name} | {' | '.join(cells)} | {onset} |")
-    return "\n".join(rows)
-
-
-def summary_text(report: Mapping[str, Any]) -> str:
-    """The table of a report plus the lines that say what was run, where and how long."""
-    problem, machine = report["problem"], report["machine"]
-    table = (
-        run_table(report["summary"], problem["metric"])
-        if report["benchmark"] == "run"
-        else sweep_table(report)
+        rows.append([name, *cells, onset])
+    caption = (
+        f"Average {report['problem']['metric']} per replacement rate (degrades from: the "
+        f"smallest rate from which it stays {report['tolerance']:.0%} worse than its best)"
     )
-    commit = (report["source"]["git_commit"] or "unknown commit")[:12]
-    if report["source"]["git_dirty"]:
-        commit += " + local changes"
-    lines = [
-        table,
-        "",
+    return caption + "\n\n" + markdown_table(["criterion", *rates, "degrades from"], rows)
+
+
+def _training_notes(report: Mapping[str, Any]) -> list[str]:
+    """The lines under a ``run`` or ``sweep`` table: the problem, the machine, the time."""
+    problem, machine, source = report["problem"], report["machine"], report["source"]
+    quick = " (--quick: not a measurement)" if problem["quick"] else ""
+    return [
         f"{problem['name']}: {problem['summary']}; {report['seeds']} seed(s); "
         f"{'lower' if not problem['higher_is_better'] else 'higher'} {problem['metric']} is "
         f"better; early/final = mean over the first/last tenth of the segments",
         f"device {machine['device']}, {machine['cpu']}, {machine['threads']} thread(s); "
-        f"torch {machine['torch']}; gxd_optim {report['source']['gxd_optim']} ({commit}); "
-        f"{report['seconds']:.0f} s"
-        + (" (--quick: not a measurement)" if problem["quick"] else ""),
+        f"torch {machine['torch']}; gxd_optim {source['gxd_optim']} "
+        f"({describe_source(source)}); {report['seconds']:.0f} s{quick}",
     ]
-    return "\n".join(lines)
+
+
+def summary_text(report: Mapping[str, Any]) -> str:
+    """The table of a ``run``, ``sweep`` or ``overhead`` report and the lines that say what
+    was measured, where and how long."""
+    kind = report["benchmark"]
+    if kind == "overhead":
+        table, notes = overhead_table(report["cases"]), overhead_notes(report)
+    elif kind == "run":
+        table = run_table(report["summary"], report["problem"]["metric"])
+        notes = _training_notes(report)
+    else:
+        table, notes = sweep_table(report), _training_notes(report)
+    return "\n".join([table, "", *notes])
 
 
 def compact(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,239 +116,13 @@ def compact(report: Mapping[str, Any]) -> dict[str, Any]:
     return {**report, "runs": runs}
 
 
-def _x_values(report: Mapping[str, Any], segments: int) -> np.ndarray:
-    span = int(report["problem"]["settings"].get("bin", 1))
-    return np.arange(1, segments + 1) * span
+def write_json(data: Mapping[str, Any], out_dir: Path, name: str) -> Path:
+    """Write ``data`` as indented JSON to ``out_dir / name`` (the directory is created).
 
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def curve_plot(report: Mapping[str, Any], path: Path) -> Path:
-    """Learning curves (mean over seeds, band from the lowest to the highest seed) and the
-    fraction of dormant units, per criterion."""
-    plt = _pyplot()
-    problem = report["problem"]
-    fig, (ax_perf, ax_dead) = plt.subplots(1, 2, figsize=(13, 4.5))
-    for name in report["criteria"]:
-        runs = [r for r in report["runs"] if r["criterion"] == name]
-        for ax, key in ((ax_perf, "performance"), (ax_dead, "dormant")):
-            values = np.array([r[key] for r in runs], dtype=float)
-            x = _x_values(report, values.shape[1])
-            colour = _COLOURS.get(name)
-            ax.plot(x, values.mean(0), label=name, color=colour, lw=1.5)
-            if len(runs) > 1:
-                ax.fill_between(x, values.min(0), values.max(0), color=colour, alpha=0.15)
-    ax_perf.set(xlabel=problem["axis"], ylabel=problem["metric"], title="performance per segment")
-    ax_dead.set(
-        xlabel=problem["axis"],
-        ylabel="fraction of ReLU units dormant",
-        ylim=(-0.02, 1.02),
-        title="dormant units (zero on every probe input)",
-    )
-    ax_perf.legend(fontsize=8)
-    fig.suptitle(_title(report), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _title(report: Mapping[str, Any]) -> str:
-    reset = ", ".join(f"{k}={v}" for k, v in report["reset"].items()) or "library defaults"
-    return f"{report['problem']['name']}: {report['seeds']} seed(s), GXDReset {reset}" + (
-        " (--quick)" if report["problem"]["quick"] else ""
-    )
-
-
-def cost_plot(report: Mapping[str, Any], path: Path) -> Path:
-    """Realised against predicted cost of every measured reset, one colour per criterion."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 6))
-    limits: list[float] = []
-    for name in report["criteria"]:
-        records = [
-            r
-            for run in report["runs"]
-            if run["criterion"] == name
-            for r in run["records"]
-            if math.isfinite(r[3]) and math.isfinite(r[4])
-        ]
-        if not records:
-            continue
-        predicted = np.array([r[3] for r in records])
-        realised = np.array([r[4] for r in records])
-        rho = report["summary"][name]["spearman"]
-        ax.scatter(
-            predicted,
-            realised,
-            s=8,
-            alpha=0.5,
-            color=_COLOURS.get(name),
-            label=f"{name} (ρ={_num(rho, 2)}, n={len(records)})",
-        )
-        limits += [float(np.abs(predicted).max()), float(np.abs(realised).max())]
-    if limits:
-        top = max(limits)
-        ax.plot(
-            [-top, top], [-top, top], color="black", lw=0.8, ls="--", label="realised = predicted"
-        )
-        ax.set_xscale("symlog", linthresh=top * 1e-3)
-        ax.set_yscale("symlog", linthresh=top * 1e-3)
-    ax.set(
-        xlabel="predicted cost (first order, from the step's gradients)",
-        ylabel="realised cost (batch loss after − before the reset)",
-        title=_title(report),
-    )
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
-    """Average performance against replacement rate per criterion (log x); the plain run as a
-    horizontal line, each criterion's degradation onset marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    rates = report["rates"]
-    for name, by_rate in report["summary"].items():
-        colour = _COLOURS.get(name)
-        if name == NONE:
-            ax.axhline(by_rate["any"]["average"], color=colour, ls="--", label="none (no reset)")
-            continue
-        values = [by_rate[f"{r:g}"]["average"] for r in rates]
-        ax.plot(rates, values, marker="o", color=colour, label=name)
-        onset = report["onset"][name]
-        if onset is not None:
-            ax.scatter(
-                [onset],
-                [by_rate[f"{onset:g}"]["average"]],
-                s=120,
-                facecolors="none",
-                edgecolors=colour,
-                linewidths=2,
-            )
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="replacement rate",
-        ylabel=f"average {report['problem']['metric']}",
-        title=_title(report) + "\n(circle: degradation onset)",
-    )
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def overhead_plot(report: Mapping[str, Any], path: Path) -> Path:
-    """Every timed pair's step-time ratio, one panel per case of an ``overhead`` report.
-
-    Each row of a panel is one copy of the arms (pair ``r`` took copy ``r mod K``), with that
-    copy's median as a black tick; the case's median is the blue line, its ratio goal (if any)
-    the red dashed one. The spread between rows is what the copies are for: where a model's
-    tensors live moves one copy's ratio by a few percent. The axis spans the 1st to 99th
-    percentile of the pairs, the median and the goal; pairs beyond it are drawn at its edges
-    as triangles and counted in the panel's title.
+    Returns:
+        The file written.
     """
-    plt = _pyplot()
-    cases = report["cases"]
-    title = textwrap.fill(
-        "gxd_optim.bench overhead: "
-        + where_and_what(report)
-        + (" (--quick)" if report["settings"]["quick"] else ""),
-        110,
-    )
-    panels = [0.55 + 0.2 * len(case["timing"]["per_copy"]) for case in cases]  # inches
-    height = 0.9 + 0.17 * title.count("\n") + sum(panels)
-    fig, axes = plt.subplots(
-        len(cases),
-        1,
-        figsize=(8, height),
-        squeeze=False,
-        height_ratios=panels,
-        layout="constrained",
-    )
-    for ax, case in zip(axes[:, 0], cases, strict=True):
-        _ratio_panel(ax, case)
-    axes[-1, 0].set_xlabel("step-time ratio per timed pair (candidate / baseline)")
-    fig.suptitle(title, fontsize=9, x=0.01, ha="left")
-    handles = [
-        plt.Line2D([], [], color="tab:blue", lw=1.5, label="median over all pairs"),
-        plt.Line2D([], [], color="black", lw=1.5, label="median of one copy"),
-    ]
-    if any(case["goal"] is not None for case in cases):
-        handles.append(plt.Line2D([], [], color="tab:red", ls="--", lw=1.2, label="goal"))
-    fig.legend(
-        handles=handles,
-        loc="outside lower center",
-        ncols=len(handles),
-        fontsize=7,
-        frameon=False,
-    )
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    path.write_text(json.dumps(data, indent=2) + "\n")
     return path
-
-
-def _ratio_panel(ax: Any, case: Mapping[str, Any]) -> None:
-    """One case of `overhead_plot`: its pairs' ratios, a row per copy."""
-    timing = case["timing"]
-    samples = timing["samples"]
-    with np.errstate(divide="ignore", invalid="ignore"):  # an edited report may hold zeros
-        ratios = np.divide(samples["candidate_ms"], samples["baseline_ms"], dtype=float)
-    copies = len(timing["per_copy"])
-    copy = np.arange(len(ratios)) % copies
-    median = timing["ratio"]["median"]
-    goal = None if case["goal"] is None else case["goal"]["max_ratio"]
-    finite = ratios[np.isfinite(ratios)]
-    ends = [median, *([] if goal is None else [goal])]
-    if finite.size:
-        ends += list(np.percentile(finite, [1, 99]))
-    ends = [float(end) for end in ends if math.isfinite(end)] or [1.0]
-    margin = 0.1 * (max(ends) - min(ends)) or 0.01
-    left, right = min(ends) - margin, max(ends) + margin
-    rows = copy + np.random.default_rng(0).uniform(-0.25, 0.25, len(ratios))
-    colour = {"c": copy % 10, "cmap": "tab10", "vmin": 0, "vmax": 9}
-    inside = (ratios >= left) & (ratios <= right)
-    below, above = ratios < left, ratios > right
-    ax.scatter(ratios[inside], rows[inside], s=6, alpha=0.5, **_pick(colour, inside))
-    for beyond, edge, marker in ((below, left, "<"), (above, right, ">")):
-        ax.scatter(
-            np.full(beyond.sum(), edge),
-            rows[beyond],
-            s=14,
-            marker=marker,
-            clip_on=False,
-            **_pick(colour, beyond),
-        )
-    for row, per_copy in enumerate(timing["per_copy"]):
-        ax.plot([per_copy["ratio"]] * 2, [row - 0.4, row + 0.4], color="black", lw=1.5)
-    ax.axvline(median, color="tab:blue", lw=1.5)
-    label = f"{case['key']}: {case['name']} ({case['compares']}): median {median:.3f}"
-    if goal is not None:
-        ax.axvline(goal, color="tab:red", ls="--", lw=1.2)
-        label += f", goal ≤ {goal:.2f}" + (" (missed)" if "ratio" in case["failed"] else "")
-    outside, unknown = int(below.sum() + above.sum()), int(np.isnan(ratios).sum())
-    if outside:
-        label += f"; {outside} of {len(ratios)} pairs beyond the axis"
-    if unknown:
-        label += f"; {unknown} not a number"
-    ax.set_xlim(left, right)
-    ax.set_ylim(-0.6, copies - 0.4)
-    ax.set_yticks(range(copies), [f"copy {i}" for i in range(copies)], fontsize=7)
-    ax.tick_params(axis="x", labelsize=7)
-    ax.set_title(label, fontsize=8, loc="left")
-
-
-def _pick(colour: Mapping[str, Any], where: np.ndarray) -> dict[str, Any]:
-    """The scatter colour arguments of `_ratio_panel` for the points ``where`` selects."""
-    return {**colour, "c": colour["c"][where]}

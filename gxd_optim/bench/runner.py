@@ -21,20 +21,20 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
+from .. import UTILITIES, GXDReset
 from ..diagnostics import measure_realised_cost
-from ..reset import GXDReset
-from ..utilities import UTILITIES
-from .common import cpu_seconds, environment, load_average, machine_info, progress_bar, source_info
+from .environment import session, source_info
 from .metrics import degradation_onset, dormant_fraction, summarise_criterion
 from .problems import Problem
 
@@ -44,6 +44,7 @@ __all__ = [
     "NONE",
     "Job",
     "Options",
+    "Plan",
     "run_benchmark",
     "run_jobs",
     "run_sweep",
@@ -162,7 +163,7 @@ def run_jobs(
 ) -> list[dict[str, Any]]:
     """Train every job in turn under one progress bar."""
     total = len(jobs) * settings.segments * settings.steps_per_segment
-    with progress_bar(total, "step", options.progress) as bar:
+    with tqdm(total=total, unit="step", disable=not options.progress, file=sys.stderr) as bar:
         runs = []
         for job in jobs:
             rate = job.reset.get("replacement_rate")
@@ -173,70 +174,89 @@ def run_jobs(
     return runs
 
 
-def _measure(
-    kind: str, problem: Problem, settings: Any, quick: bool, options: Options, jobs: list[Job]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run the jobs (with ``options.threads``, restored after): the report's header, machine,
-    source, runs and timing; and the runs."""
-    threads = torch.get_num_threads()
-    start, load, cpu = time.perf_counter(), load_average(), cpu_seconds()
-    try:
-        if options.threads is not None:
-            torch.set_num_threads(options.threads)
-        machine = machine_info(torch.device(options.device))
-        runs = run_jobs(problem, settings, jobs, options)
-    finally:
-        torch.set_num_threads(threads)
+@dataclass(frozen=True)
+class Plan:
+    """What a ``run`` or a ``sweep`` trains, and how.
+
+    Attributes:
+        problem: the problem.
+        settings: its settings (see `Problem.settings`).
+        criteria: the criteria to compare; ``"none"`` (the bare optimizer) always runs first.
+        seeds: seeds ``0 .. seeds-1``.
+        reset: the ``GXDReset`` options given (the others keep their defaults).
+        options: device, data, threads, progress bar.
+        quick: whether the settings are the ``--quick`` scale (recorded in the report).
+    """
+
+    problem: Problem
+    settings: Any
+    criteria: Sequence[str]
+    seeds: int = 1
+    reset: Mapping[str, Any] = field(default_factory=dict)
+    options: Options = field(default_factory=Options)
+    quick: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.criteria if c not in CRITERIA]
+        if unknown:
+            raise ValueError(f"unknown criteria {unknown}; known: {', '.join(CRITERIA)}")
+
+    @property
+    def all_criteria(self) -> tuple[str, ...]:
+        """``"none"`` and then the other criteria, each once."""
+        return (NONE, *dict.fromkeys(c for c in self.criteria if c != NONE))
+
+
+def _measure(kind: str, plan: Plan, jobs: list[Job]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the jobs with ``plan.options.threads``: the report's header, machine, source, runs
+    and timing; and the runs."""
+    problem, options = plan.problem, plan.options
+    with session(torch.device(options.device), options.threads) as run:
+        runs = run_jobs(problem, plan.settings, jobs, options)
     report = {
         "benchmark": kind,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": run.created,
         "problem": {
             "name": problem.name,
             "summary": problem.summary,
             "metric": problem.metric,
             "higher_is_better": problem.higher_is_better,
             "axis": problem.axis,
-            "settings": dataclasses.asdict(settings),
-            "quick": quick,
+            "settings": dataclasses.asdict(plan.settings),
+            "quick": plan.quick,
         },
         "options": {
             "device": options.device,
             "data_dir": None if options.data_dir is None else str(options.data_dir),
             "threads": options.threads,
         },
-        "machine": machine,
+        "machine": run.machine,
         "source": source_info(),
         "runs": runs,
-        "seconds": time.perf_counter() - start,
-        "environment": environment(load, cpu),
+        **run.closing(),
     }
     return report, runs
 
 
-def run_benchmark(
-    problem: Problem,
-    settings: Any,
-    criteria: Sequence[str],
-    seeds: int,
-    reset: Mapping[str, Any],
-    options: Options,
-    *,
-    quick: bool = False,
-) -> dict[str, Any]:
-    """Run every criterion (``"none"`` always first) on seeds ``0 .. seeds-1``: the report.
+def run_benchmark(plan: Plan) -> dict[str, Any]:
+    """Run every criterion (``"none"`` always first) on every seed: the report.
 
     Returns:
         The header (problem, settings, options), ``criteria``, ``reset``, ``seeds``,
         ``machine``, ``source``, ``runs``, ``summary`` (per criterion, see
         `summarise_criterion`), ``seconds`` and ``environment``.
     """
-    criteria = _with_none(criteria)
-    jobs = [Job(c, s, {} if c == NONE else dict(reset)) for s in range(seeds) for c in criteria]
-    report, runs = _measure("run", problem, settings, quick, options, jobs)
+    criteria = plan.all_criteria
+    jobs = [
+        Job(c, s, {} if c == NONE else dict(plan.reset))
+        for s in range(plan.seeds)
+        for c in criteria
+    ]
+    report, runs = _measure("run", plan, jobs)
     report.update(
         criteria=list(criteria),
-        reset=dict(reset),
-        seeds=seeds,
+        reset=dict(plan.reset),
+        seeds=plan.seeds,
         summary={
             c: summarise_criterion([r for r in runs if r["criterion"] == c]) for c in criteria
         },
@@ -244,17 +264,7 @@ def run_benchmark(
     return report
 
 
-def run_sweep(
-    problem: Problem,
-    settings: Any,
-    criteria: Sequence[str],
-    rates: Sequence[float],
-    seeds: int,
-    reset: Mapping[str, Any],
-    options: Options,
-    *,
-    quick: bool = False,
-) -> dict[str, Any]:
+def run_sweep(plan: Plan, rates: Sequence[float]) -> dict[str, Any]:
     """Run every criterion at every replacement rate (``"none"`` once per seed): the report.
 
     Returns:
@@ -262,23 +272,27 @@ def run_sweep(
         (``"none"`` under the key ``"any"``) and ``onset``: per criterion the smallest rate
         from which its average performance is `DEGRADE_TOLERANCE` worse than its best
         (``None``: it does not degrade within the swept rates).
+
+    Raises:
+        ValueError: the plan's reset options select other than by budget.
     """
-    if reset.get("selection", "budget") != "budget":
+    if plan.reset.get("selection", "budget") != "budget":
         raise ValueError("a sweep over replacement rates needs selection='budget'")
-    criteria = _with_none(criteria)
-    rated = [c for c in criteria if c != NONE]
-    jobs = [Job(NONE, s) for s in range(seeds)]
+    criteria = plan.all_criteria
+    rated = criteria[1:]
+    jobs = [Job(NONE, s) for s in range(plan.seeds)]
     jobs += [
-        Job(c, s, {**reset, "replacement_rate": rate})
+        Job(c, s, {**plan.reset, "replacement_rate": rate})
         for rate in rates
-        for s in range(seeds)
+        for s in range(plan.seeds)
         for c in rated
     ]
-    report, runs = _measure("sweep", problem, settings, quick, options, jobs)
+    report, runs = _measure("sweep", plan, jobs)
     summary: dict[str, dict[str, Any]] = {
         NONE: {"any": summarise_criterion([r for r in runs if r["criterion"] == NONE])}
     }
     onset: dict[str, float | None] = {}
+    higher_is_better = plan.problem.higher_is_better
     for c in rated:
         summary[c] = {
             f"{rate:g}": summarise_criterion(
@@ -287,21 +301,14 @@ def run_sweep(
             for rate in rates
         }
         averages = [summary[c][f"{rate:g}"]["average"] for rate in rates]
-        onset[c] = degradation_onset(rates, averages, problem.higher_is_better, DEGRADE_TOLERANCE)
+        onset[c] = degradation_onset(rates, averages, higher_is_better, DEGRADE_TOLERANCE)
     report.update(
         criteria=list(criteria),
         rates=list(rates),
-        reset=dict(reset),
-        seeds=seeds,
+        reset=dict(plan.reset),
+        seeds=plan.seeds,
         summary=summary,
         onset=onset,
         tolerance=DEGRADE_TOLERANCE,
     )
     return report
-
-
-def _with_none(criteria: Sequence[str]) -> tuple[str, ...]:
-    unknown = [c for c in criteria if c not in CRITERIA]
-    if unknown:
-        raise ValueError(f"unknown criteria {unknown}; known: {', '.join(CRITERIA)}")
-    return (NONE, *dict.fromkeys(c for c in criteria if c != NONE))

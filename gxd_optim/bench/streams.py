@@ -4,7 +4,8 @@
   `BitFlipStream`;
 * random-label memorisation: `random_label_data`, `minibatches`;
 * permuted inputs: `permutations`;
-* image tasks: `prototype_images` (generated) and `class_pairs` (tasks of two classes).
+* image tasks: `prototype_images` and `prototype_tasks` (generated), `class_pairs` (which two
+  classes each task of a labelled data set takes).
 
 Example:
     >>> stream = BitFlipStream(seed=0, flip_after=3)
@@ -31,6 +32,7 @@ __all__ = [
     "minibatches",
     "permutations",
     "prototype_images",
+    "prototype_tasks",
     "random_label_data",
 ]
 
@@ -191,6 +193,27 @@ def prototype_images(
     )
     images += noise * torch.randn(images.shape, generator=generator)
     return images, labels
+
+
+def prototype_tasks(
+    tasks: int, sizes: tuple[int, int], size: int, noise: float, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Binary tasks of `prototype_images`, each with two new classes.
+
+    Args:
+        tasks: number of tasks.
+        sizes: training and held-out examples per task.
+        size: image height and width.
+        noise: standard deviation of the pixel noise.
+        generator: the source of every prototype, shift and noise.
+
+    Returns:
+        Per task: training images and labels, held-out images and labels.
+    """
+    train, test = sizes
+    for _ in range(tasks):
+        x, y = prototype_images(train + test, 2, size, noise, generator)
+        yield x[:train], y[:train], x[train:], y[train:]
 
 
 def class_pairs(tasks: int, classes: int, seed: int) -> Tensor:

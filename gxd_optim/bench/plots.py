@@ -1,0 +1,267 @@
+"""Plots of a benchmark report: learning curves, reset costs, a sweep, the overhead pairs.
+
+Every function draws one figure with matplotlib's Agg backend, writes it to ``path`` and
+returns ``path``.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .overhead.report import where_and_what
+from .runner import NONE
+from .tables import number
+
+__all__ = ["cost_plot", "curve_plot", "overhead_plot", "sweep_plot"]
+
+_COLOURS = {
+    "none": "tab:gray",
+    "gxd": "tab:blue",
+    "contribution": "tab:orange",
+    "adaptable_contribution": "tab:green",
+    "activation": "tab:red",
+    "gradient": "tab:purple",
+    "random": "tab:brown",
+}
+
+
+def _x_values(report: Mapping[str, Any], segments: int) -> np.ndarray:
+    span = int(report["problem"]["settings"].get("bin", 1))
+    return np.arange(1, segments + 1) * span
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path, *, tight: bool) -> Path:
+    """Write ``fig`` to ``path`` and close it (``tight``: with `Figure.tight_layout` first)."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def curve_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Learning curves (mean over seeds, band from the lowest to the highest seed) and the
+    fraction of dormant units, per criterion."""
+    plt = _pyplot()
+    problem = report["problem"]
+    fig, (ax_perf, ax_dead) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for name in report["criteria"]:
+        runs = [r for r in report["runs"] if r["criterion"] == name]
+        for ax, key in ((ax_perf, "performance"), (ax_dead, "dormant")):
+            values = np.array([r[key] for r in runs], dtype=float)
+            x = _x_values(report, values.shape[1])
+            colour = _COLOURS.get(name)
+            ax.plot(x, values.mean(0), label=name, color=colour, lw=1.5)
+            if len(runs) > 1:
+                ax.fill_between(x, values.min(0), values.max(0), color=colour, alpha=0.15)
+    ax_perf.set(xlabel=problem["axis"], ylabel=problem["metric"], title="performance per segment")
+    ax_dead.set(
+        xlabel=problem["axis"],
+        ylabel="fraction of ReLU units dormant",
+        ylim=(-0.02, 1.02),
+        title="dormant units (zero on every probe input)",
+    )
+    ax_perf.legend(fontsize=8)
+    fig.suptitle(_title(report), fontsize=10)
+    return _save(plt, fig, path, tight=True)
+
+
+def _title(report: Mapping[str, Any]) -> str:
+    reset = ", ".join(f"{k}={v}" for k, v in report["reset"].items()) or "library defaults"
+    return f"{report['problem']['name']}: {report['seeds']} seed(s), GXDReset {reset}" + (
+        " (--quick)" if report["problem"]["quick"] else ""
+    )
+
+
+def cost_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Realised against predicted cost of every measured reset, one colour per criterion."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    limits: list[float] = []
+    for name in report["criteria"]:
+        records = [
+            r
+            for run in report["runs"]
+            if run["criterion"] == name
+            for r in run["records"]
+            if math.isfinite(r[3]) and math.isfinite(r[4])
+        ]
+        if not records:
+            continue
+        predicted = np.array([r[3] for r in records])
+        realised = np.array([r[4] for r in records])
+        rho = report["summary"][name]["spearman"]
+        ax.scatter(
+            predicted,
+            realised,
+            s=8,
+            alpha=0.5,
+            color=_COLOURS.get(name),
+            label=f"{name} (ρ={number(rho, 2)}, n={len(records)})",
+        )
+        limits += [float(np.abs(predicted).max()), float(np.abs(realised).max())]
+    if limits:
+        top = max(limits)
+        ax.plot(
+            [-top, top], [-top, top], color="black", lw=0.8, ls="--", label="realised = predicted"
+        )
+        ax.set_xscale("symlog", linthresh=top * 1e-3)
+        ax.set_yscale("symlog", linthresh=top * 1e-3)
+    ax.set(
+        xlabel="predicted cost (first order, from the step's gradients)",
+        ylabel="realised cost (batch loss after − before the reset)",
+        title=_title(report),
+    )
+    ax.legend(fontsize=7)
+    return _save(plt, fig, path, tight=True)
+
+
+def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Average performance against replacement rate per criterion (log x); the plain run as a
+    horizontal line, each criterion's degradation onset marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    rates = report["rates"]
+    for name, by_rate in report["summary"].items():
+        colour = _COLOURS.get(name)
+        if name == NONE:
+            ax.axhline(by_rate["any"]["average"], color=colour, ls="--", label="none (no reset)")
+            continue
+        values = [by_rate[f"{r:g}"]["average"] for r in rates]
+        ax.plot(rates, values, marker="o", color=colour, label=name)
+        onset = report["onset"][name]
+        if onset is not None:
+            ax.scatter(
+                [onset],
+                [by_rate[f"{onset:g}"]["average"]],
+                s=120,
+                facecolors="none",
+                edgecolors=colour,
+                linewidths=2,
+            )
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="replacement rate",
+        ylabel=f"average {report['problem']['metric']}",
+        title=_title(report) + "\n(circle: degradation onset)",
+    )
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path, tight=True)
+
+
+def overhead_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """Every timed pair's step-time ratio, one panel per case of an ``overhead`` report.
+
+    Each row of a panel is one copy of the arms (pair ``r`` took copy ``r mod K``), with that
+    copy's median as a black tick; the case's median is the blue line, its ratio goal (if any)
+    the red dashed one. The spread between rows is what the copies are for: where a model's
+    tensors live moves one copy's ratio by a few percent. The axis spans the 1st to 99th
+    percentile of the pairs, the median and the goal; pairs beyond it are drawn at its edges
+    as triangles and counted in the panel's title.
+    """
+    plt = _pyplot()
+    cases = report["cases"]
+    title = textwrap.fill(
+        "gxd_optim.bench overhead: "
+        + where_and_what(report)
+        + (" (--quick)" if report["settings"]["quick"] else ""),
+        110,
+    )
+    panels = [0.55 + 0.2 * len(case["timing"]["per_copy"]) for case in cases]  # inches
+    height = 0.9 + 0.17 * title.count("\n") + sum(panels)
+    fig, axes = plt.subplots(
+        len(cases),
+        1,
+        figsize=(8, height),
+        squeeze=False,
+        height_ratios=panels,
+        layout="constrained",
+    )
+    for ax, case in zip(axes[:, 0], cases, strict=True):
+        _ratio_panel(ax, case)
+    axes[-1, 0].set_xlabel("step-time ratio per timed pair (candidate / baseline)")
+    fig.suptitle(title, fontsize=9, x=0.01, ha="left")
+    handles = [
+        plt.Line2D([], [], color="tab:blue", lw=1.5, label="median over all pairs"),
+        plt.Line2D([], [], color="black", lw=1.5, label="median of one copy"),
+    ]
+    if any(case["goal"] is not None for case in cases):
+        handles.append(plt.Line2D([], [], color="tab:red", ls="--", lw=1.2, label="goal"))
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=len(handles),
+        fontsize=7,
+        frameon=False,
+    )
+    return _save(plt, fig, path, tight=False)
+
+
+def _ratio_panel(ax: Any, case: Mapping[str, Any]) -> None:
+    """One case of `overhead_plot`: its pairs' ratios, a row per copy."""
+    timing = case["timing"]
+    samples = timing["samples"]
+    with np.errstate(divide="ignore", invalid="ignore"):  # an edited report may hold zeros
+        ratios = np.divide(samples["candidate_ms"], samples["baseline_ms"], dtype=float)
+    copies = len(timing["per_copy"])
+    copy = np.arange(len(ratios)) % copies
+    median = timing["ratio"]["median"]
+    goal = None if case["goal"] is None else case["goal"]["max_ratio"]
+    finite = ratios[np.isfinite(ratios)]
+    ends = [median, *([] if goal is None else [goal])]
+    if finite.size:
+        ends += list(np.percentile(finite, [1, 99]))
+    ends = [float(end) for end in ends if math.isfinite(end)] or [1.0]
+    margin = 0.1 * (max(ends) - min(ends)) or 0.01
+    left, right = min(ends) - margin, max(ends) + margin
+    rows = copy + np.random.default_rng(0).uniform(-0.25, 0.25, len(ratios))
+    colour = {"c": copy % 10, "cmap": "tab10", "vmin": 0, "vmax": 9}
+    inside = (ratios >= left) & (ratios <= right)
+    below, above = ratios < left, ratios > right
+    ax.scatter(ratios[inside], rows[inside], s=6, alpha=0.5, **_pick(colour, inside))
+    for beyond, edge, marker in ((below, left, "<"), (above, right, ">")):
+        ax.scatter(
+            np.full(beyond.sum(), edge),
+            rows[beyond],
+            s=14,
+            marker=marker,
+            clip_on=False,
+            **_pick(colour, beyond),
+        )
+    for row, per_copy in enumerate(timing["per_copy"]):
+        ax.plot([per_copy["ratio"]] * 2, [row - 0.4, row + 0.4], color="black", lw=1.5)
+    ax.axvline(median, color="tab:blue", lw=1.5)
+    label = f"{case['key']}: {case['name']} ({case['compares']}): median {median:.3f}"
+    if goal is not None:
+        ax.axvline(goal, color="tab:red", ls="--", lw=1.2)
+        label += f", goal ≤ {goal:.2f}" + (" (missed)" if "ratio" in case["failed"] else "")
+    outside, unknown = int(below.sum() + above.sum()), int(np.isnan(ratios).sum())
+    if outside:
+        label += f"; {outside} of {len(ratios)} pairs beyond the axis"
+    if unknown:
+        label += f"; {unknown} not a number"
+    ax.set_xlim(left, right)
+    ax.set_ylim(-0.6, copies - 0.4)
+    ax.set_yticks(range(copies), [f"copy {i}" for i in range(copies)], fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title(label, fontsize=8, loc="left")
+
+
+def _pick(colour: Mapping[str, Any], where: np.ndarray) -> dict[str, Any]:
+    """The scatter colour arguments of `_ratio_panel` for the points ``where`` selects."""
+    return {**colour, "c": colour["c"][where]}
