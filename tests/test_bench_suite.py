@@ -12,7 +12,7 @@ import torch
 from gxd_optim.bench.cli import main
 from gxd_optim.bench.metrics import degradation_onset, spearman, summarise_criterion
 from gxd_optim.bench.problems import PROBLEMS
-from gxd_optim.bench.runner import CRITERIA, Job, Options, train_run
+from gxd_optim.bench.runner import ARMS, Job, Options, train_run
 from gxd_optim.utilities import UTILITIES
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,7 +23,7 @@ def test_list_shows_problems_and_criteria(capsys: pytest.CaptureFixture[str]) ->
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in PROBLEMS)
-    assert all(name in out for name in CRITERIA) and "examples=1000000" in out
+    assert all(name in out for name in ARMS) and "examples=1000000" in out
 
 
 def test_run_writes_report_plots_and_table(

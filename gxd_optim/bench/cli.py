@@ -24,7 +24,7 @@ from ..config import REFERENCES
 from . import overhead, plots
 from .problems import PROBLEMS
 from .report import compact, summary_text, write_json
-from .runner import CRITERIA, NONE, Options, Plan, run_benchmark, run_sweep
+from .runner import ARMS, NONE, Options, Plan, run_benchmark, run_sweep
 
 Report = dict[str, Any]
 Plot = Callable[[Report, Path], Path]
@@ -190,7 +190,7 @@ def _list(args: argparse.Namespace) -> int:
         print(f"  {problem.name:<13} {problem.summary}{data[problem.data]}")
         settings = ", ".join(f"{k}={v}" for k, v in vars(problem.settings()).items())
         print(f"  {'':<13} {problem.metric}; {settings}")
-    print(f"criteria: {', '.join(CRITERIA)}  ('{NONE}': the bare optimizer, no reset)")
+    print(f"criteria: {', '.join(ARMS)}  ('{NONE}': the bare optimizer, no reset)")
     return 0
 
 
@@ -205,8 +205,8 @@ def _training_parser(
     parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
     parser.add_argument(
         "--utilities",
-        type=_names([c for c in CRITERIA if c != NONE]),
-        default=tuple(c for c in CRITERIA if c != NONE),
+        type=_names([c for c in ARMS if c != NONE]),
+        default=tuple(c for c in ARMS if c != NONE),
         help="comma-separated criteria, or 'all' (default); 'none' always runs too",
     )
     parser.add_argument("--seeds", type=_count(1), default=1, help="seeds 0..N-1 (default 1)")

@@ -39,7 +39,7 @@ from .metrics import degradation_onset, dormant_fraction, summarise_criterion
 from .problems import Problem
 
 __all__ = [
-    "CRITERIA",
+    "ARMS",
     "DEGRADE_TOLERANCE",
     "NONE",
     "Job",
@@ -53,7 +53,7 @@ __all__ = [
 
 NONE = "none"
 """The criterion name of the plain optimizer (no wrapper, no reset)."""
-CRITERIA: tuple[str, ...] = (NONE, *UTILITIES)
+ARMS: tuple[str, ...] = (NONE, *UTILITIES)
 """Every criterion a benchmark can run."""
 DEGRADE_TOLERANCE = 0.05
 """A sweep calls a rate degraded when its average is this much (relative) worse than the best."""
@@ -99,8 +99,8 @@ def train_run(
         out of the bounded `GXDReset.reset_log` before being read), ``steps``, ``seconds``
         and, when wrapped, ``gxd`` (the resolved wrapper settings).
     """
-    if job.criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {job.criterion!r}; known: {', '.join(CRITERIA)}")
+    if job.criterion not in ARMS:
+        raise ValueError(f"unknown criterion {job.criterion!r}; known: {', '.join(ARMS)}")
     device = torch.device(options.device)
     instance = problem.build(settings, job.seed, device, options.data_dir)
     model = instance.model
@@ -197,9 +197,9 @@ class Plan:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.criteria if c not in CRITERIA]
+        unknown = [c for c in self.criteria if c not in ARMS]
         if unknown:
-            raise ValueError(f"unknown criteria {unknown}; known: {', '.join(CRITERIA)}")
+            raise ValueError(f"unknown criteria {unknown}; known: {', '.join(ARMS)}")
 
     @property
     def all_criteria(self) -> tuple[str, ...]:
