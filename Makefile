@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.gxd-installed
 HYPOTHESIS_PROFILE ?= ci
 
-.PHONY: install demo test lint docs clean
+.PHONY: install demo test lint docs docs-check clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) bash scripts/install.sh $(VENV)
@@ -27,6 +27,17 @@ test: lint
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# The built site as a reader gets it: docstring examples rendered as code, nothing loaded
+# from another host, links that work from disk (scripts/check_docs_html.py); then every page
+# opened in headless Chromium at 1280 px (scripts/check_site.py: raw TeX, overflowing tables
+# and code, console errors, search), with screenshots in build/site-check/. Installs Chromium
+# with apt when it is missing and this is root.
+docs-check: docs
+	$(PY) scripts/check_docs_html.py site
+	bash scripts/install_chromium.sh
+	GXD_DOCS_BROWSER=1 GXD_DOCS_SITE=site GXD_DOCS_SCREENSHOTS=build/site-check \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_docs_site.py tests/test_docs_browser.py
 
 clean:
 	rm -rf $(VENV) site demo_out .pytest_cache .mypy_cache .ruff_cache .hypothesis

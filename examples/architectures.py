@@ -1,14 +1,17 @@
-"""What discovery finds (docs/howto/architectures.md): eligible layers, their edges and
-consumers, and the ways to name the layers yourself. Runs in about a second on CPU."""
+"""What discovery finds (docs/howto/architectures.md): eligible layers, their edges and consumers,
+and the ways to name the layers yourself. Runs in about a second on CPU.
 
+The page shows this program in order, section by section; run it with ``python
+examples/architectures.py``.
+"""
+
+# --8<-- [start:layers]
 import torch
 from torch import nn
 
 from gxd_optim import GXDReset
 
 torch.manual_seed(0)
-
-# --8<-- [start:layers]
 model = nn.Sequential(
     nn.Conv2d(3, 16, 3),  # '0'
     nn.BatchNorm2d(16),
@@ -27,32 +30,35 @@ model(torch.randn(8, 3, 32, 32))  # the first training forward pass finds the un
 
 for name, info in opt.layers.items():
     print(name, info.num_units, info.consumers, info.norms)
-print(dict(opt.skipped))
+for name, why in opt.skipped.items():
+    print(f"skipped {name}: {why}")
 # --8<-- [end:layers]
 
 # --8<-- [start:edge]
 print(opt.layers["4"].edges[0])
-# --8<-- [end:edge]
 opt.close()  # before wrapping the same model again
+# --8<-- [end:edge]
 
 # --8<-- [start:exclude]
 opt = GXDReset(torch.optim.Adam(model.parameters()), model, exclude=["4"])
 model(torch.randn(8, 3, 32, 32))
-print(sorted(opt.layers), dict(opt.skipped))
-# --8<-- [end:exclude]
+print(list(opt.layers))
+for name, why in opt.skipped.items():
+    print(f"skipped {name}: {why}")
 opt.close()
+# --8<-- [end:exclude]
+
+# --8<-- [start:explicit]
+mixed = nn.Sequential(nn.Linear(16, 64), nn.LayerNorm(64), nn.Linear(64, 8))
+explicit = GXDReset(torch.optim.Adam(mixed.parameters()), mixed, layers={"0": ["2"]})
+print(explicit.layers["0"].consumers, dict(explicit.skipped))
+# --8<-- [end:explicit]
 
 # --8<-- [start:discover]
 opt = GXDReset(torch.optim.Adam(model.parameters(), lr=1e-3), model)
-opt.discover(torch.randn(2, 3, 32, 32))
-print(sorted(opt.layers), dict(opt.skipped))
+opt.discover(torch.randn(2, 3, 32, 32))  # an example batch; nothing is recorded
+print(list(opt.layers))
 # --8<-- [end:discover]
-
-# --8<-- [start:explicit]
-model = nn.Sequential(nn.Linear(16, 64), nn.LayerNorm(64), nn.Linear(64, 8))
-opt = GXDReset(torch.optim.Adam(model.parameters()), model, layers={"0": ["2"]})
-print(opt.layers["0"].consumers, dict(opt.skipped))
-# --8<-- [end:explicit]
 
 
 # --8<-- [start:heads]
@@ -68,13 +74,18 @@ class MultiHead(nn.Module):
         return self.heads[task](torch.relu(self.body(x)))
 
 
-model = MultiHead()
-found = GXDReset(torch.optim.Adam(model.parameters()), model)
+learner = MultiHead()
+found = GXDReset(torch.optim.Adam(learner.parameters()), learner)
 found.discover(torch.randn(2, 10), task=0)  # calls heads.0 only
-print(found.layers["body"].consumers, dict(found.skipped))
+print(found.layers["body"].consumers)
+for name, why in found.skipped.items():
+    print(f"skipped {name}: {why}")
 found.close()
 
-inner = torch.optim.Adam(model.parameters())
-opt = GXDReset(inner, model, layers={"body": ["heads.0", "heads.1"]})
-print(opt.layers["body"].consumers)
+named = GXDReset(
+    torch.optim.Adam(learner.parameters()),
+    learner,
+    layers={"body": ["heads.0", "heads.1"]},
+)
+print(named.layers["body"].consumers)
 # --8<-- [end:heads]

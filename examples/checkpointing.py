@@ -33,14 +33,20 @@ def train(model: nn.Module, opt: GXDReset, steps: range) -> None:
 
 
 def save(model: nn.Module, opt: GXDReset, where: Path) -> None:
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, opt),
+    }
     dcp.save(state, checkpoint_id=where / "dcp")
     torch.save(opt.reset_state_dict(), where / "gxd_reset.pt")
 
 
 def load(model: nn.Module, opt: GXDReset, where: Path) -> None:
     opt.load_reset_state_dict(torch.load(where / "gxd_reset.pt"))  # first: see the how-to
-    state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    state = {
+        "model": get_model_state_dict(model),
+        "optim": get_optimizer_state_dict(model, opt),
+    }
     dcp.load(state, checkpoint_id=where / "dcp")
     set_model_state_dict(model, state["model"])
     set_optimizer_state_dict(model, opt, state["optim"])

@@ -1,11 +1,11 @@
 """GXDReset in a continual-learning loop that changes its classifier at every task (a few s).
 
 Class-incremental code grows the classifier when new classes arrive, keeping the old classes'
-weights (as Avalanche's ``IncrementalClassifier`` does); other protocols give every task a
-fresh head. Either way the model's layers change between tasks. The wrapper notices the new
-module at the next step, finds the units again in the next training pass, and keeps the
-statistics of every layer that did not change; it never writes to the head that was replaced.
-Run it with ``python examples/continual_heads.py``.
+weights (as Avalanche's ``IncrementalClassifier`` does); other protocols give every task a fresh
+head. Either way the model's layers change between tasks. The wrapper notices the new module at the
+next step, finds the units again in the next training pass, and keeps the statistics of every layer
+that did not change; it never writes to the head that was replaced. Run it with ``python
+examples/continual_heads.py``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,10 @@ def train(tasks: int = 4, steps: int = 150, grow: bool = True) -> tuple[Learner,
     torch.manual_seed(0)
     model = Learner()
     opt = GXDReset(
-        torch.optim.Adam(model.parameters(), lr=1e-3), model, replacement_rate=1e-3, maturity=50
+        torch.optim.Adam(model.parameters(), lr=1e-3),
+        model,
+        replacement_rate=1e-3,
+        maturity=50,
     )
     for task in range(tasks):
         classes = 2 * (task + 1)

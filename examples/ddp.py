@@ -1,5 +1,5 @@
-"""DistributedDataParallel with GXDReset on 2 CPU processes (gloo): statistics are reduced
-across ranks, every rank resets the same units with the same new weights."""
+"""DistributedDataParallel with GXDReset on 2 CPU processes (gloo): statistics are reduced across
+ranks, every rank resets the same units with the same new weights."""
 
 import tempfile
 
@@ -25,7 +25,10 @@ def train(rank: int, store: str) -> None:
     # pass the DDP-wrapped model: its process group reduces the statistics; the same seed on
     # every rank draws the same new weights
     opt = GXDReset(
-        torch.optim.Adam(ddp.parameters(), lr=1e-3), ddp, replacement_rate=0.01, maturity=10
+        torch.optim.Adam(ddp.parameters(), lr=1e-3),
+        ddp,
+        replacement_rate=0.01,
+        maturity=10,
     )
     data = torch.Generator().manual_seed(rank)  # each rank sees its own data
     for _step in range(60):

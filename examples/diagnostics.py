@@ -1,38 +1,42 @@
-"""Diagnostics (docs/howto/diagnostics.md): utilities, predicted and realised costs, manual
-resets, reset hooks, a mirrored EMA copy and the per-layer table, on a small regression MLP
-(a few seconds on CPU). ``loader`` stands for your DataLoader."""
+"""Diagnostics (docs/howto/diagnostics.md): utilities, the per-layer table, the reset log with
+realised costs, predicted costs, manual resets, reset hooks and a mirrored EMA copy, on a small
+regression MLP (a few seconds on CPU).
 
+The page shows this program in order, section by section; run it with ``python
+examples/diagnostics.py``.
+"""
+
+# --8<-- [start:train]
 import copy
 
 import torch
 from torch import nn
 
 from gxd_optim import GXDReset, mirror_resets
-
-# --8<-- [start:import]
 from gxd_optim.diagnostics import measure_realised_cost
 
-# --8<-- [end:import]
-
 torch.manual_seed(0)
-teacher = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)).requires_grad_(False)
-loader = [(x, teacher(x)) for x in torch.randn(300, 64, 8)]
+teacher = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+teacher.requires_grad_(False)
+batches = [(x, teacher(x)) for x in torch.randn(300, 64, 8)]  # stands for a DataLoader
+
 model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
 opt = GXDReset(
-    torch.optim.Adam(model.parameters(), lr=1e-3), model, replacement_rate=1e-2, maturity=50
+    torch.optim.Adam(model.parameters(), lr=1e-3),
+    model,
+    replacement_rate=1e-2,  # frequent resets, to see many in 300 steps
+    maturity=50,
 )
 loss_fn = nn.functional.mse_loss
 
-# --8<-- [start:realised]
-batch = {}
-meter = measure_realised_cost(opt, lambda: loss_fn(model(batch["x"]), batch["y"]))
-for x, y in loader:
-    batch["x"], batch["y"] = x, y  # the loss the meter evaluates is this batch's
+current = {}  # the batch being trained on, for the meter's loss
+meter = measure_realised_cost(opt, lambda: loss_fn(model(current["x"]), current["y"]))
+for x, y in batches:
+    current["x"], current["y"] = x, y
     opt.zero_grad()
     loss_fn(model(x), y).backward()
     opt.step()
-print(opt.reset_log[-1])
-# --8<-- [end:realised]
+# --8<-- [end:train]
 
 # --8<-- [start:utilities]
 for name, u in opt.utilities().items():
@@ -43,18 +47,25 @@ for name, u in opt.utilities().items():
 print(opt.summary())
 # --8<-- [end:summary]
 
+# --8<-- [start:realised]
+last = opt.reset_log[-1]
+print(f"step {last.step}, layer {last.layer!r}, {last.units} unit(s)")
+print(f"predicted {last.predicted:.3g}, realised {last.realised:.3g}")
+meter.remove()  # stop measuring
+# --8<-- [end:realised]
+
 # --8<-- [start:predicted]
 x = torch.randn(256, 8)
 y = teacher(x) + 0.3  # a target the model does not fit yet, as after a change of task
 
 opt.zero_grad()
-loss = nn.functional.mse_loss(model(x), y)
+loss = loss_fn(model(x), y)
 loss.backward()
 cost = opt.predicted_cost("0")  # [num_units], before any step
 
 opt.reset_units("0", [3, 7])
 with torch.no_grad():  # a no-grad forward records nothing
-    after = nn.functional.mse_loss(model(x), y)
+    after = loss_fn(model(x), y)
 print(f"true change {after - loss:.3g}, first-order estimate {cost[3] + cost[7]:.3g}")
 opt.zero_grad()  # drop this batch's gradients and statistics
 # --8<-- [end:predicted]
@@ -68,8 +79,13 @@ opt.reset_units("0", torch.tensor([1, 2]))
 print(opt.reset_counts)
 # --8<-- [end:counts]
 
+
 # --8<-- [start:hook]
-handle = opt.register_reset_hook(lambda name, indices: print(f"reset {name}: {indices.tolist()}"))
+def announce(name: str, indices: torch.Tensor) -> None:
+    print(f"reset {name}: {indices.tolist()}")
+
+
+handle = opt.register_reset_hook(announce)
 opt.reset_units("2", [4, 11])  # automatic resets in opt.step() call it too
 handle.remove()
 # --8<-- [end:hook]
@@ -77,14 +93,13 @@ handle.remove()
 # --8<-- [start:mirror]
 ema = copy.deepcopy(model)  # the copy's hooks are inert: it records nothing
 mirror_resets(opt, ema)  # every later reset of `model` is applied to `ema` too
-# --8<-- [end:mirror]
 
-for x, y in loader[:100]:
+for x, y in batches[:100]:
     opt.zero_grad()
     loss_fn(model(x), y).backward()
-    # --8<-- [start:ema]
-    opt.step()
-    with torch.no_grad():
+    opt.step()  # resets, mirrored into `ema` by the hooks
+    with torch.no_grad():  # then the EMA update, as usual
         for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
             p_ema.lerp_(p, 1 - 0.999)
-    # --8<-- [end:ema]
+print(f"resets {opt.reset_counts}, each mirrored into the EMA copy")
+# --8<-- [end:mirror]

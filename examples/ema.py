@@ -1,5 +1,5 @@
-"""An EMA teacher (AveragedModel) next to GXDReset: the copy never feeds the statistics, and
-every reset is mirrored into it."""
+"""An EMA teacher (AveragedModel) next to GXDReset: the copy never feeds the statistics, and every
+reset is mirrored into it."""
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,10 @@ model = nn.Sequential(
     nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 5)
 )
 opt = GXDReset(
-    torch.optim.Adam(model.parameters(), lr=1e-3), model, replacement_rate=1e-3, maturity=20
+    torch.optim.Adam(model.parameters(), lr=1e-3),
+    model,
+    replacement_rate=1e-3,
+    maturity=20,
 )
 opt.discover(torch.randn(2, 20))  # find the units now, so resets can be mirrored from the start
 teacher = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.99))

@@ -1,10 +1,10 @@
 """GXDReset in the Hugging Face ``Trainer``: a small BERT built from a config (a few seconds).
 
 Needs ``pip install transformers accelerate``. The model is built from a config (nothing is
-downloaded) and trained on generated token sequences. A ``Trainer`` subclass wraps the
-optimizer the trainer builds; the trainer's checkpoints hold the wrapper's state (it is part
-of the optimizer's ``state_dict``), so ``resume_from_checkpoint`` resumes it bit for bit.
-Run it with ``python examples/hf_trainer.py``.
+downloaded) and trained on generated token sequences. A ``Trainer`` subclass wraps the optimizer the
+trainer builds; the trainer's checkpoints hold the wrapper's state (it is part of the optimizer's
+``state_dict``), so ``resume_from_checkpoint`` resumes it bit for bit. Run it with ``python
+examples/hf_trainer.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import tempfile
 from typing import Any
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    Trainer,
+    TrainingArguments,
+)
 
 from gxd_optim import GXDReset
 
@@ -83,8 +88,9 @@ def train(out: str, steps: int, resume: str | None = None) -> tuple[torch.nn.Mod
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model, opt = train(tmp, 30)
-        print(f"{opt.steps} steps, eligible {sorted(opt.layers)}")
-        print(f"resets {opt.reset_counts}")
+        print(f"{opt.steps} steps; units reset per layer:")
+        for layer, count in opt.reset_counts.items():
+            print(f"  {layer:<40} {count}")
         resumed, again = train(tmp, 30, resume=f"{tmp}/checkpoint-10")
         same = all(
             torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters(), strict=True)

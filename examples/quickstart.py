@@ -1,10 +1,11 @@
-"""The quick start: a short, complete training loop with `GXDReset` (a few seconds on CPU).
+"""Quick start: a short, complete training loop with GXDReset (a few seconds on CPU).
 
-A regression target that changes every 500 steps; the only change to a plain training loop
-is the line that wraps the optimizer. Run it with ``python examples/quickstart.py``.
+The target function changes every 500 steps, as in continual learning. The only change
+to a plain training loop is the line that wraps the optimizer. README.md and the home
+page show this program and what it prints; run it with ``python
+examples/quickstart.py``.
 """
 
-# --8<-- [start:loop]
 import torch
 from torch import nn
 
@@ -22,8 +23,8 @@ for task in range(4):
         opt.zero_grad()
         loss = nn.functional.mse_loss(model(x), y)
         loss.backward()
-        opt.step()  # inner Adam step, then resets of the cheapest mature units
-    print(f"task {task}: loss {loss.item():.4f}, resets so far {opt.reset_counts}")
-# --8<-- [end:loop]
+        opt.step()  # the inner Adam step, then resets of the cheapest mature units
+    print(f"task {task}: loss {loss.item():.4f}, units reset so far {opt.reset_counts}")
 
-print("eligible:", sorted(opt.layers), "skipped:", dict(opt.skipped))
+print("layers whose units are reset:", list(opt.layers))
+print("layers left alone:", dict(opt.skipped))

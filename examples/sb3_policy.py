@@ -1,10 +1,9 @@
 """GXDReset in stable-baselines3: PPO and DQN on CartPole, saving and resuming (about 10 s).
 
 Needs ``pip install stable-baselines3 gymnasium``. A policy's optimizer is an attribute of the
-policy, so the one-line wrap replaces it; PPO trains the policy through
-``policy.evaluate_actions`` and DQN through ``policy.q_net``, never through
-``policy.forward``, and the wrapper finds the units in the first training pass either way.
-Run it with ``python examples/sb3_policy.py``.
+policy, so the one-line wrap replaces it; PPO trains the policy through ``policy.evaluate_actions``
+and DQN through ``policy.q_net``, never through ``policy.forward``, and the wrapper finds the units
+in the first training pass either way. Run it with ``python examples/sb3_policy.py``.
 """
 
 from __future__ import annotations
@@ -52,7 +51,15 @@ def load(
 
 def ppo(steps: int = 2048, seed: int = 0) -> PPO:
     env = gym.make("CartPole-v1")
-    model = PPO("MlpPolicy", env, n_steps=256, batch_size=64, n_epochs=4, seed=seed, device="cpu")
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=256,
+        batch_size=64,
+        n_epochs=4,
+        seed=seed,
+        device="cpu",
+    )
     wrap(model, **SETTINGS)
     model.learn(total_timesteps=steps)
     return model
@@ -61,27 +68,40 @@ def ppo(steps: int = 2048, seed: int = 0) -> PPO:
 def dqn(steps: int = 2048, seed: int = 0) -> DQN:
     env = gym.make("CartPole-v1")
     model = DQN(
-        "MlpPolicy", env, learning_starts=256, train_freq=4, batch_size=32, seed=seed, device="cpu"
+        "MlpPolicy",
+        env,
+        learning_starts=256,
+        train_freq=4,
+        batch_size=32,
+        seed=seed,
+        device="cpu",
     )
     wrap(model, **SETTINGS)
     model.learn(total_timesteps=steps)
     return model
 
 
+def show(name: str, opt: GXDReset) -> None:
+    print(f"{name}: {opt.steps} steps; units reset per layer:")
+    for layer, count in opt.reset_counts.items():
+        print(f"  {layer:<28} {count}")
+
+
 def main() -> None:
     model = ppo()
     opt = model.policy.optimizer
     assert isinstance(opt, GXDReset)
-    print(f"PPO: {opt.steps} steps, eligible {sorted(opt.layers)}")
-    print(f"PPO resets: {opt.reset_counts}")
+    show("PPO", opt)
     with tempfile.TemporaryDirectory() as tmp:
         model.save(f"{tmp}/ppo")
-        resumed = load(f"{tmp}/ppo", PPO, gym.make("CartPole-v1"), **SETTINGS).policy.optimizer
+        env = gym.make("CartPole-v1")
+        resumed = load(f"{tmp}/ppo", PPO, env, **SETTINGS).policy.optimizer
         assert isinstance(resumed, GXDReset)
-        print(f"resumed with {resumed.steps} steps and resets {resumed.reset_counts}")
+        same = resumed.reset_counts == opt.reset_counts
+        print(f"resumed: {resumed.steps} steps, the same resets: {same}")
     opt = dqn().policy.optimizer
     assert isinstance(opt, GXDReset)
-    print(f"DQN: {opt.steps} steps, resets {opt.reset_counts}")
+    show("DQN", opt)
 
 
 if __name__ == "__main__":

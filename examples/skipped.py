@@ -1,13 +1,17 @@
-"""Which layers are skipped, and why (docs/howto/skipped.md): a residual block with a
-LayerNorm, the kind of model where most layers are skipped. Runs in about a second on CPU."""
+"""Which layers are skipped, and why (docs/howto/skipped.md): a residual block with a LayerNorm, the
+kind of model where most layers are skipped. Runs in about a second on CPU.
 
+The page shows this program in order, section by section; run it with ``python
+examples/skipped.py``.
+"""
+
+# --8<-- [start:model]
 import torch
 from torch import nn
 
 from gxd_optim import GXDReset
 
 
-# --8<-- [start:model]
 class Block(nn.Module):
     """A pre-norm residual MLP block, as in a Transformer, and an output layer."""
 
@@ -26,15 +30,12 @@ class Block(nn.Module):
 
 # --8<-- [end:model]
 
-
+# --8<-- [start:skipped]
 torch.manual_seed(0)
 model = Block()
 opt = GXDReset(torch.optim.Adam(model.parameters()), model)
-example_batch = torch.randn(4, 8)
-
-# --8<-- [start:skipped]
-opt.discover(example_batch)  # or after the first training forward pass
+opt.discover(torch.randn(4, 8))  # or after the first training forward pass
 for name, why in opt.skipped.items():
     print(f"{name}: {why}")
-print("eligible:", sorted(opt.layers))
+print("eligible:", list(opt.layers))
 # --8<-- [end:skipped]

@@ -1,16 +1,17 @@
 """Send `GXDReset`'s per-layer diagnostics to TensorBoard, or to `logging` without it.
 
-A short continual regression run (the target changes every ``--task-steps`` steps). Every
-``--log-every`` steps the figures of ``opt.layer_summaries()`` (dormant fraction, resets,
-eligible units, utility quantiles per layer) and the ``opt.summary()`` table go to a
-``torch.utils.tensorboard.SummaryWriter`` when ``tensorboard`` is installed
-(``pip install tensorboard``). Without it the script says so on stderr and the same table
+A short continual regression run (the target changes every ``--task-steps`` steps).
+Every ``--log-every`` steps the figures of ``opt.layer_summaries()`` (dormant fraction,
+resets, eligible units, utility quantiles per layer) and the ``opt.summary()`` table go
+to a ``torch.utils.tensorboard.SummaryWriter`` when ``tensorboard`` is installed (``pip
+install tensorboard``). Without it the script says so on stderr and the same table
 reaches the ``logging`` module, where ``opt.summary()`` always logs it.
 
 Usage::
 
     python examples/tensorboard_logging.py --logdir runs/gxd   # then: tensorboard --logdir runs
     python examples/tensorboard_logging.py --quick             # a few seconds (for the tests)
+
 """
 
 from __future__ import annotations

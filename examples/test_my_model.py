@@ -1,10 +1,11 @@
 """Unit tests of `GXDReset` on your own model: copy this file into your test suite and adapt it.
 
-Run it with ``pytest examples/test_my_model.py`` (needs ``pytest`` and ``hypothesis``).
-``MyModel`` stands for your architecture: a convolutional stem, a residual block and an MLP
-head, so that some layers are eligible and some are skipped.
+Run it with ``pytest examples/test_my_model.py`` (needs ``pytest`` and ``hypothesis``). ``MyModel``
+stands for your architecture: a convolutional stem, a residual block and an MLP head, so that some
+layers are eligible and some are skipped.
 """
 
+# --8<-- [start:model]
 from __future__ import annotations
 
 import torch
@@ -17,7 +18,6 @@ from gxd_optim.testing import assert_first_order, assert_reset_invariants, descr
 from gxd_optim.testing import strategies as gst
 
 
-# --8<-- [start:model]
 class MyModel(nn.Module):
     """A conv stem, a residual block and an MLP head, for 1×8×8 images."""
 
@@ -31,7 +31,10 @@ class MyModel(nn.Module):
             nn.Conv2d(channels, channels, 3, padding=1),
         )
         self.head = nn.Sequential(
-            nn.Flatten(), nn.Linear(channels * 4 * 4, hidden), nn.ReLU(), nn.Linear(hidden, classes)
+            nn.Flatten(),
+            nn.Linear(channels * 4 * 4, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, classes),
         )
 
     def forward(self, x: Tensor) -> Tensor:

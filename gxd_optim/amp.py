@@ -41,7 +41,7 @@ def gradient_degree(criterion: Criterion) -> int:
     linear in ``grad``) have ``p = 1``; the activation and contribution criteria and the random
     one do not read the gradient (``p = 0``).
 
-    Example:
+    Examples:
         >>> from gxd_optim.utilities import CRITERIA
         >>> gradient_degree(CRITERIA["gxd"]), gradient_degree(CRITERIA["activation"])
         (1, 0)
@@ -57,7 +57,7 @@ def unscale_grads_(optimizer: torch.optim.Optimizer, grad_scale: Tensor) -> None
     Multiplies by ``1/S`` computed as ``torch.amp.GradScaler`` does (in float64, then float32),
     one ``_foreach`` kernel per device and dtype; sparse gradients have their values scaled.
 
-    Example:
+    Examples:
         >>> p = torch.nn.Parameter(torch.ones(2)); p.grad = torch.full((2,), 8.0)
         >>> unscale_grads_(torch.optim.SGD([p], lr=0.1), torch.tensor(4.0))
         >>> p.grad
@@ -83,7 +83,7 @@ def unscale_pending_(tracker: Tracker, grad_scale: Tensor | float) -> None:
     ``p`` is `gradient_degree` of the tracker's criterion; with ``p = 0`` nothing changes.
     The sums of ``h`` (running means) never depend on the gradient.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from gxd_optim import GXDReset
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))

@@ -37,7 +37,7 @@ __all__ = ["MirrorHandle", "mirror_resets"]
 class MirrorHandle:
     """Undo `mirror_resets`: ``remove()`` unregisters both of its hooks.
 
-    Example:
+    Examples:
         >>> import copy
         >>> from gxd_optim import GXDReset
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -72,7 +72,7 @@ def mirror_resets(opt: GXDReset, copy: nn.Module) -> MirrorHandle:
             resets touch or holds it with another type or shape (checked again before each
             reset writes anything, since the units may have been found again).
 
-    Example:
+    Examples:
         >>> import copy
         >>> from gxd_optim import GXDReset
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))

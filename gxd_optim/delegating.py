@@ -19,8 +19,8 @@ class DelegatingOptimizer(torch.optim.Optimizer):
 
     ``param_groups``, ``state`` and ``defaults`` are the inner optimizer's (with setters:
     ``load_state_dict`` of the inner optimizer rebinds them). ``state_dict()`` is the inner
-    one's with the subclass's `own_state_dict` under `KEY`; ``load_state_dict`` checks that
-    entry with `check_own_state` before the inner optimizer loads anything, then applies it.
+    one's with the subclass's `_own_state_dict` under `KEY`; ``load_state_dict`` checks that
+    entry with `_check_own_state` before the inner optimizer loads anything, then applies it.
 
     Args:
         optimizer: the inner optimizer.
@@ -49,7 +49,7 @@ class DelegatingOptimizer(torch.optim.Optimizer):
     def param_groups(self) -> list[dict[str, Any]]:
         """The inner optimizer's parameter groups (LR schedulers act through these).
 
-        Example:
+        Examples:
             >>> from torch import nn
             >>> from gxd_optim import GXDReset
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -86,7 +86,7 @@ class DelegatingOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a parameter group to the inner optimizer.
 
-        Example:
+        Examples:
             >>> from torch import nn
             >>> from gxd_optim import GXDReset
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -100,7 +100,7 @@ class DelegatingOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The inner optimizer's state dict plus this wrapper's entry under `KEY`.
 
-        Example:
+        Examples:
             >>> from torch import nn
             >>> from gxd_optim import GXDReset
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -109,38 +109,38 @@ class DelegatingOptimizer(torch.optim.Optimizer):
             ['gxd_reset', 'param_groups', 'state']
         """
         out = self.optimizer.state_dict()
-        out[self.KEY] = self.own_state_dict()
+        out[self.KEY] = self._own_state_dict()
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict from `state_dict()`; one without this wrapper's entry (a plain
-        optimizer's) goes to `load_plain_state_dict`.
+        optimizer's) goes to `_load_plain_state_dict`.
 
-        The entry is checked first (`check_own_state`): a malformed one raises ``ValueError``
+        The entry is checked first (`_check_own_state`): a malformed one raises ``ValueError``
         and leaves the wrapper and the inner optimizer as they were.
         """
         state_dict = dict(state_dict)
         entry = state_dict.pop(self.KEY, None)
         if entry is None:
-            self.load_plain_state_dict(state_dict)
+            self._load_plain_state_dict(state_dict)
             return
-        checked = self.check_own_state(entry)
+        checked = self._check_own_state(entry)
         self.optimizer.load_state_dict(state_dict)
-        self.apply_own_state(checked)
+        self._apply_own_state(checked)
 
-    def own_state_dict(self) -> Any:
+    def _own_state_dict(self) -> Any:
         """This wrapper's entry in ``state_dict()`` (subclasses define it)."""
         raise NotImplementedError
 
-    def check_own_state(self, entry: object) -> Any:
+    def _check_own_state(self, entry: object) -> Any:
         """Check an entry against this wrapper, changing nothing; return what to apply."""
         raise NotImplementedError
 
-    def apply_own_state(self, checked: Any) -> None:
-        """Apply what `check_own_state` returned."""
+    def _apply_own_state(self, checked: Any) -> None:
+        """Apply what `_check_own_state` returned."""
         raise NotImplementedError
 
-    def load_plain_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _load_plain_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict without this wrapper's entry into the inner optimizer."""
         self.optimizer.load_state_dict(state_dict)
 

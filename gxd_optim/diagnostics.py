@@ -46,7 +46,7 @@ class LayerSummary:
         realised: mean realised cost per reset unit over the same resets (NaN if none was
             measured).
 
-    Example:
+    Examples:
         >>> s = LayerSummary("fc1", 64, 60, 3, (0.0, 0.1, 0.2, 0.3, 0.9), 0.05)
         >>> (s.eligible, s.dormant, s.predicted)
         (60, 0.05, nan)
@@ -72,7 +72,7 @@ def summarise_layer(
 ) -> LayerSummary:
     """Summarise one layer from its utilities ``[U]``, unit ages ``[U]`` and recent resets.
 
-    Example:
+    Examples:
         >>> utility, age = torch.tensor([0.0, 1.0, 2.0, 3.0]), torch.tensor([5, 5, 0, 5])
         >>> recent = [ResetRecord(7, "fc", 2, 0.5, 0.75)]
         >>> s = summarise_layer("fc", utility, age, maturity=1, resets=2, recent=recent)
@@ -106,7 +106,7 @@ def _per_unit(records: Sequence[ResetRecord], field: str) -> float:
 def format_table(rows: Sequence[LayerSummary], skipped: Mapping[str, str]) -> str:
     """A fixed-width table of layer summaries, then the skipped layers.
 
-    Example:
+    Examples:
         >>> row = LayerSummary("fc1", 64, 60, 3, (0.0, 0.1, 0.2, 0.3, 0.9), 0.05, 1e-4)
         >>> print(format_table([row], {"head": "its units are part of the model's output"}))
         layer  units eligible  resets  dormant  predicted   realised  utility min / median / max
@@ -138,7 +138,7 @@ def _cost(value: float) -> str:
 class RealisedCostMeter:
     """Measures the realised cost of every reset of ``opt``: see `measure_realised_cost`.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from gxd_optim import GXDReset
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
@@ -185,7 +185,7 @@ def measure_realised_cost(opt: ResetSource, loss_fn: Callable[[], Tensor]) -> Re
     Returns:
         The meter; ``remove()`` stops it.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> from gxd_optim import GXDReset
         >>> _ = torch.manual_seed(0)

@@ -41,7 +41,7 @@ class Inspection:
     def layers(self) -> Mapping[str, LayerInfo]:
         """Eligible producers by qualified name: ``info.num_units``, ``info.consumers``, ...
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.discover(torch.randn(2, 4))
@@ -66,7 +66,7 @@ class Inspection:
     def utilities(self) -> dict[str, Tensor]:
         """Current bias-corrected utilities per layer (units never scored read 0).
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).pow(2).mean().backward()
@@ -90,7 +90,7 @@ class Inspection:
             ValueError: ``name`` is not an eligible layer.
             RuntimeError: a consumer has no gradient yet.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).pow(2).mean().backward()
@@ -104,7 +104,7 @@ class Inspection:
     def layer_summaries(self) -> list[LayerSummary]:
         """The numbers behind `summary`, one `LayerSummary` per eligible layer.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).sum().backward(); opt.step()
@@ -131,7 +131,7 @@ class Inspection:
         The table is also logged at INFO level on the ``gxd_optim`` logger, so a training
         script can route it wherever its logs go; `layer_summaries` gives the numbers.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).sum().backward(); opt.step()
@@ -147,7 +147,7 @@ class Inspection:
     def reset_counts(self) -> dict[str, int]:
         """Units reset so far, per layer.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.discover(torch.randn(2, 4))
@@ -161,7 +161,7 @@ class Inspection:
     def steps(self) -> int:
         """Committed steps: optimizer steps that followed at least one backward pass.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.step()  # no backward pass: nothing to commit
@@ -182,7 +182,7 @@ class Inspection:
         filled in by `gxd_optim.diagnostics.measure_realised_cost`. The log is a diagnostic:
         it is not saved in `state_dict`.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).pow(2).mean().backward()
@@ -199,7 +199,7 @@ class Inspection:
         Returns:
             A handle whose ``remove()`` unregisters the hook.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.discover(torch.randn(2, 4))
@@ -216,7 +216,7 @@ class Inspection:
         Returns:
             A handle whose ``remove()`` unregisters the hook.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.discover(torch.randn(2, 4))
@@ -236,7 +236,7 @@ class Inspection:
         `gxd_optim.operator.apply_reset_` carries a plan out; `gxd_optim.copies` applies the
         wrapper's plans to a copy of the model.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.discover(torch.randn(2, 4))

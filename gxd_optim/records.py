@@ -34,7 +34,7 @@ class ResetRecord:
             reset itself, so after the inner optimizer's update; NaN unless a
             `RealisedCostMeter` was attached.
 
-    Example:
+    Examples:
         >>> ResetRecord(step=120, layer="fc1", units=2, predicted=3e-4)
         ResetRecord(step=120, layer='fc1', units=2, predicted=0.0003, realised=nan)
     """
@@ -53,7 +53,7 @@ class ResetLog(Sequence[ResetRecord]):
     ``log[len(log) - (log.total - seen):]`` are the records since ``seen`` (while no more
     than ``maxlen`` have arrived in between).
 
-    Example:
+    Examples:
         >>> log = ResetLog(maxlen=2)
         >>> for step in range(3):
         ...     log.append(ResetRecord(step, "fc", 1, 0.0))

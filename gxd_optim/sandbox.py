@@ -15,7 +15,7 @@ __all__ = ["untouched"]
 def untouched(model: nn.Module) -> Iterator[None]:
     """Restore ``model``'s buffers (BatchNorm statistics) and the RNG state on exit.
 
-    Example:
+    Examples:
         >>> net = nn.BatchNorm1d(2)
         >>> with untouched(net):
         ...     _ = net(torch.randn(8, 2) + 5.0)

@@ -28,7 +28,7 @@ def accrue(budget: float, eligible: int, rate: float) -> float:
     Nothing accrues while no unit is eligible, so a young layer does not save up a burst of
     resets for the moment its units mature.
 
-    Example:
+    Examples:
         >>> accrue(0.5, eligible=2000, rate=1e-4), accrue(0.5, eligible=0, rate=1e-4)
         (0.7, 0.5)
     """
@@ -40,7 +40,7 @@ def lowest(utility: Tensor, eligible: Tensor, count: int) -> Tensor:
 
     Ties are broken by unit index, so the choice is deterministic.
 
-    Example:
+    Examples:
         >>> lowest(torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.tensor([True, True, True, False]), 2)
         tensor([1, 2])
     """
@@ -52,7 +52,7 @@ def lowest(utility: Tensor, eligible: Tensor, count: int) -> Tensor:
 def below(normalised: Tensor, eligible: Tensor, threshold: float) -> Tensor:
     """Indices of the eligible units whose layer-normalised utility is ``<= threshold``.
 
-    Example:
+    Examples:
         >>> below(torch.tensor([0.05, 1.2, 0.1, 0.0]), torch.tensor([True, True, True, False]), 0.1)
         tensor([0, 2])
     """
@@ -79,7 +79,7 @@ class BudgetSelector:
         rate: the replacement rate; 0 never resets.
         budgets: the fractional budget per layer (absent: 0).
 
-    Example:
+    Examples:
         >>> class Layers:
         ...     steps = 1
         ...     def eligible(self, name): return 4

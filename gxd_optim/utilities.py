@@ -63,7 +63,7 @@ def gxd(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
     Replacing unit ``i`` by ``r_i`` changes the loss of sample ``x`` by ``-a_i(x)`` to first
     order, so ``mean_x |a_i(x)|`` is the expected functional cost of the reset.
 
-    Example:
+    Examples:
         >>> h = torch.tensor([[[1.0, 3.0]]]); g = torch.tensor([[[0.5, -1.0]]])
         >>> gxd(h, g, torch.tensor([1.0]))
         tensor([[-2.]])
@@ -82,7 +82,7 @@ def contribution(h: Tensor, out_weight: Tensor) -> Tensor:
         h: ``[N, U, P]`` the units as the consumer reads them.
         out_weight: ``[U]``, ``Σ|W_out|`` over the consumer's weights that read each unit.
 
-    Example:
+    Examples:
         >>> h = torch.tensor([[[1.0, -3.0], [0.0, 2.0]]])
         >>> contribution(h, torch.tensor([0.5, 2.0]))
         tensor([[1., 2.]])
@@ -108,7 +108,7 @@ def adaptable_contribution(
         out_weight: ``[U]``, ``Σ|W_out|`` over the consumer's weights that read each unit.
         in_weight: ``[U]``, ``Σ|W_in|`` over the producer's weights of each unit.
 
-    Example:
+    Examples:
         >>> h = torch.tensor([[[1.0, 3.0]]])
         >>> adaptable_contribution(h, torch.tensor([1.0]), torch.tensor([2.0]), torch.tensor([4.0]))
         tensor([[0.5000]])
@@ -121,7 +121,7 @@ def activation(h: Tensor) -> Tensor:
 
     Reported divided by the layer's mean (`layer_normalised`), as ReDo thresholds it.
 
-    Example:
+    Examples:
         >>> activation(torch.tensor([[[1.0, -3.0], [0.0, 0.0]]]))
         tensor([[2., 0.]])
     """
@@ -134,7 +134,7 @@ def gradient(output_grad: Tensor) -> Tensor:
     ``z`` is the producer's output before any activation, so a unit that a ReLU has switched
     off for every sample scores 0. Reported divided by the layer's mean (`layer_normalised`).
 
-    Example:
+    Examples:
         >>> gradient(torch.tensor([[[0.5, -1.5], [0.0, 0.0]]]))
         tensor([[1., 0.]])
     """
@@ -147,7 +147,7 @@ def random_scores(units: int, seed: int, step: int, layer: int) -> Tensor:
     The random criterion draws new scores at every selection; deriving them from the step
     keeps them identical on every process and independent of how often they are read.
 
-    Example:
+    Examples:
         >>> a, b = random_scores(4, 0, 7, 1), random_scores(4, 0, 7, 1)
         >>> bool((a == b).all()), a.shape
         (True, torch.Size([4]))
@@ -159,7 +159,7 @@ def random_scores(units: int, seed: int, step: int, layer: int) -> Tensor:
 def layer_normalised(utility: Tensor) -> Tensor:
     """Utilities divided by their layer's mean, as ReDo and GraMa compare them to ``τ``.
 
-    Example:
+    Examples:
         >>> layer_normalised(torch.tensor([1.0, 2.0, 3.0]))
         tensor([0.5000, 1.0000, 1.5000])
     """
@@ -178,7 +178,7 @@ class ConsumerView:
         consumer_weight: the consumer's weight ``[out, U·k, *kernel]``.
         producer_weight: the producer's weight ``[U, in, *kernel]``.
 
-    Example:
+    Examples:
         >>> h = torch.ones(1, 2, 1); w_out = torch.tensor([[1.0, -2.0]]); w_in = torch.ones(2, 3)
         >>> view = ConsumerView(h, h, torch.zeros(2), torch.zeros(2), w_out, w_in)
         >>> view.out_weight(), view.in_weight()
@@ -218,7 +218,7 @@ class Criterion:
             reduces without building a `ConsumerView` (`gxd_optim.tracking.kernels`).
         custom: whether it is a user's callable, whose scores are checked before they count.
 
-    Example:
+    Examples:
         >>> CRITERIA["activation"].reads, CRITERIA["activation"].normalised
         ('consumer', True)
         >>> Criterion.of(gxd).custom
@@ -246,7 +246,7 @@ def check_scores(name: str, scores: object, shape: tuple[int, int], values: bool
     Raises:
         ValueError: naming the utility and what it returned.
 
-    Example:
+    Examples:
         >>> try:
         ...     check_scores("mine", torch.ones(4), (2, 4), values=True)
         ... except ValueError as error:
@@ -365,7 +365,7 @@ def predicted_cost(
     Returns:
         ``[U]``: the first-order change of the loss if each unit alone were reset.
 
-    Example:
+    Examples:
         >>> import torch
         >>> w = torch.tensor([[1.0, 2.0]]); gw = torch.tensor([[0.5, -1.0]])
         >>> predicted_cost(w, gw, torch.tensor([2.0]), torch.tensor([1.0, 0.0]), 1)

@@ -39,7 +39,7 @@ class ModelWatch:
     Attributes:
         change: what changed first (``None`` while nothing has).
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
         >>> watch = ModelWatch(net, ["0", "2"])
         >>> net[2] = nn.Linear(3, 4)

@@ -8,13 +8,16 @@ import logging
 import math
 import os
 import re
+import runpy
 import sys
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import cast
 
 import processes
 import pytest
 import torch
+from requirements import needs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -28,10 +31,20 @@ TESTED = {
     "compile.py": "test_how_to_example_runs",
     "ddp.py": "test_how_to_example_runs",
     "ema.py": "test_how_to_example_runs",
-    "wrap.py": "test_wrap_example_does_what_the_page_says",
+    "wrap.py": "test_page_shows_what_its_example_prints",
+    "wrap_custom_utility.py": "test_page_shows_what_its_example_prints",
+    "wrap_loop.py": "test_wrap_loop_steps_once_per_two_micro_batches",
+    "wrap_checkpoint.py": "test_page_shows_what_its_example_prints",
+    "wrap_copy.py": "test_page_shows_what_its_example_prints",
+    "wrap_again.py": "test_page_shows_what_its_example_prints",
     "architectures.py": "test_page_shows_what_its_example_prints",
     "diagnostics.py": "test_page_shows_what_its_example_prints",
     "skipped.py": "test_page_shows_what_its_example_prints",
+    "faq_no_resets.py": "test_page_shows_what_its_example_prints",
+    "faq_eval_mode.py": "test_page_shows_what_its_example_prints",
+    "faq_plain_checkpoint.py": "test_page_shows_what_its_example_prints",
+    "comparison.py": "test_page_shows_what_its_example_prints",
+    "rl_q_learning.py": "test_page_shows_what_its_example_prints",
     "sb3_policy.py": "test_with_sb3.py::test_ppo_resumes_with_the_wrappers_state",
     "lightning_submodule.py": "test_with_lightning.py::test_a_checkpoint_restores_the_wrapper",
     "hf_trainer.py": "test_with_transformers.py::test_bert_trains_with_resets_and_resumes",
@@ -223,33 +236,66 @@ def test_how_to_example_runs(script: str) -> None:
     assert HOW_TO_OUTPUT[script] in done.stdout
 
 
-PAGES = {
-    "architectures": "howto/architectures.md",
-    "diagnostics": "howto/diagnostics.md",
-    "skipped": "howto/skipped.md",
-}
-"""Examples whose page shows their output: every line they print is in one of its text blocks."""
+SHOWN_ON = "index.md", "faq.md", "comparison.md", "howto/*.md"
+"""The pages whose ```` ```text ```` blocks show what the example included above them prints."""
 
-TEXT_BLOCK = re.compile(r"^( *)```text\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+NEEDS = {
+    "sb3_policy.py": ("stable_baselines3", "gymnasium"),
+    "lightning_submodule.py": ("lightning",),
+    "hf_trainer.py": ("transformers", "accelerate"),
+}
+"""Examples that need an optional library (installed by the ``integration`` extra)."""
+
+PRINTS_MORE = {"hf_trainer.py": re.compile(r"^\{'train_runtime'")}
+"""Lines that an example's libraries print of their own, which its page does not show."""
+
+NOT_PROGRAM_OUTPUT = {"test_my_model.py"}
+"""Examples whose page shows what pytest prints for them, not what they print when run."""
+
+FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
+)
+INCLUDE = re.compile(r'--8<-- "examples/(?P<file>[\w.]+\.py)(?::[\w-]+)?"')
 NUMBER = re.compile(r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)")
 
 
+def shown_outputs(page: Path) -> dict[str, list[list[str]]]:
+    """Per example, the lines of each text block that follows its code on ``page``."""
+    shown: dict[str, list[list[str]]] = {}
+    current = None
+    for block in FENCE.finditer(page.read_text()):
+        lang, indent = block["lang"], block["indent"]
+        if lang == "python":
+            included = INCLUDE.findall(block["body"])
+            current = included[-1] if included else None
+            current = None if current in NOT_PROGRAM_OUTPUT else current
+        elif lang == "text" and current is not None:
+            lines = [line.removeprefix(indent) for line in block["body"].splitlines()]
+            shown.setdefault(current, []).append(lines)
+    return shown
+
+
+def pages_with_outputs() -> list[tuple[str, str]]:
+    """(page, example) for every example whose output a page shows."""
+    pages = sorted({p for pattern in SHOWN_ON for p in DOCS.glob(pattern)})
+    return [
+        (str(page.relative_to(DOCS)), example) for page in pages for example in shown_outputs(page)
+    ]
+
+
 def run_example(name: str, capsys: pytest.CaptureFixture[str]) -> tuple[ModuleType, list[str]]:
-    """Run ``examples/<name>.py`` in this process; the module and the lines it printed."""
+    """Run ``examples/<name>.py`` in this process as ``python examples/<name>.py`` does (its
+    ``if __name__ == "__main__":`` block included); its globals and the lines it printed."""
     state = torch.get_rng_state()
     try:
-        module = load_example(name)
+        names = runpy.run_path(str(EXAMPLES / f"{name}.py"), run_name="__main__")
     finally:
         torch.set_rng_state(state)
-    return module, capsys.readouterr().out.splitlines()
-
-
-def shown_outputs(page: Path) -> list[list[str]]:
-    """The lines of each ```` ```text ```` block of a docs page (the outputs it shows)."""
-    return [
-        [line.removeprefix(indent) for line in body.splitlines()]
-        for indent, body in TEXT_BLOCK.findall(page.read_text())
+    extra = PRINTS_MORE.get(f"{name}.py")
+    printed = [
+        line for line in capsys.readouterr().out.splitlines() if not (extra and extra.match(line))
     ]
+    return cast(ModuleType, SimpleNamespace(**names)), printed
 
 
 def same_line(shown: str, printed: str) -> bool:
@@ -280,23 +326,33 @@ def test_same_line_compares_text_exactly_and_decimals_closely() -> None:
     assert not same_line("skipped: head", "skipped: stem")
 
 
-@pytest.mark.parametrize("name", sorted(PAGES))
-def test_page_shows_what_its_example_prints(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    _, printed = run_example(name, capsys)
-    blocks = shown_outputs(DOCS / PAGES[name])
+def test_pages_show_the_outputs_of_their_examples() -> None:
+    found = dict(pages_with_outputs())
+    assert {"howto/wrap.md", "howto/diagnostics.md", "index.md", "faq.md"} <= set(found)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("page", "name"), pages_with_outputs())
+def test_page_shows_what_its_example_prints(
+    page: str, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for library in NEEDS.get(name, ()):
+        needs(library)
+    _, printed = run_example(name.removesuffix(".py"), capsys)
+    blocks = shown_outputs(DOCS / page)[name]
     assert blocks and printed
     shown: set[int] = set()
     for block in blocks:
         start = find_block(block, printed)
         assert start is not None, (
-            f"{PAGES[name]} shows\n"
+            f"{page} shows\n"
             + "\n".join(block)
             + "\nbut the example printed\n"
             + "\n".join(printed)
         )
         shown.update(range(start, start + len(block)))
     missing = [line for i, line in enumerate(printed) if i not in shown]
-    assert not missing, f"{PAGES[name]} does not show what examples/{name}.py prints: {missing}"
+    assert not missing, f"{page} does not show what examples/{name} prints: {missing}"
 
 
 def test_diagnostics_example_measures_what_the_page_claims(
@@ -306,17 +362,15 @@ def test_diagnostics_example_measures_what_the_page_claims(
     opt = example.opt
     true_change, estimate = (example.after - example.loss).item(), example.cost[[3, 7]].sum().item()
     assert math.isclose(true_change, estimate, rel_tol=0.2)  # first order, on an unfitted batch
-    assert all(math.isfinite(r.realised) for r in opt.reset_log)  # the meter saw every reset
+    trained = [r for r in opt.reset_log if r.step < len(example.batches)]  # before meter.remove()
+    assert trained and all(math.isfinite(r.realised) for r in trained)  # the meter saw each one
     assert opt.reset_counts["0"] > 55 + 2 + 5  # the loop after mirror_resets reset units too
 
 
-def test_wrap_example_does_what_the_page_says(capsys: pytest.CaptureFixture[str]) -> None:
-    example, printed = run_example("wrap", capsys)
-    assert printed[0].startswith("trained 150 steps, resets {'0': ")
-    assert printed[1] == "accumulated 4 micro-batches into step 151"  # one step for four
-    assert "resumed run bit for bit: True" in printed[2]
-    assert printed[3] == "the copy steps its own parameters: True"
-    assert example.opt2.model is example.model2
-    assert printed[4].startswith("gradient-magnitude criterion: resets {'0': ")
-    lr = 0.1 * (1 + math.cos(math.pi * 150 / 10_000)) / 2  # the cosine schedule reached the wrapper
-    assert printed[5] == f"learning rate after 150 steps: {lr:.6f}"
+def test_wrap_loop_steps_once_per_two_micro_batches(capsys: pytest.CaptureFixture[str]) -> None:
+    example, printed = run_example("wrap_loop", capsys)
+    assert example.opt.steps == 3 * len(example.train_batches) // 2
+    lr = 0.1 * (1 + math.cos(math.pi * example.opt.steps / 400)) / 2  # the schedule reached it
+    assert example.opt.param_groups[0]["lr"] == pytest.approx(lr)
+    assert sum(example.opt.reset_counts.values()) > 0
+    assert float(printed[-2].split("val accuracy ")[1].split(",")[0]) > 0.9

@@ -1,4 +1,5 @@
-// MathJax 3 configuration for pymdownx.arithmatex (generic mode).
+// MathJax 3 configuration for pymdownx.arithmatex (generic mode). MathJax itself is vendored
+// (assets/vendor/mathjax/tex-svg-full.js), so formulas render without internet.
 // arithmatex wraps $...$ in \( \) and $$...$$ in \[ \] inside elements of class "arithmatex";
 // MathJax typesets only those elements.
 window.MathJax = {
@@ -8,17 +9,25 @@ window.MathJax = {
     processEscapes: true,
     processEnvironments: true,
   },
+  svg: {
+    fontCache: "global",
+  },
   options: {
     ignoreHtmlClass: ".*|",
     processHtmlClass: "arithmatex",
   },
 };
 
-// Material's instant navigation swaps pages without a reload: typeset each new page.
+// With Material's instant navigation a new page replaces the old one without a reload:
+// typeset it then. On a full page load MathJax typesets the page by itself.
 if (typeof document$ !== "undefined") {
+  let first = true;
   document$.subscribe(() => {
+    if (first) {
+      first = false;
+      return;
+    }
     if (window.MathJax && MathJax.typesetPromise) {
-      MathJax.startup.output.clearCache();
       MathJax.typesetClear();
       MathJax.texReset();
       MathJax.typesetPromise();

@@ -3,7 +3,7 @@
 Each command is one subparser, added by a ``_add_<command>`` function listed in `COMMANDS`;
 it stores its handler as ``args.handler``, which `main` calls.
 
-Example:
+Examples:
     ``python -m gxd_optim.bench overhead --cases a,mlp-b1-sgd --repeats 50``
 
     ``python -m gxd_optim.bench run bitflip --utilities gxd,contribution --seeds 3 --out out``

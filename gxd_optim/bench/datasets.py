@@ -7,7 +7,7 @@
 
 Every loader returns float32 inputs scaled to ``[0, 1]`` and int64 labels.
 
-Example:
+Examples:
     >>> import gzip, tempfile, numpy as np
     >>> from pathlib import Path
     >>> path = Path(tempfile.mkdtemp()) / "tiny-idx1-ubyte.gz"

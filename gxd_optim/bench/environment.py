@@ -1,6 +1,6 @@
 """Where a benchmark ran: the machine, the measured source, and the load on the machine.
 
-Example:
+Examples:
     >>> other_cpu_percent((10.0, 100.0, 1.0), (25.0, 120.0, 11.0))
     25.0
     >>> describe_source({"gxd_optim": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": True})

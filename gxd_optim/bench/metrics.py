@@ -1,6 +1,6 @@
 """What the benchmarks measure: accuracy, dormant units, rank correlation, and the summaries.
 
-Example:
+Examples:
     >>> spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 40.0, 30.0])
     0.8
     >>> window(10), window(3)
@@ -52,7 +52,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of rows whose largest logit is the label (a 0-d tensor, no device sync).
 
-    Example:
+    Examples:
         >>> float(accuracy(torch.tensor([[0.0, 1.0], [2.0, 1.0]]), torch.tensor([1, 1])))
         0.5
     """
@@ -67,7 +67,7 @@ def dormant_fraction(model: nn.Module, probe: Tensor) -> float:
     it back. Units are the channels (dimension 1) of every ``nn.ReLU`` output. The model runs
     in eval mode, its buffers and the global RNG restored afterwards.
 
-    Example:
+    Examples:
         >>> from torch import nn
         >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
         >>> with torch.no_grad():
@@ -132,7 +132,7 @@ def summarise_criterion(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         units`` over the resets with a measured value), ``spearman`` between each reset's
         predicted and realised cost, and ``records``, the number of resets measured.
 
-    Example:
+    Examples:
         >>> run = {"performance": [1.0, 2.0], "dormant": [0.0, 0.5], "resets": [1, 2],
         ...        "records": [[5, "0", 1, 0.25, 0.5], [9, "0", 2, -1.0, -0.5]]}
         >>> s = summarise_criterion([run])
@@ -172,7 +172,7 @@ def degradation_onset(
     "Worse" is relative: below ``best·(1 − tolerance)`` for scores where higher is better,
     above ``best·(1 + tolerance)`` otherwise. ``None`` when the largest rate is not worse.
 
-    Example:
+    Examples:
         >>> degradation_onset([1e-4, 1e-3, 1e-2], [0.9, 0.91, 0.5], True, 0.05)
         0.01
         >>> degradation_onset([1e-4, 1e-3], [0.5, 0.49], False, 0.05) is None

@@ -2,7 +2,7 @@
 
 The plasticity problems and the overhead benchmark build their networks here.
 
-Example:
+Examples:
     >>> a, b = relu_mlp((4, 8, 2), seed=1), relu_mlp((4, 8, 2), seed=1)
     >>> all(bool((p == q).all()) for p, q in zip(a.parameters(), b.parameters()))
     True

@@ -24,7 +24,7 @@ Problems (`PROBLEMS`):
   head): each task two new classes of generated images (smooth random prototypes, shifted, plus
   noise) or, with ``--data-dir``, two random CIFAR-10 classes; held-out accuracy per task.
 
-Example:
+Examples:
     >>> settings = PROBLEMS["bitflip"].settings(quick=True)
     >>> settings.segments, settings.steps_per_segment
     (4, 1000)

@@ -1,7 +1,7 @@
 """What a benchmark prints and writes: the summary of a ``run``, ``sweep`` or ``overhead``
 report, and the report as JSON.
 
-Example:
+Examples:
     >>> summary = {"none": {"early": 0.5, "average": 0.6, "final": 0.7, "final_dormant": 0.25,
     ...     "resets_per_run": 0, "records": 0, "mean_abs_realised_per_unit": float("nan"),
     ...     "mean_abs_predicted_per_unit": float("nan"), "spearman": float("nan")}}
@@ -108,7 +108,7 @@ def compact(report: Mapping[str, Any]) -> dict[str, Any]:
     """The report without the per-reset records (each run keeps their count): small enough to
     commit next to the plots.
 
-    Example:
+    Examples:
         >>> compact({"runs": [{"criterion": "gxd", "records": [[1, "0", 1, 0.5, 0.4]]}]})
         {'runs': [{'criterion': 'gxd', 'records': 1}]}
     """

@@ -6,7 +6,7 @@ every reset record carries its realised cost next to its predicted one. The trai
 never synchronises with the device between segments: losses and online scores stay tensors
 until a segment ends.
 
-Example:
+Examples:
     >>> from gxd_optim.bench.problems import PROBLEMS
     >>> problem = PROBLEMS["bitflip"]
     >>> settings = problem.settings(quick=True, overrides={"examples": "2000"})

@@ -7,7 +7,7 @@ Two recipes:
 * *tasks* (`task_segments`): several shuffled epochs on each task's training set; the
   segment's performance is the accuracy on the task's held-out set at its end.
 
-Example:
+Examples:
     >>> x, y = torch.arange(10.0)[:, None], torch.zeros(10, 1)
     >>> segment = online_segment(x, y, batch=4)
     >>> [len(inputs) for inputs, _ in segment.batches], segment.evaluate(torch.tensor([1.0, 2.0]))

@@ -4,7 +4,7 @@ Each text value is converted by the type the field declares, not by the type of 
 value: ``"False"`` becomes ``False`` for a ``bool`` field, ``"128-128"`` becomes ``(128, 128)``
 for a ``tuple[int, ...]`` field.
 
-Example:
+Examples:
     >>> from dataclasses import dataclass
     >>> @dataclass(frozen=True)
     ... class Demo:
@@ -77,7 +77,7 @@ def parse_value(key: str, text: str, kind: Any) -> Any:
         ValueError: the text does not convert; the message names the key, the text and the
             expected type.
 
-    Example:
+    Examples:
         >>> parse_value("bias", "no", bool), parse_value("hidden", "32-16", tuple[int, ...])
         (False, (32, 16))
     """

@@ -7,7 +7,7 @@
 * image tasks: `prototype_images` and `prototype_tasks` (generated), `class_pairs` (which two
   classes each task of a labelled data set takes).
 
-Example:
+Examples:
     >>> stream = BitFlipStream(seed=0, flip_after=3)
     >>> x = stream.take(7)
     >>> x.shape, bool((x[:, -1] == 1).all())
@@ -131,7 +131,7 @@ def random_label_data(
 ) -> tuple[Tensor, Tensor]:
     """Fixed Gaussian inputs ``[samples, input_dim]`` and every task's labels ``[tasks, samples]``.
 
-    Example:
+    Examples:
         >>> x, y = random_label_data(5, 3, 4, tasks=2, seed=0)
         >>> x.shape, y.shape, int(y.max()) < 4
         (torch.Size([5, 3]), torch.Size([2, 5]), True)
@@ -145,7 +145,7 @@ def random_label_data(
 def minibatches(samples: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
     """One epoch: indices of a fresh random permutation, ``batch_size`` at a time.
 
-    Example:
+    Examples:
         >>> batches = list(minibatches(5, 2, torch.Generator().manual_seed(0)))
         >>> [len(b) for b in batches], sorted(torch.cat(batches).tolist())
         ([2, 2, 1], [0, 1, 2, 3, 4])
@@ -158,7 +158,7 @@ def minibatches(samples: int, batch_size: int, generator: torch.Generator) -> It
 def permutations(tasks: int, size: int, seed: int) -> Tensor:
     """One random permutation of ``size`` input positions per task: ``[tasks, size]``.
 
-    Example:
+    Examples:
         >>> p = permutations(3, 4, seed=0)
         >>> p.shape, sorted(p[1].tolist())
         (torch.Size([3, 4]), [0, 1, 2, 3])
@@ -176,7 +176,7 @@ def prototype_images(
     ``size×size``; an example is its class's prototype, circularly shifted by up to 2 pixels
     each way, plus Gaussian noise of standard deviation ``noise``. Labels are balanced.
 
-    Example:
+    Examples:
         >>> x, y = prototype_images(6, 2, 8, 0.5, torch.Generator().manual_seed(0))
         >>> x.shape, y.tolist()
         (torch.Size([6, 3, 8, 8]), [0, 1, 0, 1, 0, 1])
@@ -219,7 +219,7 @@ def prototype_tasks(
 def class_pairs(tasks: int, classes: int, seed: int) -> Tensor:
     """Two distinct classes per task, drawn at random: ``[tasks, 2]``.
 
-    Example:
+    Examples:
         >>> pairs = class_pairs(4, 10, seed=0)
         >>> pairs.shape, bool((pairs[:, 0] != pairs[:, 1]).all())
         (torch.Size([4, 2]), True)

@@ -1,6 +1,6 @@
 """Markdown tables, the form in which every benchmark command prints its results.
 
-Example:
+Examples:
     >>> rows = [["none", number(0.51234)], ["gxd", number(None)]]
     >>> print(markdown_table(["criterion", "final"], rows))
     | criterion | final |

@@ -121,7 +121,7 @@ class Checkpointing(DelegatingOptimizer):
         the inner optimizer as they were; an entry saved before the units were found puts the
         wrapper back in that state.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).pow(2).mean().backward()
@@ -142,20 +142,20 @@ class Checkpointing(DelegatingOptimizer):
         Raises:
             ValueError: the entry is malformed or does not fit this model (nothing is changed).
         """
-        self.apply_own_state(self.check_own_state(entry))
+        self._apply_own_state(self._check_own_state(entry))
         self._entry_restored = True
 
-    own_state_dict = reset_state_dict
+    _own_state_dict = reset_state_dict
 
-    def check_own_state(self, entry: object) -> Entry:
+    def _check_own_state(self, entry: object) -> Entry:
         """Read an entry and check it against this model and settings, changing nothing."""
         return read(entry, self._binding)
 
-    def apply_own_state(self, checked: Entry) -> None:
+    def _apply_own_state(self, checked: Entry) -> None:
         """Restore a checked entry: layers, statistics, budgets, step count and generator."""
         restore(checked, self._binding, self._selector, self._generator)
 
-    def load_plain_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def _load_plain_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a plain optimizer's state dict, warning that the wrapper's state is not in it."""
         if not self._entry_restored:
             warnings.warn(

@@ -31,7 +31,7 @@ class Checks:
         trainable: identities of the optimizer's parameters (``None``: every parameter).
         holders: for every parameter that several modules hold, their names.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
         >>> net[2].requires_grad_(False)
         Linear(in_features=3, out_features=1, bias=True)

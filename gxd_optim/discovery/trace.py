@@ -243,7 +243,7 @@ class PassRecorder:
     Args:
         on_backward: called with the tensors the first backward starts from.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> seen = []
         >>> recorder = PassRecorder(lambda tensors: seen.append(recorder.trace(tensors)))

@@ -7,7 +7,7 @@
   own modules with drawn arguments, to fuzz the checks above.
 - `gxd_optim.testing.models`: the small models the strategies draw, built from plain specs.
 
-Example:
+Examples:
     >>> import torch
     >>> from gxd_optim.testing import assert_first_order
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
@@ -55,7 +55,7 @@ def describe(model: nn.Module, *args: Any, **kwargs: Any) -> str:
         One line per eligible layer (units, consumers with their column map and reference,
         the operations in between), then every skipped layer with the reason.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
         >>> print(describe(net, torch.randn(2, 3)))
@@ -141,7 +141,7 @@ def assert_first_order(
     Raises:
         AssertionError: naming the layer, the units and the errors per ``ε``.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 1))
         >>> x = torch.randn(8, 2, 6)
         >>> assert_first_order(net, x, lambda out: out.pow(2).mean())  # every layer, 3 sets each
@@ -257,7 +257,7 @@ def assert_reset_invariants(opt: GXDReset, name: str, indices: Sequence[int]) ->
     Raises:
         AssertionError: naming the parameter or state entry that broke an invariant.
 
-    Example:
+    Examples:
         >>> net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.ReLU(), torch.nn.Linear(5, 2))
         >>> opt = GXDReset(torch.optim.Adam(net.parameters(), lr=1e-2), net)
         >>> for _ in range(3):  # some optimizer state to clear

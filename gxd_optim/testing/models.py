@@ -4,7 +4,7 @@ A spec is a frozen dataclass of a few integers and names, so a test can print it
 it and draw it with hypothesis (`gxd_optim.testing.strategies`). `build` turns a spec into
 its model, `example_input` into a matching batch.
 
-Example:
+Examples:
     >>> import torch
     >>> spec = CNNSpec(in_channels=2, channels=(4, 3), size=8, outputs=2, pool="max")
     >>> model = build(spec)
@@ -59,7 +59,7 @@ def activation(name: str) -> nn.Module:
     Raises:
         ValueError: for another name.
 
-    Example:
+    Examples:
         >>> activation("leaky")
         LeakyReLU(negative_slope=0.1)
     """
@@ -90,7 +90,7 @@ class MLPSpec:
         norm: a ``BatchNorm1d`` after each hidden Linear.
         two_heads: two output heads reading the last hidden layer, concatenated.
 
-    Example:
+    Examples:
         >>> MLPSpec(3, (5, 4), 2).input_shape
         (3,)
     """
@@ -111,7 +111,7 @@ class MLPSpec:
 class MLP(nn.Module):
     """Linear → [BatchNorm1d] → activation, repeated; one or two Linear output heads.
 
-    Example:
+    Examples:
         >>> MLP(MLPSpec(3, (5,), 2, two_heads=True))(torch.randn(4, 3)).shape
         torch.Size([4, 4])
     """
@@ -157,7 +157,7 @@ class CNNSpec:
         hidden: units of a hidden Linear between the flatten and the head (``0``: none).
         bias: whether the convolutions have a bias (without one, the reference is zero).
 
-    Example:
+    Examples:
         >>> CNNSpec(1, (3,), 8, 2).input_shape
         (1, 8, 8)
     """
@@ -185,7 +185,7 @@ class CNN(nn.Module):
     Raises:
         ValueError: when the convolutions leave no pixel, or ``pool`` is not in `POOLS`.
 
-    Example:
+    Examples:
         >>> CNN(CNNSpec(2, (4, 3), 8, 2, padding=1, hidden=5))(torch.randn(3, 2, 8, 8)).shape
         torch.Size([3, 2])
     """
@@ -240,7 +240,7 @@ class CNN(nn.Module):
 def build(spec: MLPSpec | CNNSpec) -> MLP | CNN:
     """The model of a spec, initialised from the global random state.
 
-    Example:
+    Examples:
         >>> type(build(MLPSpec(3, (4,), 1))).__name__
         'MLP'
     """
@@ -262,7 +262,7 @@ def example_input(
         dtype: floating-point type of the batch.
         generator: the random source (default: the global one).
 
-    Example:
+    Examples:
         >>> example_input(CNNSpec(1, (3,), 8, 2), batch=4).shape
         torch.Size([4, 1, 8, 8])
     """

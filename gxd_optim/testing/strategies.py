@@ -11,7 +11,7 @@ Needs `hypothesis <https://hypothesis.readthedocs.io>`_ (``pip install hypothesi
 
 Models and batches are drawn from a seed, so a failing example replays exactly.
 
-Example:
+Examples:
     >>> from hypothesis import given, settings
     >>> from gxd_optim.testing import assert_first_order
     >>> from gxd_optim.testing import strategies as gst
@@ -54,7 +54,7 @@ class Case(NamedTuple):
         inputs: a batch it takes as ``model(inputs)``.
         params: the drawn arguments the model was built from (its spec for `models`).
 
-    Example:
+    Examples:
         >>> case = Case(torch.nn.Linear(2, 3), torch.zeros(4, 2), {})
         >>> case.model(case.inputs).shape
         torch.Size([4, 3])
@@ -68,7 +68,7 @@ class Case(NamedTuple):
 def seeds() -> st.SearchStrategy[int]:
     """Seeds of the model's initialisation and of the batch's values.
 
-    Example:
+    Examples:
         >>> from hypothesis import given
         >>> @given(seeds())
         ... def test_seed(seed):
@@ -95,7 +95,7 @@ def specs(
     Raises:
         ValueError: for an unknown kind or activation, or none of either.
 
-    Example:
+    Examples:
         >>> from hypothesis import given
         >>> @given(specs(kinds=["cnn"], activations=["gelu"]))
         ... def test_spec(spec):
@@ -148,7 +148,7 @@ def batches(
         sizes: batch sizes (default 4 to 9 samples).
         dtype: floating-point type.
 
-    Example:
+    Examples:
         >>> from hypothesis import given
         >>> @given(batches(MLPSpec(3, (4,), 1), st.just(5)))
         ... def test_batch(x):
@@ -177,7 +177,7 @@ def models(
         sizes: batch sizes (default 4 to 9 samples).
         dtype: floating-point type of the model and the batch.
 
-    Example:
+    Examples:
         >>> from hypothesis import given, settings
         >>> @settings(max_examples=5)
         ... @given(models(specs(kinds=["mlp"])))
@@ -219,7 +219,7 @@ def cases(
         dtype: floating-point type of the module and the batch.
         **params: a strategy for each keyword argument of ``factory``.
 
-    Example:
+    Examples:
         >>> from hypothesis import given, settings
         >>> def mlp(width, depth):
         ...     layers = [torch.nn.Linear(3, width), torch.nn.ReLU()]
@@ -263,7 +263,7 @@ def unit_sets(
         max_sets: at most this many non-empty sets per layer.
         **settings: `GXDReset` settings that change discovery (``reference``, ``exclude``).
 
-    Example:
+    Examples:
         >>> from hypothesis import given
         >>> net = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1))
         >>> @given(unit_sets(net, torch.randn(3, 2)))
