@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .discovery import producer_modules
 from .operator import STATE_POLICIES
 from .selection import BudgetSelector, selector_for
+from .sharded import refuse_unsupported
 from .utilities import CRITERIA, UTILITIES, Criterion, UtilityFn, probe
 
 __all__ = ["REFERENCES", "SELECTIONS", "Config", "check_wrap", "optimizer_params"]
@@ -174,7 +175,9 @@ def check_wrap(optimizer: object, model: object, exclude: Iterable[str] | str) -
             ``nn.Module``.
         ValueError: the model has no Linear/Conv layer, the optimizer holds none of its
             parameters, or ``exclude`` names a layer that is not one.
-        NotImplementedError: sharded setups (FSDP, DTensor, ZeroRedundancyOptimizer).
+        NotImplementedError: sharded setups GXDReset cannot reset (FSDP1, tensor-parallel
+            DTensors, FSDP2 with CPU offloading, ``ZeroRedundancyOptimizer`` overlapped with
+            DDP; see `gxd_optim.sharded.refuse_unsupported`).
     """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
@@ -201,23 +204,6 @@ def check_wrap(optimizer: object, model: object, exclude: Iterable[str] | str) -
 
 
 def _refuse_sharded(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
-    """FSDP, DTensor and ZeroRedundancyOptimizer shard parameters: not supported yet."""
-    if type(optimizer).__name__ == "ZeroRedundancyOptimizer":
-        raise NotImplementedError(
-            "GXDReset does not support ZeroRedundancyOptimizer yet (it shards optimizer state); "
-            "wrap a plain optimizer under DistributedDataParallel instead"
-        )
-    for module in model.modules():
-        if type(module).__name__ in {"FullyShardedDataParallel", "FSDPModule"} or any(
-            base.__name__ == "FSDPModule" for base in type(module).__mro__
-        ):
-            raise NotImplementedError(
-                "GXDReset does not support FSDP yet (fully_shard / FullyShardedDataParallel); "
-                "use DistributedDataParallel, or leave resets off for sharded models"
-            )
-    for param in model.parameters():
-        if type(param).__name__ == "DTensor" or type(param.data).__name__ == "DTensor":
-            raise NotImplementedError(
-                "GXDReset does not support DTensor (sharded) parameters yet; "
-                "use DistributedDataParallel with regular tensors"
-            )
+    """Refuse the sharded setups a reset cannot write correctly (`sharded.refuse_unsupported`):
+    FSDP1, DTensors outside FSDP2's layout, CPU offloading, ZeRO overlapped with DDP."""
+    refuse_unsupported(optimizer, model)

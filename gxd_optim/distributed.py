@@ -1,11 +1,12 @@
 """Data parallelism: statistics reduced across processes, and a check that replicas agree.
 
-Under ``DistributedDataParallel`` every process sees its own data, so the per-unit
-statistics differ between ranks while the gradients (and hence the weights) do not. When
-`GXDReset` is given the DDP-wrapped model, every commit first sums the pending statistics of
-all ranks (`AllReduceStatistics`): ``Σ|a|``, ``Σh`` and their sample counts. Every rank then
-folds the same numbers into the same EMAs, picks the same units, and draws the same new
-weights from its identically seeded generator, so the replicas never diverge.
+Under ``DistributedDataParallel`` (or FSDP2's ``fully_shard``) every process sees its own
+data, so the per-unit statistics differ between ranks while the gradients (and hence the
+weights) do not. When `GXDReset` is given the DDP-wrapped (or sharded) model, every commit
+first sums the pending statistics of all ranks (`AllReduceStatistics`): ``Σ|a|``, ``Σh`` and
+their sample counts. Every rank then folds the same numbers into the same EMAs, picks the same
+units, and draws the same new weights from its identically seeded generator, so the replicas
+never diverge (under FSDP2 each rank writes its own rows of them: `gxd_optim.sharded`).
 
 When to reduce must be decided alike on every rank without asking the others. A step
 reduces when this rank ran a backward pass through a tracked layer since the last step. DDP
@@ -19,8 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,34 +27,18 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from .discovery import unwrap_model
+from .sharded import fsdp_mesh, issue, mesh_group, register, whole
 from .tracking import Tracker
 
 __all__ = ["AllReduceStatistics", "assert_replicas_in_sync", "find_ddp", "reducer_for"]
 
-_RETAINED: deque[Any] = deque(maxlen=16)
-"""The work objects of the latest collectives this module issued, kept alive on purpose.
-
-A gloo worker thread may hold the last reference to a finished collective (directly, or
-through a later ``barrier`` that waited for it). Freeing it there frees its tensors, which
-needs the interpreter lock; if the process group is being destroyed at that moment (it
-joins its threads while holding that lock, e.g. when DDP's reducer is freed at exit), the
-process hangs. Holding the work objects here makes the last release happen in Python.
-"""
-
-
-def _run(collective: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Issue ``collective`` asynchronously, wait for it, and keep its work object (see
-    `_RETAINED`)."""
-    work = collective(*args, async_op=True, **kwargs)
-    if work is not None:
-        work.wait()
-        _RETAINED.append(work)
+_run = issue  # every collective here keeps its work object alive (see `sharded.issue`)
 
 
 def find_ddp(model: nn.Module) -> nn.Module | None:
     """The ``DistributedDataParallel`` module in ``model``'s chain of wrappers, if any.
 
-    Example:
+    Examples:
         >>> find_ddp(torch.nn.Linear(2, 2)) is None
         True
     """
@@ -71,22 +54,29 @@ def find_ddp(model: nn.Module) -> nn.Module | None:
 def reducer_for(model: nn.Module) -> AllReduceStatistics | None:
     """The reduction a `GXDReset` over ``model`` needs before each commit (``None``: none).
 
-    A DDP-wrapped model reduces over its process group. A plain model in a job of several
-    processes is trained independently per rank, as far as the wrapper can tell: it warns.
+    A DDP-wrapped model reduces over its process group, a model sharded by FSDP2
+    (``fully_shard``) over all the ranks of its mesh (`gxd_optim.sharded.mesh_group`). A plain
+    model in a job of several processes is trained independently per rank, as far as the
+    wrapper can tell: it warns.
 
-    Example:
+    Examples:
         >>> reducer_for(torch.nn.Linear(2, 2)) is None  # one process, no DDP: nothing to reduce
         True
     """
     ddp = find_ddp(model)
     if ddp is not None:
         return AllReduceStatistics(ddp.process_group)
+    root = unwrap_model(model)
+    register(root)  # layers sharded since the wrapper was built
+    mesh = fsdp_mesh(root)
+    if mesh is not None:
+        return AllReduceStatistics(mesh_group(mesh))
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         warnings.warn(
             "GXDReset: torch.distributed runs several processes but the model is not "
             "DistributedDataParallel, so unit statistics are not reduced across ranks and "
             "replicas that share weights would reset different units. Pass the DDP-wrapped "
-            "model to GXDReset.",
+            "(or fully_shard-ed) model to GXDReset.",
             stacklevel=4,
         )
     return None
@@ -102,7 +92,7 @@ class AllReduceStatistics:
     Args:
         group: the process group (``None``: the default group).
 
-    Example:
+    Examples:
         >>> AllReduceStatistics().group is None  # the default group
         True
     """
@@ -159,7 +149,8 @@ def assert_replicas_in_sync(
     ``state_dict()`` is compared, so for a `GXDReset` that includes its statistics, budgets,
     step count and generator state. Buffers are compared only when asked: DDP broadcasts rank
     0's buffers at the start of each forward pass, so after a training forward the BatchNorm
-    running statistics legitimately differ until the next one.
+    running statistics legitimately differ until the next one. Sharded tensors (FSDP2's
+    parameters and their optimizer state) are gathered and compared whole.
 
     Args:
         model: the model (DDP-wrapped or not).
@@ -171,7 +162,7 @@ def assert_replicas_in_sync(
         AssertionError: on every rank, naming the first tensor (in a fixed order) that some
             rank holds differently from rank 0 of the group, and those ranks.
 
-    Example:
+    Examples:
         >>> assert_replicas_in_sync(torch.nn.Linear(2, 2))  # a single process: trivially true
     """
     if not (dist.is_available() and dist.is_initialized()):
@@ -224,7 +215,8 @@ def _named_tensors(
 ) -> list[tuple[str, Tensor]]:
     """Parameters, buffers and optimizer state flattened to named tensors, in a fixed order."""
     root = unwrap_model(model)
-    out: list[tuple[str, Tensor]] = [(f"parameter {n}", p) for n, p in root.named_parameters()]
+    params = root.named_parameters()
+    out: list[tuple[str, Tensor]] = [(f"parameter {n}", whole(p)) for n, p in params]
     if buffers:
         out += [(f"buffer {n}", b) for n, b in root.named_buffers()]
     if optimizer is not None:
@@ -234,7 +226,7 @@ def _named_tensors(
 
 def _flatten(prefix: str, value: Any, out: list[tuple[str, Tensor]]) -> None:
     if isinstance(value, Tensor):
-        out.append((prefix, value.cpu() if value.is_sparse else value))
+        out.append((prefix, value.cpu() if value.is_sparse else whole(value)))
     elif isinstance(value, dict):
         for key in sorted(value, key=str):
             _flatten(f"{prefix}.{key}", value[key], out)

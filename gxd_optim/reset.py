@@ -23,6 +23,7 @@ from .discovery import explicit_layers, unwrap_model
 from .inspection import Inspection
 from .operator import apply_reset_, unit_indices
 from .records import ResetHook, ResetLog, ResetRecord
+from .sharded import optimizer_state
 from .tracking import Tracker
 from .utilities import UtilityFn
 
@@ -77,13 +78,13 @@ class GXDReset(Inspection, Checkpointing):
             or ``"threshold"``: every ``interval`` steps reset every eligible unit whose
             utility divided by its layer's mean is ``<= threshold`` (as ReDo and GraMa do);
             ``replacement_rate`` is then not used.
-        threshold: ``τ`` of ``selection="threshold"`` (default 0.1).
-        interval: ``F`` of ``selection="threshold"``, in steps (default 1000).
+        threshold: ``τ`` of ``selection="threshold"``; ``None`` means 0.1.
+        interval: ``F`` of ``selection="threshold"``, in steps; ``None`` means 1000.
         grad_scaler: the ``torch.amp.GradScaler`` of the training loop; needed only when you
             call ``scaler.unscale_(opt)`` yourself (e.g. to clip gradients), so that the
             statistics can be unscaled too (see `gxd_optim.amp`).
 
-    Example:
+    Examples:
         >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> opt = GXDReset(torch.optim.Adam(model.parameters(), lr=1e-3), model)
         >>> loss = model(torch.randn(16, 4)).pow(2).mean()
@@ -152,7 +153,7 @@ class GXDReset(Inspection, Checkpointing):
             ValueError: if no layer is eligible (the message lists why each was skipped), or
                 another open `GXDReset` already resets these layers.
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.discover(torch.randn(2, 4))
@@ -166,7 +167,7 @@ class GXDReset(Inspection, Checkpointing):
 
         Call this before wrapping the same model again (e.g. a new optimizer per task).
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.discover(torch.randn(2, 4))
@@ -192,7 +193,7 @@ class GXDReset(Inspection, Checkpointing):
                 gradients of its layers: the training pass never ran the model's modules in
                 training mode (nothing is stepped).
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> opt.zero_grad()
@@ -275,7 +276,8 @@ class GXDReset(Inspection, Checkpointing):
             hook(name, index.clone())
         named = dict(unwrap_model(self.model).named_modules())
         policy = self.config.state_policy
-        apply_reset_(named, self._plan(name), index, self._generator, self.state, policy)
+        state = optimizer_state(self.optimizer)  # ZeroRedundancyOptimizer: this rank's
+        apply_reset_(named, self._plan(name), index, self._generator, state, policy)
         tracker.restart(name, index)
         tracker.layers[name].resets += int(index.numel())
         self._reset_log.append(ResetRecord(tracker.steps, name, int(index.numel()), predicted))
@@ -298,7 +300,7 @@ class GXDReset(Inspection, Checkpointing):
             RuntimeError: the model changed since its units were found (they are found
                 again on the next training pass).
 
-        Example:
+        Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
             >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model)
             >>> model(torch.randn(16, 4)).pow(2).mean().backward()

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..sharded import held, is_sharded, whole
+
 PRODUCER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Module types whose output units GXDReset can reset."""
 
@@ -42,7 +44,7 @@ class Edge:
         norm: the BatchNorm after a consumer without bias that takes the mean's fold (its
             ``running_mean``), or empty.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gxd_optim import GXDReset
         >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 1))
@@ -73,7 +75,7 @@ class LayerInfo:
             for its ``gate``): unit ``i`` is the product, and a reset redraws row ``i`` of
             each.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from gxd_optim import GXDReset
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1))
@@ -173,7 +175,14 @@ def forward_problem(module: nn.Module) -> str:
     base = next(t for t in type(module).__mro__ if t in PRODUCER_TYPES)
     if type(module).forward is base.forward:
         return ""
-    weight, _ = layer_params(module)
+    weight = module.weight  # as the forward reads it: FSDP2's unsharded weight during a pass
+    assert isinstance(weight, Tensor)
+    if is_sharded(weight):
+        return (
+            f"a subclass of {base.__name__} with a forward of its own, sharded by fully_shard: "
+            "its forward cannot be checked against its base class's on sharded weights "
+            "(not supported yet)"
+        )
     generator = torch.Generator().manual_seed(0)
     if isinstance(module, nn.Linear):
         shape: tuple[int, ...] = (2, module.in_features)
@@ -269,16 +278,30 @@ def edge_for(
 
 
 def layer_tensors(module: nn.Module) -> list[tuple[str, Tensor]]:
-    """A layer's (or BatchNorm's) weight and bias, where it has them."""
-    found = ((name, getattr(module, name, None)) for name in ("weight", "bias"))
+    """A layer's (or BatchNorm's) weight and bias, where it has them (as `layer_params`
+    names them under FSDP2)."""
+    found = ((name, held(module, name, getattr(module, name, None))) for name in ("weight", "bias"))
     return [(name, param) for name, param in found if isinstance(param, Tensor)]
 
 
 def layer_params(module: nn.Module) -> tuple[Tensor, Tensor | None]:
-    """A Linear/Conv layer's weight and bias, typed."""
-    weight, bias = module.weight, module.bias
+    """A Linear/Conv layer's weight and bias, typed: the parameters the optimizer holds.
+
+    Under FSDP2 (``fully_shard``) these are the sharded DTensors, also during a forward or
+    backward pass, while FSDP2 has the unsharded ones registered (`gxd_optim.sharded.held`).
+    """
+    weight, bias = held(module, "weight", module.weight), held(module, "bias", module.bias)
     assert isinstance(weight, Tensor) and (bias is None or isinstance(bias, Tensor))
     return weight, bias
+
+
+def whole_weight(module: nn.Module) -> Tensor:
+    """A layer's whole weight as a regular tensor, to read (not to write): the unsharded
+    weight FSDP2 has registered during a pass, else the sharded one gathered (a collective
+    that every rank reaches alike, since FSDP2 swaps weights alike on every rank)."""
+    weight = module.weight
+    assert isinstance(weight, Tensor)
+    return whole(weight)
 
 
 def num_units(module: nn.Module) -> int:

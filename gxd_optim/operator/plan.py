@@ -10,14 +10,18 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..discovery.layers import canonical, is_transposed, layer_params
+from ..discovery.layers import canonical, is_transposed, layer_params, layer_tensors
+from ..sharded import Shard, all_reduce_sum_, is_sharded, shard_of
 from .tensors import (
     clear_state_slices_,
     copy_units_,
     fold_and_zero_inputs_,
+    input_blocks,
+    mark_written,
     reinit_units_,
     reset_norm_entries_,
     unit_columns,
+    write_slices_,
 )
 
 __all__ = ["ConsumerFold", "ResetPlan", "apply_reset_", "unit_indices"]
@@ -103,7 +107,7 @@ def apply_reset_(
         optimizer_state: ``optimizer.state`` (``None``: no state to clear, e.g. for a copy).
         policy: one of `STATE_POLICIES`.
 
-    Example:
+    Examples:
         >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
         >>> plan = ResetPlan("0", (ConsumerFold("2", 1, torch.full((4,), 0.5)),))
         >>> apply_reset_(dict(net.named_modules()), plan, torch.tensor([1]), torch.Generator())
@@ -130,13 +134,14 @@ def apply_reset_(
             values = fold.reference.index_select(0, index.to(fold.reference.device))
             values = values.repeat_interleave(k).to(weight.device)
         norm = cast(_BatchNorm, modules[fold.norm]) if fold.norm else None
-        fold_and_zero_inputs_(
-            canonical(weight, consumer),
+        apply_fold = _fold_sharded if is_sharded(weight) or is_sharded(bias) else _fold
+        apply_fold(
+            consumer,
+            weight,
             bias,
             columns,
             values if bias is not None or (norm and norm.running_mean is not None) else None,
-            groups=int(getattr(consumer, "groups", 1)),
-            running_mean=None if norm is None else norm.running_mean,
+            None if norm is None else norm.running_mean,
         )
         clear(consumer, weight, 1, columns)
     touched: list[tuple[nn.Module, Tensor | None]] = []
@@ -145,7 +150,10 @@ def apply_reset_(
         weight, bias = layer_params(module)
         if isinstance(new_weights, torch.Generator):
             std = CONV1D_STD if is_transposed(module) else None
-            reinit_units_(canonical(weight, module), bias, index, new_weights, std)
+            if is_sharded(weight) or is_sharded(bias):
+                _reinit_sharded(module, weight, bias, index, new_weights, std)
+            else:
+                reinit_units_(canonical(weight, module), bias, index, new_weights, std)
         else:
             source = layer_params(new_weights[name])
             copy_units_(
@@ -155,9 +163,105 @@ def apply_reset_(
     for name in plan.norms:
         norm = cast(_BatchNorm, modules[name])
         reset_norm_entries_(norm, index)
-        touched += [(norm, norm.weight), (norm, norm.bias)]
+        touched += [(norm, param) for _, param in layer_tensors(norm)]
     for module, param in touched:
         clear(module, param, 0, index)
+
+
+def _fold(
+    consumer: nn.Module,
+    weight: Tensor,
+    bias: Tensor | None,
+    columns: Tensor,
+    values: Tensor | None,
+    running_mean: Tensor | None,
+) -> None:
+    """Step 1 of `apply_reset_` for one consumer (`fold_and_zero_inputs_`)."""
+    groups = int(getattr(consumer, "groups", 1))
+    view = canonical(weight, consumer)
+    fold_and_zero_inputs_(view, bias, columns, values, groups=groups, running_mean=running_mean)
+
+
+def _fold_sharded(
+    consumer: nn.Module,
+    weight: Tensor,
+    bias: Tensor | None,
+    columns: Tensor,
+    values: Tensor | None,
+    running_mean: Tensor | None,
+) -> None:
+    """`_fold` of a consumer whose parameters FSDP2 shards on dim 0.
+
+    Each rank folds and zeroes the input columns in the weight rows it holds, into a shift
+    vector over all outputs; one all-reduce sums the shifts of all ranks (the rows of a
+    Linear's outputs, or the input rows of a transposed ``Conv1D``), and each rank adds its
+    rows of the sum to its bias rows (or all of it to a BatchNorm's running mean).
+    """
+    part = shard_of(weight)
+    outputs = int(canonical(weight, consumer).shape[0])
+    shift = (
+        None if values is None else torch.zeros(outputs, dtype=weight.dtype, device=weight.device)
+    )
+    for block, local, picked, rows in _local_blocks(consumer, weight, part, columns):
+        fold_and_zero_inputs_(
+            block,
+            None,
+            local,
+            None if values is None else values.index_select(0, picked),
+            running_mean=None if shift is None else shift[rows],  # takes -W·r
+        )
+    mark_written(weight)
+    if shift is None:
+        return
+    all_reduce_sum_(shift, part.group)
+    if bias is not None:
+        mine = shard_of(bias)
+        with torch.no_grad():
+            mine.local.sub_(shift[mine.start : mine.stop].to(mine.local))
+        mark_written(bias)
+    elif running_mean is not None:
+        running_mean.add_(shift.to(running_mean.dtype))
+
+
+def _local_blocks(
+    consumer: nn.Module, weight: Tensor, part: Shard, columns: Tensor
+) -> list[tuple[Tensor, Tensor, Tensor, slice]]:
+    """Where this rank's shard reads input ``columns``: ``(block, local columns, positions in
+    columns, output rows)`` per block of the consumer's ``[out, in, *kernel]`` view, as
+    `input_blocks` gives them for the whole weight."""
+    if is_transposed(consumer):  # stored [in, out]: dim 0 splits the input columns
+        picked, local = part.rows(columns)
+        return [(part.local.t(), local, picked, slice(None))]
+    blocks = []
+    for rows, local, picked in input_blocks(weight, columns, int(getattr(consumer, "groups", 1))):
+        block = part.block(rows)
+        start = min(max(rows.start or 0, part.start), part.stop)
+        blocks.append((block, local, picked, slice(start, start + int(block.shape[0]))))
+    return blocks
+
+
+def _reinit_sharded(
+    module: nn.Module,
+    weight: Tensor,
+    bias: Tensor | None,
+    index: Tensor,
+    generator: torch.Generator,
+    std: float | None,
+) -> None:
+    """Step 2 of `apply_reset_` for a producer whose parameters FSDP2 shards: every rank
+    draws the units' whole rows from the generator, as `reinit_units_` draws them for an
+    unsharded layer, and writes the part it holds."""
+    count = int(index.numel())
+    shape = (count, *canonical(weight, module).shape[1:])
+    new = torch.empty(shape, dtype=weight.dtype, device=index.device)
+    new_bias = None if bias is None else torch.empty(count, dtype=bias.dtype, device=index.device)
+    reinit_units_(new, new_bias, torch.arange(count, device=index.device), generator, std)
+    if is_transposed(module):  # the units are columns of the stored [in, out] weight
+        write_slices_(weight, 1, index, new.t())
+    else:
+        write_slices_(weight, 0, index, new)
+    if bias is not None and new_bias is not None:
+        write_slices_(bias, 0, index, new_bias)
 
 
 def unit_indices(indices: Tensor | Sequence[int], units: int, layer: str) -> Tensor:
@@ -167,7 +271,7 @@ def unit_indices(indices: Tensor | Sequence[int], units: int, layer: str) -> Ten
     Raises:
         ValueError: not a 1-D sequence of integers, or an index outside ``[0, units)``.
 
-    Example:
+    Examples:
         >>> unit_indices([3, 1, 3], 4, "fc")
         tensor([1, 3])
     """

@@ -14,17 +14,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..sharded import is_sharded, shard_of
+
 __all__ = [
     "PARAMETER_KEYS",
     "SECOND_MOMENT_KEYS",
     "STATE_POLICIES",
     "clear_state_slices_",
     "copy_units_",
+    "fill_slices_",
     "fold_and_zero_inputs_",
     "input_blocks",
+    "mark_written",
     "reinit_units_",
     "reset_norm_entries_",
     "unit_columns",
+    "write_slices_",
 ]
 
 STATE_POLICIES = ("zero", "mean_scale")
@@ -63,7 +68,7 @@ def unit_columns(index: Tensor, columns_per_unit: int) -> Tensor:
     Returns:
         Column indices, shape ``[m·k]``, ordered unit by unit.
 
-    Example:
+    Examples:
         >>> unit_columns(torch.tensor([0, 2]), 3)
         tensor([0, 1, 2, 6, 7, 8])
     """
@@ -99,7 +104,7 @@ def reinit_units_(
         generator: CPU generator the draw consumes.
         std: the standard deviation of a normal init (``None``: the uniform one above).
 
-    Example:
+    Examples:
         >>> layer = nn.Linear(4, 3)
         >>> reinit_units_(layer.weight, layer.bias, torch.tensor([1]), torch.Generator())
         >>> bool(layer.weight[1].abs().max() <= 0.5)  # within 1/sqrt(fan_in)
@@ -130,7 +135,7 @@ def copy_units_(
 ) -> None:
     """Copy the incoming weights of the given units from ``source`` (cast to ``weight``).
 
-    Example:
+    Examples:
         >>> a, b = nn.Linear(2, 3), nn.Linear(2, 3)
         >>> copy_units_(a.weight, a.bias, torch.tensor([1]), b.weight, b.bias)
         >>> torch.equal(a.weight[1], b.weight[1])
@@ -178,7 +183,7 @@ def fold_and_zero_inputs_(
         groups: the consumer's groups (1 for a Linear).
         running_mean: the running mean of the BatchNorm that alone reads the consumer.
 
-    Example:
+    Examples:
         >>> layer, x = nn.Linear(3, 2), torch.tensor([[1.0, 2.0, 3.0]])
         >>> expected = layer(torch.tensor([[1.0, 0.5, 3.0]]))  # input 1 read as 0.5
         >>> fold_and_zero_inputs_(layer.weight, layer.bias, torch.tensor([1]), torch.tensor([0.5]))
@@ -209,7 +214,7 @@ def input_blocks(
     ``weight[rows]`` holds the outputs of one group, which read the ``local`` columns of that
     group's weight; ``positions`` index into ``columns`` (and the values that go with them).
 
-    Example:
+    Examples:
         >>> blocks = input_blocks(torch.zeros(4, 1, 3), torch.tensor([1, 2]), groups=4)
         >>> [(rows.start, rows.stop, local.tolist(), at.tolist()) for rows, local, at in blocks]
         [(1, 2, [0], [0]), (2, 3, [0], [1])]
@@ -232,7 +237,7 @@ def reset_norm_entries_(norm: nn.modules.batchnorm._BatchNorm, index: Tensor) ->
     ``weight = 1``, ``bias = 0``, ``running_mean = 0``, ``running_var = 1`` on ``index``;
     ``num_batches_tracked`` (a scalar) is left alone.
 
-    Example:
+    Examples:
         >>> norm = nn.BatchNorm1d(3)
         >>> _ = norm.running_var.fill_(4.0)
         >>> reset_norm_entries_(norm, torch.tensor([0]))
@@ -247,7 +252,7 @@ def reset_norm_entries_(norm: nn.modules.batchnorm._BatchNorm, index: Tensor) ->
             (norm.running_var, 1.0),
         ):
             if tensor is not None:
-                tensor.index_fill_(0, index, value)
+                fill_slices_(tensor, 0, index, value)
 
 
 def clear_state_slices_(
@@ -264,13 +269,14 @@ def clear_state_slices_(
     optimizer) has its slices ``index`` along ``dim`` cleared; other state (the scalar ``step``,
     factored statistics) is left alone, since it cannot be reset per unit.
 
-    Policies:
-        ``"zero"``: every touched slice is zeroed. With Adam late in training this makes the
-        unit's first step ``≈ (1-β1)/sqrt(1-β2) ≈ 3.2×`` the learning rate.
-        ``"mean_scale"``: first-moment (signed) buffers are zeroed; second-moment buffers
-        (`SECOND_MOMENT_KEYS`) are set to the mean of their untouched entries, so the
-        unit's next steps have the layer's usual size.
-        Under both, averages of the parameter itself (`PARAMETER_KEYS`) take its new values.
+    The policies:
+
+    - ``"zero"``: every touched slice is zeroed. With Adam late in training this makes the
+      unit's first step ``≈ (1-β1)/sqrt(1-β2) ≈ 3.2×`` the learning rate.
+    - ``"mean_scale"``: first-moment (signed) buffers are zeroed; second-moment buffers
+      (`SECOND_MOMENT_KEYS`) are set to the mean of their untouched entries, so the unit's
+      next steps have the layer's usual size.
+    - Under both, averages of the parameter itself (`PARAMETER_KEYS`) take its new values.
 
     Args:
         state: ``optimizer.state[param]``, modified in place.
@@ -282,7 +288,7 @@ def clear_state_slices_(
             cleared in the rows of its group (`input_blocks`), a second moment refilled with
             the mean of that group's untouched entries.
 
-    Example:
+    Examples:
         >>> param = torch.zeros(3, 2)
         >>> state = {"step": torch.tensor(5.0), "exp_avg": torch.ones(3, 2),
         ...          "exp_avg_sq": torch.tensor([[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]])}
@@ -296,6 +302,9 @@ def clear_state_slices_(
     """
     if policy not in STATE_POLICIES:
         raise ValueError(f"unknown state_policy {policy!r}; expected one of {STATE_POLICIES}")
+    if is_sharded(param):
+        _clear_sharded_state_slices_(state, param, dim, index, policy, groups)
+        return
     blocks = input_blocks(param, index, groups) if groups > 1 else [(slice(None), index, index)]
     with torch.no_grad():
         for key, value in state.items():
@@ -319,3 +328,82 @@ def _mean_outside(value: Tensor, dim: int, index: Tensor) -> float:
     if not bool(keep.any()):
         return 0.0
     return float(value.index_select(dim, keep.nonzero().flatten()).float().mean())
+
+
+def write_slices_(tensor: Tensor, dim: int, index: Tensor, values: Tensor) -> None:
+    """``tensor.index_copy_(dim, index, values)``, written into this rank's part of a sharded
+    tensor (`gxd_optim.sharded.Shard`): along dim 0 the rows of ``index`` it holds, along
+    another dim its rows of ``values`` (which span the whole of dim 0).
+
+    Example:
+        >>> t = torch.zeros(2, 3)
+        >>> write_slices_(t, 1, torch.tensor([2]), torch.ones(2, 1))
+        >>> t[:, 2]
+        tensor([1., 1.])
+    """
+    part = shard_of(tensor)
+    with torch.no_grad():
+        if dim == 0:
+            at, rows = part.rows(index)
+            part.local.index_copy_(0, rows, values.index_select(0, at).to(part.local))
+        else:
+            mine = values.narrow(0, part.start, part.stop - part.start)
+            part.local.index_copy_(dim, index, mine.to(part.local))
+    mark_written(tensor)
+
+
+def fill_slices_(tensor: Tensor, dim: int, index: Tensor, value: float) -> None:
+    """``tensor.index_fill_(dim, index, value)``; of a sharded tensor, on this rank's part.
+
+    Example:
+        >>> t = torch.zeros(3)
+        >>> fill_slices_(t, 0, torch.tensor([1]), 2.0)
+        >>> t
+        tensor([0., 2., 0.])
+    """
+    if not is_sharded(tensor):
+        tensor.index_fill_(dim, index, value)
+        return
+    part = shard_of(tensor)
+    with torch.no_grad():
+        part.local.index_fill_(dim, part.rows(index)[1] if dim == 0 else index, value)
+    mark_written(tensor)
+
+
+def mark_written(tensor: Tensor) -> None:
+    """Count a write into a sharded tensor's local shard in the version of the tensor itself
+    (autograd and `gxd_optim.GXDReset.predicted_cost` read it); nothing for another tensor."""
+    if is_sharded(tensor):
+        torch.autograd.graph.increment_version(tensor)
+
+
+def _clear_sharded_state_slices_(
+    state: MutableMapping[str, Any],
+    param: Tensor,
+    dim: int,
+    index: Tensor,
+    policy: str,
+    groups: int,
+) -> None:
+    """`clear_state_slices_` of a parameter sharded on dim 0: each rank clears its part of
+    each touched slice; a second moment is refilled with the mean of the untouched entries of
+    every rank (one all-reduce of a sum and a count, which every rank issues)."""
+    blocks = input_blocks(param, index, groups) if groups > 1 else [(slice(None), index, index)]
+    own = shard_of(param)
+    with torch.no_grad():
+        for key, value in state.items():
+            if not isinstance(value, Tensor) or value.shape != param.shape:
+                continue
+            part = shard_of(value)
+            for rows, touched, _ in blocks:
+                block = part.block(rows)  # this rank's rows of the slices (maybe none)
+                at = touched.to(block.device)
+                at = part.rows(at)[1] if dim == 0 else at
+                if key in PARAMETER_KEYS:  # the parameter holds its new values already
+                    new = own.block(rows).index_select(dim, at)
+                    block.index_copy_(dim, at, new.to(block))
+                    continue
+                fill = 0.0
+                if policy == "mean_scale" and key in SECOND_MOMENT_KEYS:
+                    fill = part.mean_outside(block, dim, at)
+                block.index_fill_(dim, at, fill)

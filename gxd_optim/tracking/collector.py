@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..discovery.layers import canonical, dense_inputs, layer_params, reads_features
+from ..discovery.layers import canonical, dense_inputs, reads_features, whole_weight
 from ..hooks import OwnedHook
 from ..utilities import ConsumerView, Criterion, check_scores
 from . import kernels
@@ -255,8 +255,8 @@ class Collector:
         h, grad = (t.transpose(1, 2).reshape(t.shape[0], units, -1) for t in (h4, g4))
         mean = edge.mean_ema / edge.correction.clamp_min(TINY)
         producer, consumer = (self.modules[n] for n in (batch.layer.info.name, edge.edge.consumer))
-        producer_weight = canonical(layer_params(producer)[0], producer)
-        consumer_weight = dense_inputs(canonical(layer_params(consumer)[0], consumer), consumer)
+        producer_weight = canonical(whole_weight(producer), producer)  # gathered under FSDP2
+        consumer_weight = dense_inputs(canonical(whole_weight(consumer), consumer), consumer)
         view = ConsumerView(h, grad, edge.reference, mean, consumer_weight, producer_weight)
         scores = self.criterion.score(view)
         if self._unchecked:  # a user's callable: its scores are checked before they count

@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..discovery.layers import LayerInfo, canonical, layer_params
 from ..operator import unit_columns
+from ..sharded import is_sharded, sharded_cost, whole
 from ..utilities import Criterion, layer_normalised, predicted_cost, random_scores
 from . import kernels
 from .collector import Collector
@@ -270,8 +271,7 @@ class Tracker:
         With ``index``, only for those units (in that order), reading only their columns.
 
         Raises:
-            RuntimeError: a consumer has no gradient (before ``backward()``, or after
-                ``zero_grad()``).
+            RuntimeError: no consumer has a gradient (before ``backward()``/after ``zero_grad()``).
         """
         layer = self.layers[name]
         units = layer.utility_ema if index is None else layer.utility_ema.index_select(0, index)
@@ -301,6 +301,9 @@ class Tracker:
                 shift = None if reference is None else self._shift_gradient(name, edge, bias)
                 groups = int(getattr(consumer, "groups", 1))
                 k = edge.edge.columns_per_unit
+                if is_sharded(weight):  # FSDP2: summed over the ranks (a collective)
+                    cost += sharded_cost(consumer, weight, shift, reference, index, k).to(cost)
+                    continue
                 weight_grad = canonical(weight.grad, consumer)
                 weight = canonical(weight, consumer)
                 if index is not None and groups == 1:
@@ -350,8 +353,8 @@ class Tracker:
         assert norm.running_var is not None
         scale = torch.rsqrt(norm.running_var + norm.eps)
         if norm.weight is not None:
-            scale = scale * norm.weight
-        return scale * norm.bias.grad
+            scale = scale * whole(norm.weight)  # FSDP2 shards it, not the running statistics
+        return scale * whole(norm.bias.grad)
 
     def predicted_total(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale."""

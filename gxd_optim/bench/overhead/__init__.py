@@ -12,7 +12,7 @@ a bare step).
 The pipeline: `cases` → `arms` → `timing` (interleaved pairs, `TIMING_METHOD`) and `memory`
 (peaks, `MEMORY_METHOD`) → `measure` (one record per case, the report) → `report` (the table).
 
-Example:
+Examples:
     >>> from gxd_optim.bench.overhead import CASES
     >>> [(case.key, case.compares) for case in CASES[5:8]]
     [('f', 'wrapped / bare'), ('g', 'resetting / wrapped'), ('h', 'predicted-cost / bare')]

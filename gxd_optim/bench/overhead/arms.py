@@ -1,6 +1,6 @@
 """The two sides of every overhead case: the bare optimizer, or `GXDReset` doing one thing.
 
-Example:
+Examples:
     >>> sorted(ARMS)
     ['bare', 'contribution', 'predicted-cost', 'resetting', 'wrapped']
 """

@@ -1,6 +1,6 @@
 """What the overhead benchmark compares: the workloads, the cases, their limits, the settings.
 
-Example:
+Examples:
     >>> select_cases("a,cnn-b64-sgdm")
     ('mlp-b256-adam', 'cnn-b64-sgdm')
     >>> GOALS["mlp-b1-sgd"].max_ratio
@@ -192,7 +192,7 @@ def failed_goals(goal: Goal | None, ratio: float, memory_percent: float) -> list
         ``None`` without a goal; else the missed criteria (``"ratio"``, ``"memory"``), empty
         when the measurement is within the goal.
 
-    Example:
+    Examples:
         >>> failed_goals(Goal(1.03), 1.05, 0.5)
         ['ratio']
     """

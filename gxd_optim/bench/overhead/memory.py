@@ -4,7 +4,7 @@ On CPU the peaks come from the allocation and free events that `torch.profiler` 
 ``profile_memory=True``, read from its Chrome trace (`torch.profiler.profile.export_chrome_trace`);
 on CUDA from `torch.cuda.max_memory_allocated`.
 
-Example:
+Examples:
     >>> def memory(ts, total, change):
     ...     return {"name": "[memory]", "ph": "i", "ts": ts,
     ...             "args": {"Device Type": 0, "Total Allocated": total, "Bytes": change}}
@@ -207,7 +207,7 @@ def summarise_memory(baseline: tuple[int, int], candidate: tuple[int, int]) -> d
         ``increase_percent`` for the steady-state step, and the same with ``run_`` in front
         for the whole window (build and first steps included).
 
-    Example:
+    Examples:
         >>> summarise_memory((1200, 1000), (1260, 1015))["increase_percent"]
         1.5
     """

@@ -1,6 +1,6 @@
 """The overhead report in words: its table, each case's verdict, where it was measured.
 
-Example:
+Examples:
     >>> record = {"goal": {"max_ratio": 1.03, "max_memory_percent": 2.0},
     ...           "within_goal": False, "failed": ["ratio", "memory"],
     ...           "timing": {"ratio": {"median": 1.03031}},

@@ -5,7 +5,7 @@ turns pair by pair (A B, B A, ...) over several copies of each, so that a machin
 drifts slows both alike. The summary keeps every pair's ratio, which `Measurement` and
 `Compare` (per-statement times, their own table) have no place for.
 
-Example:
+Examples:
     >>> calls = []
     >>> base, cand = time_interleaved(
     ...     [lambda i: calls.append(("a0", i)), lambda i: calls.append(("a1", i))],
@@ -136,7 +136,7 @@ def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float,
     The interval's ends are order statistics chosen from the binomial distribution; with too
     few values to reach ``confidence`` (fewer than 6 at 95%) both ends are NaN.
 
-    Example:
+    Examples:
         >>> median_ci([float(v) for v in range(100)])
         (39.0, 60.0)
     """
@@ -174,7 +174,7 @@ def summarise_times(
         ``ratio_of_medians``, ``pairs``, the raw ``samples`` in ms, and ``per_copy``: the
         median times and ratio of each copy's pairs.
 
-    Example:
+    Examples:
         >>> times = summarise_times([0.010, 0.012, 0.011], [0.011, 0.012, 0.0121])
         >>> round(times["ratio"]["median"], 6), times["pairs"]
         (1.1, 3)
