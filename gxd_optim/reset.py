@@ -242,11 +242,12 @@ class GXDReset(Inspection, Checkpointing):
             return []
         self._selector.begin()
         committed = tracker.commit()
-        moved = self._binding.moved(set(tracker.layers) - set(committed))
-        if moved is not None:
-            tracker.rollback()
-            self._binding.retire(moved)
-            return []
+        if len(committed) < len(tracker.layers):  # only a layer that saw no data can have left
+            moved = self._binding.moved(set(tracker.layers).difference(committed))
+            if moved is not None:
+                tracker.rollback()
+                self._binding.retire(moved)
+                return []
         return committed
 
     def _choose(self, committed: list[str]) -> _Due:

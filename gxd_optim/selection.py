@@ -35,28 +35,35 @@ def accrue(budget: float, eligible: int, rate: float) -> float:
     return budget + rate * eligible if eligible > 0 else budget
 
 
-def lowest(utility: Tensor, eligible: Tensor, count: int) -> Tensor:
+def lowest(utility: Tensor, eligible: Tensor | None, count: int) -> Tensor:
     """Indices of the ``count`` eligible units of lowest utility, sorted by index.
 
-    Ties are broken by unit index, so the choice is deterministic.
+    Ties are broken by unit index, so the choice is deterministic. ``eligible`` is a mask, or
+    ``None`` when every unit is eligible (no mask to build and apply).
 
     Examples:
         >>> lowest(torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.tensor([True, True, True, False]), 2)
         tensor([1, 2])
+        >>> lowest(torch.tensor([3.0, 1.0, 2.0, 0.5]), None, 2)
+        tensor([1, 3])
     """
+    if eligible is None:
+        return torch.argsort(utility, stable=True)[:count].sort().values
     masked = torch.where(eligible, utility, torch.full_like(utility, float("inf")))
     order = torch.argsort(masked, stable=True)
     return order[: min(count, int(eligible.sum()))].sort().values
 
 
-def below(normalised: Tensor, eligible: Tensor, threshold: float) -> Tensor:
-    """Indices of the eligible units whose layer-normalised utility is ``<= threshold``.
+def below(normalised: Tensor, eligible: Tensor | None, threshold: float) -> Tensor:
+    """Indices of the eligible units whose layer-normalised utility is ``<= threshold``
+    (``eligible``: a mask, or ``None`` when every unit is).
 
     Examples:
         >>> below(torch.tensor([0.05, 1.2, 0.1, 0.0]), torch.tensor([True, True, True, False]), 0.1)
         tensor([0, 2])
     """
-    return torch.nonzero(eligible & (normalised <= threshold)).reshape(-1)
+    chosen = normalised <= threshold
+    return torch.nonzero(chosen if eligible is None else eligible & chosen).reshape(-1)
 
 
 class Candidates(Protocol):
@@ -99,14 +106,15 @@ class BudgetSelector:
         """Accrue, then spend whole units of the budget unless the step was bad."""
         if self.rate == 0:
             return None
-        budget = accrue(self.budgets.get(name, 0.0), layers.eligible(name), self.rate)
+        eligible = layers.eligible(name)
+        budget = accrue(self.budgets.get(name, 0.0), eligible, self.rate)
         self.budgets[name] = budget
         count = int(budget)
         if count < 1 or bad_step():
             return None
         self.budgets[name] = budget - count
         utility = layers.utilities(name)
-        return lowest(utility, layers.eligible_units(name).to(utility.device), count)
+        return lowest(utility, _mask(layers, name, eligible, utility), count)
 
     def begin(self) -> None:
         """Remember the budgets: a commit starts."""
@@ -137,11 +145,19 @@ class ThresholdSelector(BudgetSelector):
 
     def choose(self, name: str, layers: Candidates, bad_step: Callable[[], bool]) -> Tensor | None:
         """The units at or below the threshold, on the steps that are due."""
-        if layers.steps % self.interval or not layers.eligible(name) or bad_step():
+        eligible = 0 if layers.steps % self.interval else layers.eligible(name)
+        if not eligible or bad_step():
             return None
         utility = layers.utilities(name)
-        eligible = layers.eligible_units(name).to(utility.device)
-        return below(layer_normalised(utility), eligible, self.threshold)
+        mask = _mask(layers, name, eligible, utility)
+        return below(layer_normalised(utility), mask, self.threshold)
+
+
+def _mask(layers: Candidates, name: str, eligible: int, utility: Tensor) -> Tensor | None:
+    """Which units of a layer are eligible, on the utilities' device; ``None`` if all are."""
+    if eligible == utility.numel():
+        return None
+    return layers.eligible_units(name).to(utility.device)
 
 
 def selector_for(selection: str, rate: float, threshold: float, interval: int) -> BudgetSelector:

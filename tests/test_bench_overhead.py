@@ -92,7 +92,7 @@ def test_quick_overhead_writes_the_report(
 def test_case_selection_and_goals() -> None:
     assert select_cases("a,mlp-b1-sgd,a") == ("mlp-b256-adam", "mlp-b1-sgd")
     assert select_cases("all") == tuple(case.name for case in CASES)
-    assert [case.key for case in CASES] == list("abcdefghij")
+    assert [case.key for case in CASES] == list("abcdefghijklmnop")
     assert set(GOALS) <= {case.name for case in CASES}
     with pytest.raises(ValueError, match="unknown case"):
         select_cases("a,nonsense")
@@ -179,6 +179,7 @@ def test_the_table_says_which_figure_missed_its_goal() -> None:
             record("b", 1.0612, 2.5, Goal(1.05)),
             record("c", 1.02, 0.5, Goal(1.03)),
             record("d", 1.4, 20.0, None),
+            record("g", 1.6, 80.0, Goal(1.5, None)),  # no memory limit
         ]
     ).splitlines()[2:]
     assert rows[0].endswith(
@@ -186,6 +187,7 @@ def test_the_table_says_which_figure_missed_its_goal() -> None:
     )
     assert rows[1].endswith("| no (ratio 1.0612 > 1.05, memory +2.50% > +2%) |")
     assert rows[2].endswith("| yes |") and rows[3].endswith("| — | — |")
+    assert rows[4].endswith("| +80.00% | ratio ≤ 1.50 | no (ratio 1.6000 > 1.50) |")
     few = record("f", 1.02, 0.5, Goal(1.03))  # too few pairs for a 95% interval
     few["timing"]["ratio"]["median_ci95"] = [math.nan, math.nan]
     (row,) = overhead_table([few]).splitlines()[2:]
@@ -290,3 +292,36 @@ def test_workloads_build_the_shared_models_from_one_seed() -> None:
     ffn = by_key["f"].model()
     assert [type(m).__name__ for m in ffn] == ["Linear", "GELU", "Linear"]
     assert ffn[0].out_features == 4 * ffn[0].in_features == 1024
+
+
+def test_the_reinforcement_learning_cases() -> None:
+    """Stable-baselines3's default networks (2x64 tanh at batch 64, 2x256 ReLU at batch 256) and
+    the Nature DQN CNN at batch 32, each wrapped against bare and, resetting on every step in
+    every layer, against wrapped; the limits are the ones required."""
+    from gxd_optim.bench.overhead.arms import Arm
+
+    by_key = {case.key: case for case in CASES}
+    assert [by_key[k].compares for k in "klmnop"] == ["wrapped / bare"] * 3 + [
+        "resetting / wrapped"
+    ] * 3
+    assert [by_key[k].goal.max_ratio for k in "klmnop"] == [1.10, 1.05, 1.05, 1.5, 1.5, 1.5]
+    cpu = torch.device("cpu")
+    mlp64, mlp256, cnn = (by_key[k].workload for k in "klm")
+    assert [type(m).__name__ for m in mlp64.model()] == ["Linear", "Tanh"] * 2 + ["Linear"]
+    assert [m.out_features for m in mlp256.model() if isinstance(m, torch.nn.Linear)] == [
+        256,
+        256,
+        4,
+    ]
+    x, _ = cnn.batches(cpu, count=1)[0]
+    net = cnn.model()
+    assert x.shape == (32, 4, 84, 84) and net(x).shape == (32, 4)
+    convs = [(m.out_channels, m.kernel_size, m.stride) for m in net if hasattr(m, "stride")]
+    assert convs == [(32, (8, 8), (4, 4)), (64, (4, 4), (2, 2)), (64, (3, 3), (1, 1))]
+    for workload, layers in ((mlp64, ["0", "2"]), (cnn, ["0", "2", "4", "7"])):
+        arm = Arm("resetting", workload, workload.batches(cpu, count=2), cpu)
+        for i in range(3):
+            arm(i)
+        report = arm.report()
+        assert report["layers"] == layers
+        assert all(count >= 3 for count in report["resets"].values())  # every step, every layer

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import math
 import pickle
+import unittest.mock
 from collections.abc import Callable
 from typing import Any
 
@@ -341,6 +342,77 @@ def test_flat_and_segment_commits_agree(case: str, monkeypatch: pytest.MonkeyPat
     torch.testing.assert_close(results[0], results[1])
 
 
+def _run(case: str, steps: int, plain_step: bool = False, **settings: Any) -> dict[str, Any]:
+    """Train ``case`` with ``steps`` steps (an overflowing batch at step 1, two backward passes at
+    step 2, one with ``create_graph``); its statistics, their buffers and its resets."""
+    make, shape = CASES[case]
+    torch.manual_seed(0)
+    model = make().double()
+    inner = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = GXDReset(inner, model, maturity=1, replacement_rate=0.3, **settings)
+    for step in range(steps):
+        opt.zero_grad()
+        for backward in range(2 if step == 2 else 1):
+            x = torch.randn(shape, dtype=torch.float64)
+            loss = model(x * torch.inf if step == 1 else x).pow(2).sum()
+            loss.backward(create_graph=backward == 1)
+        if step == 1:  # statistics that overflow, weights that stay finite
+            for param in model.parameters():
+                param.grad = None
+        if plain_step:  # the commit and the deferred reductions under no_grad
+            with torch.no_grad():
+                opt.step()
+        else:
+            opt.step()
+    assert opt.tracker is not None
+    slabs = [slab.state.clone() for slab in opt.tracker.stats.slabs.values()]
+    log = [(r.step, r.layer, r.units) for r in opt.reset_log]
+    return {"stats": opt.state_dict()["gxd_reset"]["stats"], "slabs": slabs, "log": log}
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["log"] == b["log"]
+    torch.testing.assert_close(a["stats"], b["stats"], rtol=0, atol=0)
+    torch.testing.assert_close(a["slabs"], b["slabs"], rtol=0, atol=0)
+
+
+_SCALE = torch.ones((), dtype=torch.float64, requires_grad=True)
+
+
+def _scaled_activation(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
+    """A user's criterion that reads a tensor requiring grad."""
+    return h.abs().mean(-1) * _SCALE
+
+
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph=True")
+@pytest.mark.parametrize(
+    "utility", ["gxd", "contribution", _scaled_activation], ids=["gxd", "contribution", "custom"]
+)
+@pytest.mark.parametrize("case", ["mlp", "mlp-plain", "mlp-mixed", "cnn-padded"])
+def test_commits_and_deferred_reductions_need_no_no_grad(case: str, utility: Any) -> None:
+    """The commit and the deferred reductions of GXD run in grad mode, as ``step()`` is called,
+    and give exactly what they give under ``no_grad``, with no statistic requiring grad (a
+    user's criterion may read tensors that require grad: its deferred reductions still run
+    under ``no_grad``)."""
+    fast = _run(case, 5, utility=utility)
+    plain = _run(case, 5, plain_step=True, utility=utility)
+    _same(fast, plain)
+    assert not any(slab.requires_grad for slab in fast["slabs"])
+    assert fast["log"] and all(slab.isfinite().all() for slab in fast["slabs"])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_host_and_the_device_finiteness_checks_agree(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the finiteness of a commit on the host (every statistic on the CPU) leaves
+    exactly what the device path leaves, the overflowing step included."""
+    host = _run(case, 5)
+    monkeypatch.setattr(kernels, "DEFAULT_LIMITS", kernels.Limits(host_reads=False))
+    _same(host, _run(case, 5))
+    assert host["log"]
+
+
 def _pickled(obj: Any) -> Any:
     return pickle.loads(pickle.dumps(obj))
 
@@ -358,8 +430,8 @@ def _saved(obj: Any) -> Any:
 def test_copies_keep_the_statistics_views_on_their_own_buffers(
     duplicate: Callable[[Any], Any],
 ) -> None:
-    """deepcopy, pickle and torch.save copy the flat buffers once: the per-layer statistics and
-    ages are views of the copy's buffers and follow its commits."""
+    """deepcopy, pickle and torch.save copy the flat buffers once: the per-layer statistics are
+    views of the copy's buffers and follow its commits, and so do the ages."""
     make, shape = CASES["mlp"]
     model = make()
     opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
@@ -380,10 +452,6 @@ def test_copies_keep_the_statistics_views_on_their_own_buffers(
     (slab,) = tracker.stats.slabs.values()
     for layer in tracker.layers.values():
         assert layer.age.tolist() == [3] * layer.info.num_units
-        assert (
-            layer.age.untyped_storage().data_ptr()
-            == tracker.stats.ages.untyped_storage().data_ptr()
-        )
         stats = [layer.utility_ema, layer.correction, layer.pending_abs]
         stats += [t for e in layer.edges for t in (e.mean_ema, e.reference, e.pending_h)]
         buffers = {
@@ -660,37 +728,60 @@ def test_consumer_inputs_are_freed_with_what_autograd_saved() -> None:
 @given(
     maturity=st.integers(0, 6),
     actions=st.lists(
-        st.one_of(st.just("step"), st.just("reload"), st.lists(st.integers(0, 5), max_size=3)),
+        st.one_of(
+            st.sampled_from(["step", "first-only", "raise", "reload"]),
+            st.tuples(st.sampled_from(["0", "2"]), st.lists(st.integers(0, 4), max_size=3)),
+        ),
         max_size=25,
     ),
 )
-def test_the_host_eligible_count_follows_the_ages(maturity: int, actions: list[Any]) -> None:
-    """``Tracker.eligible`` equals ``(age > maturity).sum()`` through steps, resets and loads."""
-    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
-    opt = GXDReset(
-        torch.optim.SGD(model.parameters(), lr=0.01), model, maturity=maturity, replacement_rate=0.0
-    )
+def test_the_ages_and_the_host_eligible_count_follow_a_plain_count(
+    maturity: int, actions: list[Any]
+) -> None:
+    """A unit's age (its layer's commits since the unit was last reset) equals a plain count
+    through steps, steps in which one layer sees no data, steps whose inner optimizer raises,
+    resets and reloads; ``Tracker.eligible`` equals ``(age > maturity).sum()`` throughout."""
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
     x = torch.randn(4, 3)
+
+    def wrap() -> GXDReset:
+        inner = torch.optim.SGD(model.parameters(), lr=0.01)
+        return GXDReset(inner, model, maturity=maturity, replacement_rate=0.0)
+
+    opt = wrap()
+    ages = {"0": [0] * 6, "2": [0] * 5}  # the plain count
     for action in ["step", *actions]:
-        if action == "step":
+        if action in ("step", "first-only", "raise"):
             opt.zero_grad()
-            model(x).pow(2).mean().backward()
+            if action == "first-only":  # layer 2's consumer never runs: only layer 0 commits
+                model[:3](x).pow(2).mean().backward()
+            else:
+                model(x).pow(2).mean().backward()
+            if action == "raise":  # the step does not happen: nothing is committed
+                failing = unittest.mock.patch.object(
+                    opt.optimizer, "step", side_effect=RuntimeError("inner")
+                )
+                with pytest.raises(RuntimeError, match="inner"), failing:
+                    opt.step()
+                continue
             opt.step()
+            for name in ages if action == "step" else ["0"]:
+                ages[name] = [age + 1 for age in ages[name]]
         elif action == "reload":  # a fresh wrapper, its ages from the checkpoint
             state = opt.state_dict()
             opt.close()
-            opt = GXDReset(
-                torch.optim.SGD(model.parameters(), lr=0.01),
-                model,
-                maturity=maturity,
-                replacement_rate=0.0,
-            )
+            opt = wrap()
             opt.load_state_dict(state)
         else:
-            opt.reset_units("0", sorted(set(action)))
+            name, units = action
+            units = sorted({u for u in units if u < len(ages[name])})
+            opt.reset_units(name, units)
+            ages[name] = [0 if i in units else age for i, age in enumerate(ages[name])]
         assert opt.tracker is not None
-        layer = opt.tracker.layers["0"]
-        assert opt.tracker.eligible("0") == int((layer.age > maturity).sum())
+        for name, expected in ages.items():
+            layer = opt.tracker.layers[name]
+            assert layer.age.tolist() == expected
+            assert opt.tracker.eligible(name) == sum(age > maturity for age in expected)
 
 
 def test_a_pair_keeps_a_bounded_number_of_plans() -> None:

@@ -22,7 +22,7 @@ from ..discovery.layers import canonical, dense_inputs, reads_features, whole_we
 from ..hooks import OwnedHook
 from ..utilities import ConsumerView, Criterion, check_scores
 from . import kernels
-from .storage import TINY, Batch, EdgeStats, Statistics
+from .storage import TINY, Batch, EdgeStats, Slab, Statistics
 
 __all__ = ["Collector"]
 
@@ -137,41 +137,47 @@ class Collector:
 
     def flush(self) -> None:
         """Reduce the deferred small inputs: together where they allow it, else one by one."""
+        if not self._deferred:
+            return
         deferred, self._deferred = self._deferred, []
-        together = (
-            len(deferred) > 1 and self.criterion.streamed and all(_plain(*p) for p in deferred)
-        )
-        if together and len({h.shape[0] for _, _, h, _ in deferred}) == 1:
+        samples = deferred[0][2].shape[0]
+        if (
+            len(deferred) > 1
+            and self.criterion.streamed
+            and all(_plain(*p) and p[2].shape[0] == samples for p in deferred)
+        ):
             self._reduce_together(deferred)
             return
+        # GXD reads only the detached inputs: no graph to keep them off (other criteria read
+        # the weights, which require grad)
+        reduce = self._reduce if self.criterion.streamed else self.reduce
         for pair in deferred:
-            self.reduce(*pair)
+            reduce(*pair)
 
     def _reduce_together(self, deferred: list[tuple[EdgeStats, Batch, Tensor, Tensor]]) -> None:
         """GXD of plain ``[N, U]`` inputs of several single-consumer layers in one pass.
 
         The same sums as `_reduce` for each pair: ``Σ_x |g·(h − r)|`` per layer and ``Σ_x h``
-        per mean-reference pair. When the inputs are those of every pair of a slab whose
-        layers have one consumer each, the sums go into the slab's buffers in two products.
+        per mean-reference pair. When the inputs are those of every pair of the only slab,
+        whose layers have one consumer each, the sums go into its buffers in two products.
         """
-        slab = self.stats.slab(self.modules[deferred[0][0].edge.consumer])
-        whole = (
-            slab.one_consumer_each
-            and len(self.stats.slabs) == 1
-            and len(deferred) == len(slab.edges)
-        )
-        if whole:
+        slabs = list(self.stats.slabs.values())
+        whole: Slab | None = None  # the only slab, when these are all its pairs (in its order)
+        if len(slabs) == 1 and slabs[0].one_consumer_each and len(deferred) == len(slabs[0].edges):
             deferred = sorted(deferred, key=lambda pair: pair[0].position)
-            whole = all(pair[0] is edge for pair, edge in zip(deferred, slab.edges, strict=True))
+            if all(pair[0] is edge for pair, edge in zip(deferred, slabs[0].edges, strict=True)):
+                whole = slabs[0]
         edges = [edge for edge, _, _, _ in deferred]  # in the order of the columns below
         # The deferred tensors are detached: nothing here can enter a graph.
         h = torch.cat([h for _, _, h, _ in deferred], 1)
         grad = torch.cat([g for _, _, _, g in deferred], 1)
-        reference = slab.pair_reference if whole else torch.cat([e.reference for e in edges])
+        reference = (
+            torch.cat([e.reference for e in edges]) if whole is None else whole.pair_reference
+        )
         abs_sum = (h - reference).mul_(grad).abs_().sum(0)  # Σ |g·(h − r)|
-        if whole:  # Σ h where the mask is 1 (r is 0 where it is 0)
-            slab.pair_pending.addcmul_(h.sum(0), slab.pair_mask)
-            slab.layer_pending.add_(abs_sum)
+        if whole is not None:  # Σ h where the mask is 1 (r is 0 where it is 0)
+            whole.pair_pending.addcmul_(h.sum(0), whole.pair_mask)
+            whole.layer_pending.add_(abs_sum)
         else:
             sizes = [edge.reference.numel() for edge in edges]
             layers = [b.layer.pending_abs for _, b, _, _ in deferred]
@@ -189,8 +195,12 @@ class Collector:
         """Fold one consumer's ``(h, ∂ℓ/∂h)`` into the pending statistics."""
         if torch.is_grad_enabled():  # a backward with create_graph: keep this off the graph
             with torch.no_grad():
-                self.reduce(edge, batch, h, grad)
+                self._reduce(edge, batch, h, grad)
             return
+        self._reduce(edge, batch, h, grad)
+
+    def _reduce(self, edge: EdgeStats, batch: Batch, h: Tensor, grad: Tensor) -> None:
+        """`reduce` where nothing it computes can enter a graph."""
         layer = batch.layer
         units = layer.info.num_units
         plan = edge.plans.get(h.shape)

@@ -6,16 +6,17 @@ which every layer and pair saw data updates all of them with a handful of kernel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import accumulate
 
 import torch
 from torch import Tensor, nn
 
 from ..discovery.layers import Edge, LayerInfo, layer_params, reads_features
 from .kernels import Plan
+from .kernels import finite as finite_of
 
 __all__ = ["TINY", "Batch", "EdgeStats", "LayerStats", "Slab", "Statistics"]
 
@@ -62,9 +63,10 @@ class LayerStats:
         utility_ema: EMA of ``mean_x |a_i(x)|`` (not bias-corrected).
         correction: EMA of 1 over the same steps, ``1 - decay**age``: the Adam-style bias
             correction of every EMA of the layer, kept on the statistics' device.
-        age: committed steps since each unit's last reset, on the host (eligibility is
-            counted there, so the step never waits for the device).
-        commits: committed steps of the layer, the clock of ``age``.
+        born: ``commits`` when each unit was last reset, on the host: a unit's ``age`` is
+            ``commits − born``, so a commit advances one counter per layer, never a tensor
+            (eligibility is counted on the host too, so the step never waits for the device).
+        commits: committed steps of the layer, the clock of ``born`` and ``age``.
         eligible_count: units older than the tracker's maturity; recounted from ``age`` only
             once ``commits`` reaches ``recount_at`` (see `Tracker.eligible`).
     """
@@ -72,15 +74,20 @@ class LayerStats:
     info: LayerInfo
     utility_ema: Tensor
     correction: Tensor
-    age: Tensor
+    born: Tensor
     edges: list[EdgeStats]
     pending_abs: Tensor
     pending_samples: int = 0
     resets: int = 0
     open_batches: list[Batch] = field(default_factory=list)
-    commits: int = 0  # committed steps of this layer: the clock that ``age`` counts in
+    commits: int = 0  # committed steps of this layer: the clock that ``born`` counts in
     eligible_count: int = 0  # units older than maturity, valid while ``commits < recount_at``
     recount_at: int = 0
+
+    @property
+    def age(self) -> Tensor:
+        """Committed steps since each unit's last reset (int64, on the host; a new tensor)."""
+        return self.commits - self.born
 
     @property
     def has_pending(self) -> bool:
@@ -157,13 +164,18 @@ class Slab:
         self.state = zeros(4, self.size)  # one buffer: a step's state is copied in one kernel
         self.saved = zeros(2, self.size)  # ema and norm before a commit (see `Tracker.commit`)
         self.state[1].fill_(TINY)  # a bias correction is never 0: r = ema / norm needs no clamp
-        self.unbind()
         self.mask, self.scale = zeros(self.size), zeros(self.size)  # scale: 1 / counts
         self.ends = torch.ones(2, self.size, dtype=self.dtype, device=self.device)
+        self.unbind()
 
     def unbind(self) -> None:
-        """``ema``, ``norm``, ``reference`` and ``pending``: the rows of `state`."""
+        """``ema``, ``norm``, ``reference`` and ``pending``: the rows of `state`; ``emas``:
+        its first two rows (what a commit folds) and ``batch_means``: the first row of `ends`.
+
+        (Made once: a view costs as much as a small kernel, and a commit needs these.)
+        """
         self.ema, self.norm, self.reference, self.pending = self.state.unbind(0)
+        self.emas, self.batch_means = self.state[:2], self.ends[0]
 
     def take(self, units: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The next segment's views: EMA, its bias correction, reference, pending sum, mask."""
@@ -224,7 +236,7 @@ class Slab:
             for part, n in zip(self._segments, counts, strict=True):
                 self.scale[part].fill_(1.0 / n)
             self._scaled_for = counts
-        means = torch.mul(self.pending, self.scale, out=self.ends[0])
+        means = torch.mul(self.pending, self.scale, out=self.batch_means)
         return torch.dot(means, means)
 
     def fold(self, finite: Tensor | bool, decay: float) -> None:
@@ -237,9 +249,9 @@ class Slab:
         `saved` (the copy `Tracker.commit` took first); as a Python bool, nothing is folded.
         """
         if finite is not False:
-            self.state[:2].lerp_(self.ends, 1.0 - decay)
+            self.emas.lerp_(self.ends, 1.0 - decay)
             if finite is not True:
-                torch.where(finite, self.state[:2], self.saved[:2], out=self.state[:2])
+                torch.where(finite, self.emas, self.saved, out=self.emas)
             self.refresh()
 
     def refresh(self) -> None:
@@ -251,8 +263,7 @@ class Slab:
 
 class Statistics:
     """Every statistic of the tracked layers: the `LayerStats` by producer, each with its
-    `EdgeStats`, as views into one `Slab` per device and dtype, and the units' ages (on the
-    host, in one int64 tensor).
+    `EdgeStats`, as views into one `Slab` per device and dtype.
 
     Args:
         layers: eligible producers.
@@ -262,14 +273,14 @@ class Statistics:
         layers: `LayerStats` by producer name, in the order of ``layers``.
         readers: ``(producer, pair)`` by consumer name.
         slabs: the `Slab` per (device, dtype).
-        ages: every unit's age, consecutive per layer (each ``LayerStats.age`` is a view).
+        in_order: the `LayerStats` of ``layers``, listed once (a commit visits them all).
+        on_host: whether every slab lives on the CPU.
     """
 
     def __init__(self, layers: Mapping[str, LayerInfo], modules: Mapping[str, nn.Module]) -> None:
         self.layers: dict[str, LayerStats] = {}
         self.readers: dict[str, tuple[str, EdgeStats]] = {}
         self.slabs: dict[tuple[torch.device, torch.dtype], Slab] = {}
-        self.ages = torch.zeros(sum(i.num_units for i in layers.values()), dtype=torch.int64)
         for info in layers.values():
             self.slab(modules[info.name]).size += info.num_units * (1 + len(info.edges))
         for slab in self.slabs.values():
@@ -292,11 +303,11 @@ class Statistics:
                 slab.owners.append(edge)  # owners follow the order of the `take` calls
             slab.pair_units += info.num_units * len(info.edges)
             slab.one_consumer_each &= len(info.edges) == 1
-        ages = self._age_views([info.num_units for info in layers.values()])
-        for (name, info), age in zip(layers.items(), ages, strict=True):
+        for name, info in layers.items():
             slab = self.slab(modules[name])
             ema, norm, _, pending, _ = slab.take(info.num_units)
-            stats = LayerStats(info, ema, norm, age, edges_of[name], pending)
+            born = torch.zeros(info.num_units, dtype=torch.int64)
+            stats = LayerStats(info, ema, norm, born, edges_of[name], pending)
             slab.owners.append(stats)
             self.layers[name] = stats
             for edge in stats.edges:
@@ -305,20 +316,30 @@ class Statistics:
                     edge.reference_mask.fill_(1.0)
         for slab in self.slabs.values():
             slab.split()
+        self.in_order = list(self.layers.values())
+        self.on_host = all(slab.device.type == "cpu" for slab in self.slabs.values())
 
-    def _age_views(self, units: list[int]) -> list[Tensor]:
-        """Consecutive views of `ages`, one per layer of ``units`` units."""
-        ends = list(accumulate(units))
-        return [self.ages[end - n : end] for end, n in zip(ends, units, strict=True)]
+    def fold(self, counts: list[list[int]], decay: float, host_reads: bool) -> Tensor | bool:
+        """Fold every slab's pending means (every count positive, `Slab.counts`) into its EMAs;
+        return whether they were finite and sane (`kernels.finite`): read on the host where
+        ``host_reads`` allows it and every slab lives on the CPU, else a 0-d bool tensor whose
+        value nothing reads (`Slab.fold`)."""
+        slabs = self.slabs.values()
+        squares = [slab.means(c) for slab, c in zip(slabs, counts, strict=True)]
+        if host_reads and self.on_host:
+            finite = all(math.isfinite(float(t)) for t in squares)
+            for slab in slabs:
+                slab.fold(finite, decay)
+            return finite
+        on_device = finite_of(squares)
+        for slab in slabs:
+            slab.fold(on_device.to(slab.device), decay)
+        return on_device
 
     def relink(self) -> None:
         """Make every statistic a view of its buffer again (after plain unpickling)."""
         for slab in self.slabs.values():
             slab.relink()
-        layers = list(self.layers.values())
-        ages = self._age_views([layer.info.num_units for layer in layers])
-        for layer, age in zip(layers, ages, strict=True):
-            layer.age = age
 
     def slab(self, module: nn.Module) -> Slab:
         """The slab for a layer's device and dtype (created empty if new)."""

@@ -101,31 +101,22 @@ class Tracker:
         self.settle()
         if self.before_commit is not None:
             self.before_commit(self)
-        layers = [layer for layer in self.layers.values() if layer.has_pending]
-        self._committed = layers
-        counts = [slab.counts() for slab in self.stats.slabs.values()]
         self._undo = (self.finite,)
+        slabs = self.stats.slabs.values()
+        counts = [slab.counts() for slab in slabs]
+        flat = self.limits.flat_commits and all(all(c) for c in counts)  # every segment saw data
+        every = self.stats.in_order
+        layers = every if flat else [layer for layer in every if layer.has_pending]
+        self._committed = layers
         if not layers:
             return []
         self.steps += 1
-        slabs = list(self.stats.slabs.values())
-        with torch.no_grad():
-            for slab in slabs:
-                slab.saved.copy_(slab.state[:2])
-            if self.limits.flat_commits and all(
-                all(c) for c in counts
-            ):  # every segment saw data: whole buffers at once
-                squares = [slab.means(c) for slab, c in zip(slabs, counts, strict=True)]
-                if self.limits.host_reads and all(slab.device.type == "cpu" for slab in slabs):
-                    self.finite = all(math.isfinite(float(t)) for t in squares)
-                    for slab in slabs:
-                        slab.fold(self.finite, self.decay)
-                else:
-                    self.finite = finite = kernels.finite(squares)
-                    for slab in slabs:
-                        slab.fold(finite.to(slab.device), self.decay)
-                self.stats.ages += 1
-            else:
+        for slab in slabs:
+            slab.saved.copy_(slab.emas)
+        if flat:  # whole buffers at once (no statistic requires grad: no `no_grad` needed)
+            self.finite = self.stats.fold(counts, self.decay, self.limits.host_reads)
+        else:
+            with torch.no_grad():
                 self._commit_segments(layers)
         for layer in layers:
             layer.commits += 1
@@ -157,11 +148,10 @@ class Tracker:
         self.steps -= 1
         with torch.no_grad():
             for slab in self.stats.slabs.values():
-                slab.state[:2].copy_(slab.saved)
+                slab.emas.copy_(slab.saved)
                 slab.refresh()
         for layer in layers:
-            layer.age -= 1
-            layer.commits -= 1
+            layer.commits -= 1  # and with it every unit's age
             layer.recount_at = 0  # the cached eligible count was for the later ages
 
     def settle(self) -> None:
@@ -171,9 +161,10 @@ class Tracker:
         in the order of additions.
         """
         self.flush()
-        for layer in self.layers.values():
-            for batch in list(layer.open_batches):
-                batch.close()
+        for layer in self.stats.in_order:
+            if layer.open_batches:
+                for batch in list(layer.open_batches):
+                    batch.close()
 
     def _commit_segments(self, layers: list[LayerStats]) -> None:
         """Commit segment by segment, skipping those that saw no data."""
@@ -192,17 +183,14 @@ class Tracker:
             ema.lerp_(mean, 1.0 - self.decay)
             norm.mul_(self.decay).add_(1.0 - self.decay)  # the EMA of 1
         for slab in self.stats.slabs.values():  # an overflowing step puts every EMA back
-            torch.where(
-                self.finite.to(slab.device), slab.state[:2], slab.saved[:2], out=slab.state[:2]
-            )
+            torch.where(self.finite.to(slab.device), slab.emas, slab.saved, out=slab.emas)
         for layer in layers:
-            layer.age += 1
             self.refresh_references(layer)
 
     def discard(self) -> None:
         """Drop statistics of backward passes that no step committed."""
         self.collector.forget()
-        dirty = [layer for layer in self.layers.values() if layer.has_pending or layer.open_batches]
+        dirty = [layer for layer in self.stats.in_order if layer.has_pending or layer.open_batches]
         for layer in dirty:
             layer.open_batches.clear()
         self._clear_pending(dirty)
@@ -243,7 +231,8 @@ class Tracker:
         """
         layer = self.layers[name]
         if layer.commits >= layer.recount_at:
-            young = layer.age[~self.eligible_units(name)]
+            age = layer.age
+            young = age[age <= self.maturity]
             layer.eligible_count = layer.info.num_units - young.numel()
             if young.numel():  # the oldest young unit comes of age after this many commits
                 layer.recount_at = layer.commits + self.maturity + 1 - int(young.max())
@@ -375,7 +364,7 @@ class Tracker:
         layer = self.layers[name]
         layer.recount_at = 0  # ages changed: recount the eligible units
         with torch.no_grad():
-            layer.age.index_fill_(0, index.cpu(), 0)
+            layer.born.index_fill_(0, index.cpu(), layer.commits)
             for t in (layer.utility_ema, layer.pending_abs):
                 t.index_fill_(0, index, 0.0)
             layer.correction.index_fill_(0, index, TINY)  # never 0: see `TINY`
@@ -398,7 +387,7 @@ class Tracker:
             name: {
                 "utility_ema": layer.utility_ema.detach().clone(),
                 "weight_ema": layer.correction.detach().clone(),
-                "age": layer.age.detach().clone(),
+                "age": layer.age,
                 "mean_ema": [e.mean_ema.detach().clone() for e in layer.edges],
                 "edge_weight_ema": [e.correction.detach().clone() for e in layer.edges],
                 "resets": layer.resets,
@@ -425,7 +414,7 @@ class Tracker:
                 layer = self.layers[name]
                 _copy(layer.utility_ema, saved["utility_ema"])
                 _copy(layer.correction, saved["weight_ema"])
-                _copy(layer.age, saved["age"])
+                _copy(layer.born, layer.commits - saved["age"])
                 layer.correction.clamp_min_(TINY)  # never 0 (format 1 saved 0 for fresh units)
                 layer.recount_at = 0  # ages were replaced
                 layer.resets = int(saved["resets"])

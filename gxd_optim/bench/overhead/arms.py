@@ -15,14 +15,12 @@ import torch
 from torch import Tensor
 
 from ... import GXDReset
-from .cases import MLP_SIZES, Batch, Workload
+from .cases import Batch, Workload
 
-__all__ = ["ARMS", "NO_RESET_MATURITY", "RESET_RATE", "Arm", "copies_report"]
+__all__ = ["ARMS", "NO_RESET_MATURITY", "Arm", "copies_report"]
 
 NO_RESET_MATURITY = 10**9
 """``maturity`` of the arms that must not reset: no unit gets old enough during a run."""
-RESET_RATE = 1.0 / MLP_SIZES[1]
-"""``replacement_rate`` of the resetting arm: one unit per 2000-unit layer on every step."""
 
 ARMS: Mapping[str, str] = MappingProxyType(
     {
@@ -32,8 +30,9 @@ ARMS: Mapping[str, str] = MappingProxyType(
             f"maturity={NO_RESET_MATURITY} (no reset can happen): one training step per call"
         ),
         "resetting": (
-            f"GXDReset(optimizer, model, maturity=0, replacement_rate=1/{MLP_SIZES[1]}): one "
-            "training step per call, each resetting about one unit per 2000-unit layer"
+            "GXDReset(optimizer, model, maturity=0, replacement_rate=the workload's reset_rate): "
+            "one training step per call, each resetting whole units in every layer (one per "
+            "step in the narrowest: one per 2000-unit layer for the large MLP)"
         ),
         "predicted-cost": (
             f"GXDReset(optimizer, model, maturity={NO_RESET_MATURITY}) after one training step "
@@ -52,7 +51,7 @@ ARMS: Mapping[str, str] = MappingProxyType(
 _WRAPPER_SETTINGS: Mapping[str, dict[str, Any]] = MappingProxyType(
     {
         "wrapped": {"maturity": NO_RESET_MATURITY},
-        "resetting": {"maturity": 0, "replacement_rate": RESET_RATE},
+        "resetting": {"maturity": 0},  # and the workload's reset_rate
         "predicted-cost": {"maturity": NO_RESET_MATURITY},
         "contribution": {"maturity": NO_RESET_MATURITY, "utility": "contribution"},
     }
@@ -79,9 +78,10 @@ class Arm:
         self.batches = batches
         self.model = workload.model().to(device)
         inner = workload.optimizer(self.model.parameters())
-        self.wrapper = (
-            GXDReset(inner, self.model, **_WRAPPER_SETTINGS[kind]) if kind != "bare" else None
-        )
+        settings = dict(_WRAPPER_SETTINGS.get(kind, {}))
+        if kind == "resetting":
+            settings["replacement_rate"] = workload.reset_rate
+        self.wrapper = GXDReset(inner, self.model, **settings) if kind != "bare" else None
         self.optimizer: torch.optim.Optimizer = inner if self.wrapper is None else self.wrapper
         self.steps = 0
         self._names: list[str] = []
