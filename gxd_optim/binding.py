@@ -327,12 +327,22 @@ class ModelBinding:
         moved = self._watch.moved(touched) if self._watch is not None else None
         if moved:
             return moved
-        named = dict(unwrap_model(self.model).named_modules())
-        for module_name in touched:
-            for attr, param in layer_tensors(named[module_name]):
+        for module_name, module in self.touched_modules(name).items():
+            for attr, param in layer_tensors(module):
                 if not param.requires_grad:
                     return f"`{module_name}.{attr}` was frozen (requires_grad=False)"
         return ""
+
+    def touched_modules(self, name: str) -> dict[str, nn.Module]:
+        """The modules a reset of layer ``name`` writes, by name: the watched ones (the model
+        still holds them once `unwritable` said so), else looked up in the model."""
+        touched = self.layers[name].touched
+        if self._watch is not None:
+            installed = self._watch.installed()
+            if all(n in installed for n in touched):
+                return {n: installed[n] for n in touched}
+        named = dict(unwrap_model(self.model).named_modules())
+        return {n: named[n] for n in touched}
 
     def refuse_unseen_gradients(self) -> None:
         """Before the units are known: fail if a backward reached the model's layers unseen.

@@ -5,11 +5,13 @@ the states of chained transformations)."""
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.optim import optimizer as _optim
 
 __all__ = ["DelegatingOptimizer"]
 
@@ -42,8 +44,15 @@ class DelegatingOptimizer(torch.optim.Optimizer):
         self._optimizer_load_state_dict_post_hooks: OrderedDict[int, Callable[..., Any]] = (
             OrderedDict()
         )
-        self._patch_step_function()
+        self._patch_step_function()  # a no-op: `__init_subclass__` hooked `step` already
         self.optimizer = optimizer
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Give ``cls.step`` what ``torch.optim.Optimizer`` wraps every ``step`` in (step
+        hooks, the profiler's label), at no cost while there is neither hook nor profiler."""
+        super().__init_subclass__(**kwargs)
+        if "step" in cls.__dict__ and not getattr(cls.step, "hooked", False):
+            cls.step = _hooked(cls.step)  # type: ignore[method-assign]
 
     @property  # type: ignore[override]
     def param_groups(self) -> list[dict[str, Any]]:
@@ -148,3 +157,24 @@ class DelegatingOptimizer(torch.optim.Optimizer):
         state = self.__dict__.copy()
         state.pop("step", None)  # an LR scheduler's per-instance wrapper of the original's step
         return state
+
+
+def _hooked(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` through ``torch.optim.Optimizer.profile_hook_step`` only where that does
+    something: a step hook is registered (on the optimizer or globally) or a profiler runs."""
+    full = torch.optim.Optimizer.profile_hook_step(step)
+
+    @functools.wraps(step)
+    def wrapper(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
+        if (
+            self._optimizer_step_pre_hooks
+            or self._optimizer_step_post_hooks
+            or _optim._global_optimizer_pre_hooks
+            or _optim._global_optimizer_post_hooks
+            or torch._C._autograd._profiler_enabled()
+        ):
+            return full(self, *args, **kwargs)
+        return step(self, *args, **kwargs)
+
+    wrapper.hooked = True  # type: ignore[attr-defined]
+    return wrapper

@@ -19,7 +19,7 @@ from . import amp, checkpoint
 from .binding import ModelBinding
 from .checkpoint import Checkpointing
 from .config import Config, check_wrap
-from .discovery import explicit_layers, unwrap_model
+from .discovery import explicit_layers
 from .inspection import Inspection
 from .operator import apply_reset_, unit_indices
 from .records import ResetHook, ResetLog, ResetRecord
@@ -269,17 +269,20 @@ class GXDReset(Inspection, Checkpointing):
             if why:
                 self._binding.retire(why)
                 return
-            self._reset(name, index, predicted)
+            self._reset(name, index, predicted, chosen=True)
 
-    def _reset(self, name: str, index: Tensor, predicted: float) -> None:
+    def _reset(self, name: str, index: Tensor, predicted: float, chosen: bool = False) -> None:
+        """Reset units ``index`` of layer ``name`` (``chosen``: by the selector, among the
+        eligible units) and record it."""
         tracker = self._binding.require_tracker()
         for hook in list(self._reset_pre_hooks.values()):
             hook(name, index.clone())
-        named = dict(unwrap_model(self.model).named_modules())
+        named = self._binding.touched_modules(name)  # `unwritable` checked them just now
         policy = self.config.state_policy
         state = optimizer_state(self.optimizer)  # ZeroRedundancyOptimizer: this rank's
-        apply_reset_(named, self._plan(name), index, self._generator, state, policy)
-        tracker.restart(name, index)
+        with torch.no_grad():  # one switch for every write below
+            apply_reset_(named, self._plan(name), index, self._generator, state, policy)
+            tracker.restart(name, index, eligible=chosen)
         tracker.layers[name].resets += int(index.numel())
         self._reset_log.append(ResetRecord(tracker.steps, name, int(index.numel()), predicted))
         for hook in list(self._reset_hooks.values()):

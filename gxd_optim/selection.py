@@ -38,8 +38,9 @@ def accrue(budget: float, eligible: int, rate: float) -> float:
 def lowest(utility: Tensor, eligible: Tensor | None, count: int) -> Tensor:
     """Indices of the ``count`` eligible units of lowest utility, sorted by index.
 
-    Ties are broken by unit index, so the choice is deterministic. ``eligible`` is a mask, or
-    ``None`` when every unit is eligible (no mask to build and apply).
+    Ties are broken by unit index, so the choice is deterministic; only eligible units are
+    chosen, whatever their utility (NaN last). ``eligible`` is a mask, or ``None`` when every
+    unit is eligible (no mask to build and apply).
 
     Examples:
         >>> lowest(torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.tensor([True, True, True, False]), 2)
@@ -48,10 +49,12 @@ def lowest(utility: Tensor, eligible: Tensor | None, count: int) -> Tensor:
         tensor([1, 3])
     """
     if eligible is None:
-        return torch.argsort(utility, stable=True)[:count].sort().values
-    masked = torch.where(eligible, utility, torch.full_like(utility, float("inf")))
-    order = torch.argsort(masked, stable=True)
-    return order[: min(count, int(eligible.sum()))].sort().values
+        chosen = torch.argsort(utility, stable=True)[:count]
+    else:
+        candidates = torch.nonzero(eligible).flatten()
+        order = torch.argsort(utility.index_select(0, candidates), stable=True)[:count]
+        chosen = candidates.index_select(0, order)
+    return chosen.sort().values if chosen.numel() > 1 else chosen
 
 
 def below(normalised: Tensor, eligible: Tensor | None, threshold: float) -> Tensor:

@@ -44,6 +44,7 @@ __all__ = [
     "gxd",
     "layer_normalised",
     "predicted_cost",
+    "predicted_sum",
     "random_scores",
 ]
 
@@ -321,6 +322,36 @@ UTILITIES: tuple[str, ...] = tuple(CRITERIA)
 """Names accepted by ``GXDReset(utility=...)``: gxd and the baselines."""
 
 
+def predicted_sum(
+    weight: Tensor, weight_grad: Tensor, bias_grad: Tensor | None, reference: Tensor | None
+) -> Tensor:
+    """``Σ_i c_i`` of `predicted_cost` over the columns of a Linear consumer given (``k = 1``):
+
+    $$
+    \\sum_i c_i = \\sum_i r_i \\sum_o W[o,i]\\,\\nabla b[o] - \\sum_{o,i} W[o,i]\\,\\nabla W[o,i]
+    $$
+
+    Args:
+        weight: the consumer's weight columns ``[out, m]``.
+        weight_grad: their gradient.
+        bias_grad: the consumer's bias gradient (needed only with a reference).
+        reference: ``r`` of the ``m`` units, or ``None`` for the zero reference.
+
+    Returns:
+        A 0-d tensor.
+
+    Examples:
+        >>> w, g, b, r = torch.randn(3, 2), torch.randn(3, 2), torch.randn(3), torch.randn(2)
+        >>> torch.allclose(predicted_sum(w, g, b, r), predicted_cost(w, g, b, r, 1).sum())
+        True
+    """
+    total = (weight * weight_grad).sum().neg()
+    if reference is None:
+        return total
+    assert bias_grad is not None, "a mean reference needs the consumer's bias gradient"
+    return total + torch.dot(bias_grad @ weight, reference)
+
+
 def predicted_cost(
     weight: Tensor,
     weight_grad: Tensor,
@@ -380,6 +411,12 @@ def predicted_cost(
             b = bias_grad.reshape(groups, -1)
             cost = cost + torch.einsum("goj,go->gj", w.sum(3), b).reshape(-1) * reference
         return cost
+    if weight.dim() == 2 and columns_per_unit == 1:  # a Linear: the sums below, in fewer kernels
+        cost = -(weight * weight_grad).sum(0)
+        if reference is None:
+            return cost
+        assert bias_grad is not None, "a mean reference needs the consumer's bias gradient"
+        return cost + weight.t().mv(bias_grad) * reference
     products = (weight * weight_grad).reshape(weight.shape[0], weight.shape[1], -1)
     cost = -products.sum((0, 2))
     if reference is not None:

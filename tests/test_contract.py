@@ -10,6 +10,10 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from gxd_optim import GXDReset, gxd
 from gxd_optim.testing.models import MLP, MLPSpec
@@ -63,6 +67,29 @@ def test_step_after_zero_grad_and_step_hooks() -> None:
     opt.zero_grad()
     _train(model, opt, range(1))
     assert calls == ["pre", "post"]
+
+
+def test_global_step_hooks_and_the_profiler_see_the_wrapper_step() -> None:
+    """Without hooks or a profiler the step skips `torch.optim.Optimizer`'s wrapper; with a
+    global step hook, or under the profiler, it goes through it as every optimizer's does."""
+    model = _model()
+    opt = _wrap(model)
+    calls: list[str] = []
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, *a: calls.append(f"pre {type(o).__name__}")),
+        register_optimizer_step_post_hook(lambda o, *a: calls.append(f"post {type(o).__name__}")),
+    ]
+    try:
+        _train(model, opt, range(1))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == ["pre GXDReset", "pre Adam", "post Adam", "post GXDReset"]
+    with torch.profiler.profile() as profiler:
+        _train(model, opt, range(1))
+    names = {event.name for event in profiler.events()}
+    assert "Optimizer.step#GXDReset.step" in names and "Optimizer.step#Adam.step" in names
+    assert getattr(type(opt).step, "hooked", False)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import Tensor, nn
 
 from gxd_optim import GXDReset
@@ -22,6 +24,8 @@ from gxd_optim.utilities import (
     gradient,
     gxd,
     layer_normalised,
+    predicted_cost,
+    predicted_sum,
     random_scores,
 )
 
@@ -298,3 +302,23 @@ def test_meter_measures_the_loss_change_of_each_reset_alone_and_leaves_no_trace(
     meter.remove()
     _step(model, opt, x)
     assert opt.reset_log[-1].step == opt.steps and math.isnan(opt.reset_log[-1].realised)
+
+
+@given(
+    out=st.integers(1, 6),
+    units=st.integers(1, 6),
+    mean=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_the_predicted_sum_of_a_linear_consumer_is_the_sum_of_the_predicted_costs(
+    out: int, units: int, mean: bool, seed: int
+) -> None:
+    """What a reset step records (one sum, in fewer kernels) is what `predicted_cost` sums."""
+    generator = torch.Generator().manual_seed(seed)
+    weight, grad = (torch.randn(out, units, generator=generator, dtype=torch.float64) for _ in "wg")
+    bias_grad = torch.randn(out, generator=generator, dtype=torch.float64)
+    reference = torch.randn(units, generator=generator, dtype=torch.float64) if mean else None
+    total = predicted_sum(weight, grad, bias_grad, reference)
+    assert total.dim() == 0
+    expected = predicted_cost(weight, grad, bias_grad, reference, 1).sum()
+    torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)

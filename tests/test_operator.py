@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from gxd_optim.operator import (
@@ -134,3 +136,59 @@ def test_budget_accrues_only_with_eligible_units_and_lowest_are_chosen() -> None
     eligible = torch.tensor([True, True, True, False])
     assert lowest(util, eligible, 2).tolist() == [1, 2]
     assert lowest(util, eligible, 9).tolist() == [0, 1, 2]
+
+
+@settings(deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=3), data=st.data())
+def test_a_second_moment_is_refilled_with_the_mean_of_its_untouched_entries(
+    shape: list[int], data: st.DataObject
+) -> None:
+    """``mean_scale``: each touched slice of a second moment holds the mean of the entries
+    outside the touched slices (summed in float64), a first moment is zeroed, and nothing
+    else changes."""
+    dim = data.draw(st.integers(0, len(shape) - 1))
+    index = sorted(data.draw(st.sets(st.integers(0, shape[dim] - 1), min_size=1)))
+    second = torch.rand(shape) * 10
+    state = {"exp_avg": torch.ones(shape), "exp_avg_sq": second.clone()}
+    clear_state_slices_(state, torch.zeros(shape), dim, torch.tensor(index), "mean_scale")
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    touched = torch.zeros(shape[dim], dtype=torch.bool)
+    touched[index] = True
+    touched = touched.view(view).expand(shape)
+    rest = second[~touched].double()
+    fill = float(rest.sum()) / rest.numel() if rest.numel() else 0.0
+    after = state["exp_avg_sq"]
+    assert torch.equal(after[~touched], second[~touched])
+    torch.testing.assert_close(after[touched], torch.full_like(after[touched], fill))
+    assert not bool(state["exp_avg"][touched].any()) and bool(state["exp_avg"][~touched].all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("std", [None, 0.02])
+def test_one_unit_is_drawn_straight_into_its_row_as_several_are_drawn(
+    dtype: torch.dtype, std: float | None
+) -> None:
+    """A single unit's new weights and bias, drawn into the parameter's own row, are the
+    numbers the generator gives for a separate draw of that row, and within the bound."""
+    layer = nn.Linear(6, 4).to(dtype)
+    reinit_units_(
+        layer.weight, layer.bias, torch.tensor([2]), torch.Generator().manual_seed(3), std
+    )
+    generator = torch.Generator().manual_seed(3)
+    expected = torch.empty(1, 6, dtype=dtype)
+    expected_bias = torch.empty(1, dtype=dtype)
+    if std is None:
+        bound = 1 / math.sqrt(6)
+        expected.uniform_(-bound, bound, generator=generator)
+        expected_bias.uniform_(-bound, bound, generator=generator)
+    else:
+        expected.normal_(0.0, std, generator=generator)
+        expected_bias.zero_()
+    assert torch.equal(layer.weight[2:3].detach(), expected)
+    assert torch.equal(layer.bias[2:3].detach(), expected_bias)
+    several = nn.Linear(6, 4).to(dtype)
+    reinit_units_(
+        several.weight, several.bias, torch.tensor([2, 3]), torch.Generator().manual_seed(3), std
+    )
+    assert torch.equal(several.weight[2].detach(), layer.weight[2].detach())

@@ -3,6 +3,8 @@ same units are chosen as with a mask of every unit."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given
@@ -64,3 +66,22 @@ def test_selectors_read_the_eligibility_mask_only_where_a_unit_is_not_eligible(
             expected = {True: [1, 3], False: [1]}[all_eligible]
         assert chosen.tolist() == expected
         assert layers.masks_read == (0 if all_eligible else 1)
+
+
+@given(
+    values=utilities,
+    mask=st.lists(st.booleans(), min_size=12, max_size=12),
+    count=st.integers(1, 14),
+)
+def test_lowest_chooses_only_eligible_units_whatever_their_utility(
+    values: list[float], mask: list[bool], count: int
+) -> None:
+    """The eligible units of lowest utility (NaN last, ties by index), never another, even
+    where an eligible unit's utility is +inf or NaN."""
+    utility = torch.tensor(values)
+    eligible = torch.tensor(mask[: len(values)])
+    candidates = [i for i in range(len(values)) if mask[i]]
+    nan_last = [(1, 0.0) if math.isnan(v) else (0, v) for v in values]
+    ranked = sorted(candidates, key=lambda i: (*nan_last[i], i))
+    expected = sorted(ranked[:count])
+    assert lowest(utility, eligible, count).tolist() == expected

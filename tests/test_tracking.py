@@ -427,12 +427,14 @@ def _saved(obj: Any) -> Any:
 @pytest.mark.parametrize(
     "duplicate", [copy.deepcopy, _pickled, _saved], ids=["deepcopy", "pickle", "torch.save"]
 )
+@pytest.mark.parametrize("case", ["mlp", "mlp-plain"])
 def test_copies_keep_the_statistics_views_on_their_own_buffers(
-    duplicate: Callable[[Any], Any],
+    duplicate: Callable[[Any], Any], case: str
 ) -> None:
     """deepcopy, pickle and torch.save copy the flat buffers once: the per-layer statistics are
-    views of the copy's buffers and follow its commits, and so do the ages."""
-    make, shape = CASES["mlp"]
+    views of the copy's buffers and follow its commits, and so do the ages. Where all inputs
+    are reduced together (``mlp-plain``), the copy's workspace is its own too."""
+    make, shape = CASES[case]
     model = make()
     opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, replacement_rate=0.0)
     x = torch.randn(shape)
@@ -459,6 +461,11 @@ def test_copies_keep_the_statistics_views_on_their_own_buffers(
             for b in (slab.ema, slab.norm, slab.reference, slab.pending)
         }
         assert {t.untyped_storage().data_ptr() for t in stats} <= buffers
+    for work in slab._work.values():  # the halves are views of the copy's own buffer
+        assert {t.untyped_storage().data_ptr() for t in work[:3]} == {
+            work[0].untyped_storage().data_ptr()
+        }
+    assert bool(slab._work) == (case == "mlp-plain")
 
 
 @pytest.mark.parametrize(
@@ -805,3 +812,40 @@ def test_a_pair_keeps_a_bounded_number_of_plans() -> None:
         with torch.no_grad():
             expected = F.gelu(model[0](x)).sum((0, 1))
         torch.testing.assert_close(edge.pending_h, expected, rtol=1e-5, atol=1e-3)
+
+
+@given(
+    maturity=st.integers(0, 4),
+    rate=st.sampled_from([0.1, 0.3, 1.0]),
+    steps=st.integers(1, 12),
+    reload_at=st.integers(0, 12),
+)
+def test_the_eligible_count_follows_the_resets_the_selector_makes(
+    maturity: int, rate: float, steps: int, reload_at: int
+) -> None:
+    """Units the selector resets (all of them eligible) leave the count and come of age
+    again after ``maturity + 1`` commits without a recount: ``Tracker.eligible`` equals
+    ``(age > maturity).sum()`` after every step, a reload from a checkpoint included."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    x = torch.randn(8, 3)
+
+    def wrap() -> GXDReset:
+        inner = torch.optim.SGD(model.parameters(), lr=0.01)
+        return GXDReset(inner, model, maturity=maturity, replacement_rate=rate)
+
+    opt = wrap()
+    for step in range(steps):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        if step == reload_at:
+            state = opt.state_dict()
+            opt.close()
+            opt = wrap()
+            opt.load_state_dict(state)
+        assert opt.tracker is not None
+        for name, layer in opt.tracker.layers.items():
+            assert opt.tracker.eligible(name) == int((layer.age > maturity).sum())
+    if rate == 1.0 and steps > maturity + 1 and reload_at >= steps:  # the first step finds
+        assert opt.reset_log  # the units; the log does not outlive the wrapper

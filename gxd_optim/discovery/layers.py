@@ -7,6 +7,7 @@ the helpers here say what a layer is and whether a reset can write it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +99,7 @@ class LayerInfo:
         """Qualified names of the layers that read this layer's units."""
         return tuple(edge.consumer for edge in self.edges)
 
-    @property
+    @functools.cached_property
     def touched(self) -> tuple[str, ...]:
         """The modules a reset of this layer writes: it, its consumers and its BatchNorms."""
         absorbing = tuple(e.norm for e in self.edges if e.norm)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..discovery.layers import canonical, is_transposed, layer_params, layer_tensors
+from ..grad_mode import no_grad
 from ..sharded import Shard, all_reduce_sum_, is_sharded, shard_of
 from .tensors import (
     clear_state_slices_,
@@ -132,7 +133,7 @@ def apply_reset_(
         values = None
         if fold.reference is not None:
             values = fold.reference.index_select(0, index.to(fold.reference.device))
-            values = values.repeat_interleave(k).to(weight.device)
+            values = (values if k == 1 else values.repeat_interleave(k)).to(weight.device)
         norm = cast(_BatchNorm, modules[fold.norm]) if fold.norm else None
         apply_fold = _fold_sharded if is_sharded(weight) or is_sharded(bias) else _fold
         apply_fold(
@@ -207,7 +208,7 @@ def _fold_sharded(
             block,
             None,
             local,
-            None if values is None else values.index_select(0, picked),
+            None if values is None else values[picked],
             running_mean=None if shift is None else shift[rows],  # takes -W·r
         )
     mark_written(weight)
@@ -216,7 +217,7 @@ def _fold_sharded(
     all_reduce_sum_(shift, part.group)
     if bias is not None:
         mine = shard_of(bias)
-        with torch.no_grad():
+        with no_grad():
             mine.local.sub_(shift[mine.start : mine.stop].to(mine.local))
         mark_written(bias)
     elif running_mean is not None:
@@ -225,18 +226,20 @@ def _fold_sharded(
 
 def _local_blocks(
     consumer: nn.Module, weight: Tensor, part: Shard, columns: Tensor
-) -> list[tuple[Tensor, Tensor, Tensor, slice]]:
+) -> list[tuple[Tensor, Tensor, Tensor | slice, slice]]:
     """Where this rank's shard reads input ``columns``: ``(block, local columns, positions in
     columns, output rows)`` per block of the consumer's ``[out, in, *kernel]`` view, as
     `input_blocks` gives them for the whole weight."""
     if is_transposed(consumer):  # stored [in, out]: dim 0 splits the input columns
         picked, local = part.rows(columns)
         return [(part.local.t(), local, picked, slice(None))]
-    blocks = []
-    for rows, local, picked in input_blocks(weight, columns, int(getattr(consumer, "groups", 1))):
+    blocks: list[tuple[Tensor, Tensor, Tensor | slice, slice]] = []
+    for rows, local, positions in input_blocks(
+        weight, columns, int(getattr(consumer, "groups", 1))
+    ):
         block = part.block(rows)
         start = min(max(rows.start or 0, part.start), part.stop)
-        blocks.append((block, local, picked, slice(start, start + int(block.shape[0]))))
+        blocks.append((block, local, positions, slice(start, start + int(block.shape[0]))))
     return blocks
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..grad_mode import no_grad
 from ..sharded import is_sharded, shard_of
 
 __all__ = [
@@ -110,24 +111,33 @@ def reinit_units_(
         >>> bool(layer.weight[1].abs().max() <= 0.5)  # within 1/sqrt(fan_in)
         True
     """
-    fan_in = weight[0].numel()
+    fan_in = math.prod(weight.shape[1:])
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     draw_dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
     count = int(index.numel())
 
-    def draw(shape: tuple[int, ...]) -> Tensor:
+    def draw_into(new: Tensor) -> Tensor:
         if std is not None:
-            n = torch.randn(shape, generator=generator, dtype=draw_dtype) * std
-            return n.to(device=weight.device, dtype=weight.dtype)
-        u = torch.rand(shape, generator=generator, dtype=draw_dtype)
-        return (u * (2 * bound) - bound).to(device=weight.device, dtype=weight.dtype)
+            return new.normal_(0.0, std, generator=generator)
+        return new.uniform_(-bound, bound, generator=generator)
 
-    with torch.no_grad():
-        weight.index_copy_(0, index, draw((count, *weight.shape[1:])))
+    # one CPU unit in the draws' dtype: drawn straight into its row (the same numbers)
+    in_place = count == 1 and all(
+        t.device.type == "cpu" and t.dtype == draw_dtype for t in (weight, bias) if t is not None
+    )
+    with no_grad():
+        if in_place:
+            row = int(index)
+            draw_into(weight[row])
+        else:
+            new = draw_into(torch.empty((count, *weight.shape[1:]), dtype=draw_dtype))
+            weight.index_copy_(0, index, new.to(weight))
         if bias is not None and std is not None:
             bias.index_fill_(0, index, 0.0)
+        elif bias is not None and in_place:
+            draw_into(bias[row])
         elif bias is not None:
-            bias.index_copy_(0, index, draw((count,)))
+            bias.index_copy_(0, index, draw_into(torch.empty(count, dtype=draw_dtype)).to(bias))
 
 
 def copy_units_(
@@ -141,7 +151,7 @@ def copy_units_(
         >>> torch.equal(a.weight[1], b.weight[1])
         True
     """
-    with torch.no_grad():
+    with no_grad():
         for mine, theirs in ((weight, source), (bias, source_bias)):
             if mine is not None and theirs is not None:
                 at = index.to(theirs.device)
@@ -192,27 +202,31 @@ def fold_and_zero_inputs_(
     """
     if values is not None and bias is None and running_mean is None:
         raise ValueError("a fold needs the consumer's bias or a BatchNorm after it")
-    with torch.no_grad():
+    with no_grad():
         for rows, local, picked in input_blocks(weight, columns, groups):
-            block = weight[rows]
+            block = weight if groups == 1 else weight[rows]
             if values is not None:
                 taken = block.index_select(1, local)
                 per_column = taken.flatten(2).sum(2) if taken.dim() > 2 else taken
-                shift = per_column @ values.index_select(0, picked).to(per_column.dtype)
+                read = values if groups == 1 else values[picked]
+                shift = per_column @ read.to(per_column.dtype)
                 if bias is not None:
-                    bias[rows] += shift
+                    (bias if groups == 1 else bias[rows]).add_(shift)
                 elif running_mean is not None:
-                    running_mean[rows] -= shift.to(running_mean.dtype)
+                    (running_mean if groups == 1 else running_mean[rows]).sub_(
+                        shift.to(running_mean.dtype)
+                    )
             block.index_fill_(1, local, 0.0)
 
 
 def input_blocks(
     weight: Tensor, columns: Tensor, groups: int
-) -> list[tuple[slice, Tensor, Tensor]]:
+) -> list[tuple[slice, Tensor, Tensor | slice]]:
     """Where a consumer reads input ``columns``: ``(rows, local columns, positions)`` per group.
 
     ``weight[rows]`` holds the outputs of one group, which read the ``local`` columns of that
-    group's weight; ``positions`` index into ``columns`` (and the values that go with them).
+    group's weight; ``positions`` index into ``columns`` (and the values that go with them):
+    ``slice(None)``, all of them, for an ungrouped consumer.
 
     Examples:
         >>> blocks = input_blocks(torch.zeros(4, 1, 3), torch.tensor([1, 2]), groups=4)
@@ -220,7 +234,7 @@ def input_blocks(
         [(1, 2, [0], [0]), (2, 3, [0], [1])]
     """
     if groups == 1:
-        return [(slice(None), columns, torch.arange(columns.numel(), device=columns.device))]
+        return [(slice(None), columns, slice(None))]
     per_in, per_out = weight.shape[1], weight.shape[0] // groups
     owner = torch.div(columns, per_in, rounding_mode="floor")
     blocks = []
@@ -244,7 +258,7 @@ def reset_norm_entries_(norm: nn.modules.batchnorm._BatchNorm, index: Tensor) ->
         >>> norm.running_var
         tensor([1., 4., 4.])
     """
-    with torch.no_grad():
+    with no_grad():
         for tensor, value in (
             (norm.weight, 1.0),
             (norm.bias, 0.0),
@@ -305,29 +319,28 @@ def clear_state_slices_(
     if is_sharded(param):
         _clear_sharded_state_slices_(state, param, dim, index, policy, groups)
         return
-    blocks = input_blocks(param, index, groups) if groups > 1 else [(slice(None), index, index)]
-    with torch.no_grad():
+    blocks = input_blocks(param, index, groups)
+    columns = [local.to(param.device) for _, local, _ in blocks]  # where state tensors live
+    with no_grad():
         for key, value in state.items():
             if not isinstance(value, Tensor) or value.shape != param.shape:
                 continue
-            for rows, local, _ in blocks:
-                block, at = value[rows], local.to(value.device)
+            for (rows, _, _), at in zip(blocks, columns, strict=True):
+                block = value if groups == 1 else value[rows]
+                at = at if at.device == value.device else at.to(value.device)
                 if key in PARAMETER_KEYS:  # the parameter holds its new values already
                     block.index_copy_(dim, at, param[rows].index_select(dim, at).to(block))
                     continue
-                fill = 0.0
+                block.index_fill_(dim, at, 0.0)
                 if policy == "mean_scale" and key in SECOND_MOMENT_KEYS:
-                    fill = _mean_outside(block, dim, local)
-                block.index_fill_(dim, at, fill)
+                    block.index_fill_(dim, at, _mean_of_rest(block, dim, at))
 
 
-def _mean_outside(value: Tensor, dim: int, index: Tensor) -> float:
-    """Mean of ``value`` over the slices along ``dim`` that are not in ``index`` (0 if none)."""
-    keep = torch.ones(value.shape[dim], dtype=torch.bool, device=value.device)
-    keep.index_fill_(0, index.to(value.device), False)
-    if not bool(keep.any()):
-        return 0.0
-    return float(value.index_select(dim, keep.nonzero().flatten()).float().mean())
+def _mean_of_rest(value: Tensor, dim: int, index: Tensor) -> float:
+    """Mean of ``value`` over the slices along ``dim`` not in ``index`` (unique), once those
+    are zero: their sum (in float64) over their count, 0 if there are none."""
+    rest = value.numel() - index.numel() * (value.numel() // max(value.shape[dim], 1))
+    return float(value.sum(dtype=torch.float64)) / rest if rest > 0 else 0.0
 
 
 def write_slices_(tensor: Tensor, dim: int, index: Tensor, values: Tensor) -> None:
@@ -342,7 +355,7 @@ def write_slices_(tensor: Tensor, dim: int, index: Tensor, values: Tensor) -> No
         tensor([1., 1.])
     """
     part = shard_of(tensor)
-    with torch.no_grad():
+    with no_grad():
         if dim == 0:
             at, rows = part.rows(index)
             part.local.index_copy_(0, rows, values.index_select(0, at).to(part.local))
@@ -365,7 +378,7 @@ def fill_slices_(tensor: Tensor, dim: int, index: Tensor, value: float) -> None:
         tensor.index_fill_(dim, index, value)
         return
     part = shard_of(tensor)
-    with torch.no_grad():
+    with no_grad():
         part.local.index_fill_(dim, part.rows(index)[1] if dim == 0 else index, value)
     mark_written(tensor)
 
@@ -390,7 +403,7 @@ def _clear_sharded_state_slices_(
     every rank (one all-reduce of a sum and a count, which every rank issues)."""
     blocks = input_blocks(param, index, groups) if groups > 1 else [(slice(None), index, index)]
     own = shard_of(param)
-    with torch.no_grad():
+    with no_grad():
         for key, value in state.items():
             if not isinstance(value, Tensor) or value.shape != param.shape:
                 continue

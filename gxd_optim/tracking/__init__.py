@@ -3,6 +3,7 @@
 - `storage`: where the statistics live (flat slabs, per-layer and per-pair views);
 - `kernels`: the pure reduction of one consumer's ``(h, ∂ℓ/∂h)`` to per-unit sums;
 - `collector`: the hooks that run those kernels as gradients arrive;
+- `predicted`: the predicted cost of resets, from the consumers' gradients;
 - `tracker`: commit, discard and rollback of a step's sums, and what they say
   (utilities, eligibility, predicted cost).
 """

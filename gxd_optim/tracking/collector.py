@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -159,37 +159,69 @@ class Collector:
 
         The same sums as `_reduce` for each pair: ``Σ_x |g·(h − r)|`` per layer and ``Σ_x h``
         per mean-reference pair. When the inputs are those of every pair of the only slab,
-        whose layers have one consumer each, the sums go into its buffers in two products.
+        whose layers have one consumer each, `_reduce_slab` takes them.
         """
-        slabs = list(self.stats.slabs.values())
-        whole: Slab | None = None  # the only slab, when these are all its pairs (in its order)
-        if len(slabs) == 1 and slabs[0].one_consumer_each and len(deferred) == len(slabs[0].edges):
-            deferred = sorted(deferred, key=lambda pair: pair[0].position)
-            if all(pair[0] is edge for pair, edge in zip(deferred, slabs[0].edges, strict=True)):
-                whole = slabs[0]
+        slab = self._whole_slab(deferred)
+        if slab is not None:
+            self._reduce_slab(slab, deferred)
+            return
         edges = [edge for edge, _, _, _ in deferred]  # in the order of the columns below
         # The deferred tensors are detached: nothing here can enter a graph.
         h = torch.cat([h for _, _, h, _ in deferred], 1)
         grad = torch.cat([g for _, _, _, g in deferred], 1)
-        reference = (
-            torch.cat([e.reference for e in edges]) if whole is None else whole.pair_reference
-        )
+        reference = torch.cat([e.reference for e in edges])
         abs_sum = (h - reference).mul_(grad).abs_().sum(0)  # Σ |g·(h − r)|
-        if whole is not None:  # Σ h where the mask is 1 (r is 0 where it is 0)
-            whole.pair_pending.addcmul_(h.sum(0), whole.pair_mask)
-            whole.layer_pending.add_(abs_sum)
-        else:
-            sizes = [edge.reference.numel() for edge in edges]
-            layers = [b.layer.pending_abs for _, b, _, _ in deferred]
-            torch._foreach_add_(layers, list(torch.split(abs_sum, sizes)))
-            means = [i for i, edge in enumerate(edges) if edge.mean]
-            if means:
-                h_sums = torch.split(h.sum(0), sizes)
-                means_h = [edges[i].pending_h for i in means]
-                torch._foreach_add_(means_h, [h_sums[i] for i in means])
-        for edge, batch, h_part, _ in deferred:
-            edge.pending_count += h_part.shape[0]
-            batch.add_reduced(edge.edge.consumer, h_part.shape[0])
+        sizes = [edge.reference.numel() for edge in edges]
+        layers = [b.layer.pending_abs for _, b, _, _ in deferred]
+        torch._foreach_add_(layers, list(torch.split(abs_sum, sizes)))
+        means = [i for i, edge in enumerate(edges) if edge.mean]
+        if means:
+            h_sums = torch.split(h.sum(0), sizes)
+            means_h = [edges[i].pending_h for i in means]
+            torch._foreach_add_(means_h, [h_sums[i] for i in means])
+        self._count(deferred)
+
+    def _whole_slab(self, deferred: list[tuple[EdgeStats, Batch, Tensor, Tensor]]) -> Slab | None:
+        """The only slab, whose layers have one consumer each, when ``deferred`` are the inputs
+        of all its pairs (then put in its order, in place); else ``None``."""
+        if len(self.stats.slabs) != 1:
+            return None
+        (slab,) = self.stats.slabs.values()
+        if not slab.one_consumer_each or len(deferred) != len(slab.edges):
+            return None
+        ordered: list[tuple[EdgeStats, Batch, Tensor, Tensor] | None] = [None] * len(deferred)
+        for pair in deferred:  # the backward pass ran them backwards
+            ordered[pair[0].position] = pair
+        if any(pair is None for pair in ordered):  # a pair twice, another never
+            return None
+        deferred[:] = cast(list[tuple[EdgeStats, Batch, Tensor, Tensor]], ordered)
+        return slab
+
+    def _reduce_slab(
+        self, slab: Slab, deferred: list[tuple[EdgeStats, Batch, Tensor, Tensor]]
+    ) -> None:
+        """`_reduce_together` for the inputs of every pair of ``slab``, in its order.
+
+        The inputs and then their gradients go into one ``[N, 2P]`` buffer; the gradients'
+        half becomes ``|g·(h − r)|`` in place, and one sum over the samples gives ``Σ_x h``
+        for the pairs, then ``Σ_x |g·(h − r)|`` for the layers: the layout of the slab's
+        pending sums (`Slab`).
+        """
+        both, h, scores, difference, sums = slab.workspace(deferred[0][2].shape[0])
+        torch.cat([x for _, _, x, _ in deferred] + [g for _, _, _, g in deferred], 1, out=both)
+        scores.mul_(torch.sub(h, slab.pair_reference, out=difference)).abs_()
+        torch.sum(both, 0, out=sums)
+        if slab.masked:  # zero-reference pairs keep no running mean
+            sums[: slab.pair_units].mul_(slab.pair_mask)
+        slab.pending.add_(sums)
+        self._count(deferred)
+
+    @staticmethod
+    def _count(deferred: list[tuple[EdgeStats, Batch, Tensor, Tensor]]) -> None:
+        """Record the samples of reduced inputs of single-consumer layers."""
+        for edge, batch, h, _ in deferred:
+            edge.pending_count += h.shape[0]
+            batch.add_reduced(edge.edge.consumer, h.shape[0])
 
     def reduce(self, edge: EdgeStats, batch: Batch, h: Tensor, grad: Tensor) -> None:
         """Fold one consumer's ``(h, ∂ℓ/∂h)`` into the pending statistics."""

@@ -7,6 +7,7 @@ which every layer and pair saw data updates all of them with a handful of kernel
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -20,6 +21,8 @@ from .kernels import finite as finite_of
 
 __all__ = ["TINY", "Batch", "EdgeStats", "LayerStats", "Slab", "Statistics"]
 
+WORKSPACES = 4
+"""Batch sizes whose `Slab.workspace` a slab keeps."""
 TINY = 1e-30
 """The floor of a bias correction: never 0, so ``r = ema / correction`` needs no clamp."""
 
@@ -67,8 +70,12 @@ class LayerStats:
             ``commits − born``, so a commit advances one counter per layer, never a tensor
             (eligibility is counted on the host too, so the step never waits for the device).
         commits: committed steps of the layer, the clock of ``born`` and ``age``.
-        eligible_count: units older than the tracker's maturity; recounted from ``age`` only
-            once ``commits`` reaches ``recount_at`` (see `Tracker.eligible`).
+        slab: the `Slab` whose buffers hold the layer's and its pairs' statistics, and
+            ``starts`` their segments' first columns there (``[segments, 1]``, on its device).
+        eligible_count: units older than the tracker's maturity, while ``counted``: then
+            ``maturing`` lists ``[commits, units]`` that come of age at those commits, in
+            order, and `Tracker.eligible` adds them as ``commits`` reaches them (no tensor is
+            read); where ``counted`` is false, both are recounted from ``age``.
     """
 
     info: LayerInfo
@@ -81,8 +88,11 @@ class LayerStats:
     resets: int = 0
     open_batches: list[Batch] = field(default_factory=list)
     commits: int = 0  # committed steps of this layer: the clock that ``born`` counts in
-    eligible_count: int = 0  # units older than maturity, valid while ``commits < recount_at``
-    recount_at: int = 0
+    eligible_count: int = 0
+    maturing: deque[list[int]] = field(default_factory=deque)
+    counted: bool = False
+    slab: Slab = field(init=False, repr=False)  # whose buffers hold the statistics
+    starts: Tensor = field(init=False, repr=False)  # first column in the slab, per segment
 
     @property
     def age(self) -> Tensor:
@@ -157,6 +167,7 @@ class Slab:
         self._cursor = 0
         self._segments: list[slice] = []
         self._scaled_for: list[int] = []  # the counts that `scale` holds the inverses of
+        self._work: dict[int, tuple[Tensor, ...]] = {}  # `workspace` by batch size
 
     def allocate(self) -> None:
         """Create the buffers, once `size` is known."""
@@ -176,6 +187,24 @@ class Slab:
         """
         self.ema, self.norm, self.reference, self.pending = self.state.unbind(0)
         self.emas, self.batch_means = self.state[:2], self.ends[0]
+
+    def workspace(self, samples: int) -> tuple[Tensor, ...]:
+        """Buffers to reduce the inputs of all pairs of ``samples`` samples in: ``[N, 2P]``
+        (inputs, then their gradients), its two halves, ``[N, P]`` and ``[2P]`` (``P`` =
+        `pair_units`). Kept for the last few batch sizes: allocating them every step costs
+        more than filling them."""
+        work = self._work.get(samples)
+        if work is None:
+            if len(self._work) >= WORKSPACES:
+                self._work.clear()
+            both = torch.empty(samples, 2 * self.pair_units, dtype=self.dtype, device=self.device)
+            work = self._work[samples] = (
+                both,
+                *both.tensor_split(2, 1),
+                torch.empty(samples, self.pair_units, dtype=self.dtype, device=self.device),
+                torch.empty(2 * self.pair_units, dtype=self.dtype, device=self.device),
+            )
+        return work
 
     def take(self, units: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """The next segment's views: EMA, its bias correction, reference, pending sum, mask."""
@@ -201,6 +230,7 @@ class Slab:
         a commit would update the buffers and leave the owners' tensors behind.
         """
         self.unbind()
+        self._work = {}  # plain pickling separated the halves from their buffer
         for owner, part in zip(self.owners, self._segments, strict=True):
             ema, norm, reference, pending, mask = self._views(part)
             if isinstance(owner, EdgeStats):
@@ -308,6 +338,9 @@ class Statistics:
             ema, norm, _, pending, _ = slab.take(info.num_units)
             born = torch.zeros(info.num_units, dtype=torch.int64)
             stats = LayerStats(info, ema, norm, born, edges_of[name], pending)
+            stats.slab = slab
+            starts = [t.storage_offset() for t in (ema, *(e.mean_ema for e in stats.edges))]
+            stats.starts = torch.tensor(starts, device=slab.device)[:, None]
             slab.owners.append(stats)
             self.layers[name] = stats
             for edge in stats.edges:

@@ -10,21 +10,20 @@ needs are not collected at all: they follow from the consumers' gradients (see
 from __future__ import annotations
 
 import math
-import sys
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..discovery.layers import LayerInfo, canonical, layer_params
-from ..operator import unit_columns
-from ..sharded import is_sharded, sharded_cost, whole
-from ..utilities import Criterion, layer_normalised, predicted_cost, random_scores
+from ..discovery.layers import LayerInfo
+from ..grad_mode import no_grad
+from ..utilities import Criterion, layer_normalised, random_scores
 from . import kernels
 from .collector import Collector
-from .storage import TINY, EdgeStats, LayerStats, Statistics
+from .predicted import layer_cost
+from .storage import TINY, LayerStats, Statistics
 
 __all__ = ["Tracker"]
 
@@ -116,7 +115,7 @@ class Tracker:
         if flat:  # whole buffers at once (no statistic requires grad: no `no_grad` needed)
             self.finite = self.stats.fold(counts, self.decay, self.limits.host_reads)
         else:
-            with torch.no_grad():
+            with no_grad():
                 self._commit_segments(layers)
         for layer in layers:
             layer.commits += 1
@@ -146,13 +145,13 @@ class Tracker:
         if not layers:
             return
         self.steps -= 1
-        with torch.no_grad():
+        with no_grad():
             for slab in self.stats.slabs.values():
                 slab.emas.copy_(slab.saved)
                 slab.refresh()
         for layer in layers:
             layer.commits -= 1  # and with it every unit's age
-            layer.recount_at = 0  # the cached eligible count was for the later ages
+            layer.counted = False  # the eligible count was for the later ages
 
     def settle(self) -> None:
         """Complete the pending sums: reduce the deferred inputs and close every open batch.
@@ -225,20 +224,28 @@ class Tracker:
     def eligible(self, name: str) -> int:
         """How many units of a layer are older than ``maturity``, without a tensor op per step.
 
-        The count can change only when a reset (or a checkpoint load) sets ages, or when the
-        oldest unit not yet eligible comes of age; it is recounted from ``age`` at those
-        moments and read from the host otherwise.
+        The count changes only when units come of age (`LayerStats.maturing` says when), are
+        reset, or get their ages from a checkpoint; it is recounted from ``age`` only after
+        what `restart` cannot follow (a reset of units that may not have been eligible, a
+        load, a rollback).
         """
         layer = self.layers[name]
-        if layer.commits >= layer.recount_at:
-            age = layer.age
-            young = age[age <= self.maturity]
-            layer.eligible_count = layer.info.num_units - young.numel()
-            if young.numel():  # the oldest young unit comes of age after this many commits
-                layer.recount_at = layer.commits + self.maturity + 1 - int(young.max())
-            else:
-                layer.recount_at = sys.maxsize
+        if not layer.counted:
+            self._recount(layer)
+        maturing = layer.maturing
+        while maturing and maturing[0][0] <= layer.commits:
+            layer.eligible_count += maturing.popleft()[1]
         return layer.eligible_count
+
+    def _recount(self, layer: LayerStats) -> None:
+        """Count the eligible units from ``age`` and list when the others come of age."""
+        age = layer.age
+        young = age[age <= self.maturity].tolist()
+        layer.eligible_count = layer.info.num_units - len(young)
+        layer.maturing.clear()
+        for age, units in sorted(Counter(young).items(), reverse=True):  # the oldest first
+            layer.maturing.append([layer.commits + self.maturity + 1 - age, units])
+        layer.counted = True
 
     def utilities(self, name: str) -> Tensor:
         """Bias-corrected utilities of one layer (0 for units never scored).
@@ -251,7 +258,7 @@ class Tracker:
             index = list(self.layers).index(name)
             scores = random_scores(layer.info.num_units, self.seed, self.steps, index)
             return scores.to(layer.utility_ema)
-        utility = layer.utility_ema / layer.correction.clamp_min(TINY)
+        utility = layer.utility_ema / layer.correction  # never 0: see `TINY`
         return layer_normalised(utility) if self.criterion.normalised else utility
 
     def predicted_cost(self, name: str, index: Tensor | None = None) -> Tensor:
@@ -262,119 +269,53 @@ class Tracker:
         Raises:
             RuntimeError: no consumer has a gradient (before ``backward()``/after ``zero_grad()``).
         """
-        layer = self.layers[name]
-        units = layer.utility_ema if index is None else layer.utility_ema.index_select(0, index)
-        cost = torch.zeros_like(units)
-        found = False
-        with torch.no_grad():
-            for edge in layer.edges:
-                weight, bias = layer_params(self.modules[edge.edge.consumer])
-                if weight.grad is None:
-                    continue  # no gradient reached this consumer: it adds nothing
-                if weight is not edge.weight:
-                    raise RuntimeError(
-                        f"predicted_cost({name!r}): the weight of `{edge.edge.consumer}` is not "
-                        "the parameter it was when GXDReset was built (replaced, e.g. by "
-                        "load_state_dict(assign=True)); the inner optimizer still holds the "
-                        "old one: build the optimizer and GXDReset again"
-                    )
-                if edge.grad_version is not None and weight._version != edge.grad_version:
-                    raise RuntimeError(
-                        f"predicted_cost({name!r}): `{edge.edge.consumer}` changed since the "
-                        "last backward (an optimizer step or a reset): call it right after "
-                        "backward()"
-                    )
-                found = True
-                consumer = self.modules[edge.edge.consumer]
-                reference = edge.reference if edge.mean else None
-                shift = None if reference is None else self._shift_gradient(name, edge, bias)
-                groups = int(getattr(consumer, "groups", 1))
-                k = edge.edge.columns_per_unit
-                if is_sharded(weight):  # FSDP2: summed over the ranks (a collective)
-                    cost += sharded_cost(consumer, weight, shift, reference, index, k).to(cost)
-                    continue
-                weight_grad = canonical(weight.grad, consumer)
-                weight = canonical(weight, consumer)
-                if index is not None and groups == 1:
-                    columns = unit_columns(index, k).to(weight.device)
-                    weight, weight_grad = (
-                        t.index_select(1, columns) for t in (weight, weight_grad)
-                    )
-                    reference = None if reference is None else reference.index_select(0, index)
-                part = predicted_cost(weight, weight_grad, shift, reference, k, groups)
-                if index is not None and groups > 1:
-                    part = part.index_select(0, index.to(part.device))
-                cost += part.to(cost.dtype)
-        if not found:
-            raise RuntimeError(
-                f"predicted_cost({name!r}) needs the gradients of its consumers: "
-                "call it after backward() and before zero_grad()"
-            )
-        return cost
-
-    def _shift_gradient(self, name: str, edge: EdgeStats, bias: Tensor | None) -> Tensor:
-        """``Σ_{x,pos} ∂L/∂z`` per output of a consumer ``z``: its bias gradient or, without a
-        bias, what the BatchNorm that reads ``z`` passes back of a constant shift of it: nothing
-        when it normalises with batch statistics, ``γ/√(σ² + ε)·∇β`` with running ones.
-
-        Raises:
-            RuntimeError: the gradient it needs is not there.
-        """
-        consumer = edge.edge.consumer
-        if bias is not None:
-            if bias.grad is None:
-                raise RuntimeError(
-                    f"predicted_cost({name!r}) needs the bias gradient of `{consumer}` (its "
-                    "bias does not require grad)"
-                )
-            return bias.grad
-        norm = cast(_BatchNorm, self.modules[edge.edge.norm])
-        batch_statistics = norm.training or norm.running_var is None
-        if batch_statistics:
-            return torch.zeros(
-                norm.num_features, dtype=edge.reference.dtype, device=edge.reference.device
-            )
-        if norm.bias is None or norm.bias.grad is None:
-            raise RuntimeError(
-                f"predicted_cost({name!r}) in eval mode needs the bias gradient of the "
-                f"BatchNorm `{edge.edge.norm}` after `{consumer}`"
-            )
-        assert norm.running_var is not None
-        scale = torch.rsqrt(norm.running_var + norm.eps)
-        if norm.weight is not None:
-            scale = scale * whole(norm.weight)  # FSDP2 shards it, not the running statistics
-        return scale * whole(norm.bias.grad)
+        return layer_cost(self.layers[name], self.modules, index, total=False)
 
     def predicted_total(self, name: str, index: Tensor) -> float:
         """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale."""
         try:
-            cost = self.predicted_cost(name, index.to(self.layers[name].utility_ema.device))
+            layer = self.layers[name]
+            cost = layer_cost(layer, self.modules, index.to(layer.utility_ema.device), total=True)
         except RuntimeError:
             return math.nan
-        return float(cost.sum())
+        return float(cost.sum() if cost.dim() else cost)
 
     def overflowed(self) -> bool:
         """Whether the latest commit's statistics were not finite (read only when a reset is
         due: it waits for the device)."""
         return self.finite is not None and not bool(self.finite)
 
-    def restart(self, name: str, index: Tensor) -> None:
-        """Start the statistics of the given units again (after their reset)."""
+    def restart(self, name: str, index: Tensor, eligible: bool = False) -> None:
+        """Start the statistics of the given units again (after their reset).
+
+        Args:
+            name: the layer.
+            index: its reset units (unique).
+            eligible: whether every one of them was eligible (as the selectors choose them):
+                then the eligible count follows without a recount.
+        """
         self.flush()  # what the units saw before the reset is dropped below, as for the rest
         layer = self.layers[name]
-        layer.recount_at = 0  # ages changed: recount the eligible units
-        with torch.no_grad():
+        if eligible and layer.counted:
+            self.eligible(name)  # up to date with this commit
+            layer.eligible_count -= index.numel()
+            due = layer.commits + self.maturity + 1  # when they come of age again
+            if layer.maturing and layer.maturing[-1][0] == due:
+                layer.maturing[-1][1] += index.numel()
+            else:
+                layer.maturing.append([due, index.numel()])
+        else:
+            layer.counted = False
+        with no_grad():
             layer.born.index_fill_(0, index.cpu(), layer.commits)
-            for t in (layer.utility_ema, layer.pending_abs):
-                t.index_fill_(0, index, 0.0)
-            layer.correction.index_fill_(0, index, TINY)  # never 0: see `TINY`
+            # every statistic of the layer and its pairs: EMA, reference and pending sum 0,
+            # bias correction TINY (never 0: see `TINY`), in their columns of the slab
+            columns = (index + layer.starts).flatten()
+            layer.slab.state.index_fill_(1, columns, 0.0)
+            layer.slab.norm.index_fill_(0, columns, TINY)
             for batch in layer.open_batches:
                 if batch.acc is not None:
                     batch.acc.index_fill_(1, index, 0.0)
-            for edge in layer.edges:
-                for t in (edge.mean_ema, edge.reference, edge.pending_h):
-                    t.index_fill_(0, index, 0.0)
-                edge.correction.index_fill_(0, index, TINY)
 
     def stats_dict(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """Copies of every statistic that influences future training (of ``names``: all).
@@ -407,7 +348,7 @@ class Tracker:
         sums (a checkpoint of format 1) leaves them empty.
         """
         self.discard()
-        with torch.no_grad():
+        with no_grad():
             for name, saved in stats.items():
                 if name not in self.layers:
                     continue
@@ -416,7 +357,7 @@ class Tracker:
                 _copy(layer.correction, saved["weight_ema"])
                 _copy(layer.born, layer.commits - saved["age"])
                 layer.correction.clamp_min_(TINY)  # never 0 (format 1 saved 0 for fresh units)
-                layer.recount_at = 0  # ages were replaced
+                layer.counted = False  # ages were replaced
                 layer.resets = int(saved["resets"])
                 for edge, mean, norm in zip(
                     layer.edges, saved["mean_ema"], saved["edge_weight_ema"], strict=True
