@@ -37,12 +37,12 @@ def test_reset_changes_loss_by_predicted_cost_to_first_order(
 
 
 def test_a_wrong_prediction_fails_with_a_readable_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    import gxd_optim.tracking.tracker
+    import gxd_optim.tracking.predicted
 
     def off_by_a_thousandth(*args: object) -> Tensor:
         return 0.999 * predicted_cost(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(gxd_optim.tracking.tracker, "predicted_cost", off_by_a_thousandth)
+    monkeypatch.setattr(gxd_optim.tracking.predicted, "predicted_cost", off_by_a_thousandth)
     model, x = MLP(MLPSpec(3, (4,), 1)), torch.randn(6, 3)
     with pytest.raises(AssertionError, match=r"layer 'hidden.0', units \[\d+\]"):
         assert_first_order(model, x, lambda out: out.pow(2).mean())
