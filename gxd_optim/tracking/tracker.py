@@ -243,8 +243,8 @@ class Tracker:
         young = age[age <= self.maturity].tolist()
         layer.eligible_count = layer.info.num_units - len(young)
         layer.maturing.clear()
-        for age, units in sorted(Counter(young).items(), reverse=True):  # the oldest first
-            layer.maturing.append([layer.commits + self.maturity + 1 - age, units])
+        for years, units in sorted(Counter(young).items(), reverse=True):  # the oldest first
+            layer.maturing.append([layer.commits + self.maturity + 1 - years, units])
         layer.counted = True
 
     def utilities(self, name: str) -> Tensor:
