@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from gxd_optim import STATE_POLICIES, GXDReset
 from gxd_optim.bench.metrics import accuracy, dormant_fraction
-from gxd_optim.bench.models import relu_mlp
+from gxd_optim.bench.models import mlp
 from gxd_optim.bench.problems import MemorisationSettings
 from gxd_optim.bench.streams import minibatches, random_label_data
 
@@ -126,7 +126,7 @@ def make_mlp(config: DemoConfig) -> nn.Sequential:
 
     The weights are drawn from PyTorch's default initialisation under ``config.seed`` without
     touching the caller's global random state, so every run starts from the same network
-    (`gxd_optim.bench.models.relu_mlp`, shared with the benchmark's memorisation problem).
+    (`gxd_optim.bench.models.mlp`, shared with the benchmark's memorisation problem).
 
     Args:
         config: the demo configuration.
@@ -135,7 +135,7 @@ def make_mlp(config: DemoConfig) -> nn.Sequential:
         The model.
     """
     sizes = (config.input_dim, *[config.width] * config.depth, config.classes)
-    return relu_mlp(sizes, seed=config.seed)
+    return mlp(sizes, seed=config.seed)
 
 
 def make_data(config: DemoConfig) -> tuple[Tensor, Tensor]:

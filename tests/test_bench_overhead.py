@@ -272,14 +272,14 @@ def test_pairs_take_the_copies_in_turn() -> None:
 def test_workloads_build_the_shared_models_from_one_seed() -> None:
     """The overhead cases train the benchmark models of `gxd_optim.bench.models`, with the
     same weights every time and whatever the global random state."""
-    from gxd_optim.bench.models import relu_mlp
+    from gxd_optim.bench.models import mlp
 
     by_key = {case.key: case.workload for case in CASES}
     torch.manual_seed(123)
     first = by_key["a"].model()
     torch.manual_seed(456)
     again = by_key["a"].model()
-    reference = relu_mlp((784, 2000, 2000, 2000, 10), seed=0)
+    reference = mlp((784, 2000, 2000, 2000, 10), seed=0)
     for p, q, r in zip(first.parameters(), again.parameters(), reference.parameters(), strict=True):
         assert torch.equal(p, q) and torch.equal(p, r)
 

@@ -9,6 +9,8 @@ Examples:
     ``python -m gxd_optim.bench run bitflip --utilities gxd,contribution --seeds 3 --out out``
 
     ``python -m gxd_optim.bench sweep memorisation --rates 1e-4,1e-3,1e-2 --quick``
+
+    ``python -m gxd_optim.bench cost memorisation --set activation=tanh --seeds 5``
 """
 
 from __future__ import annotations
@@ -22,59 +24,14 @@ import torch
 
 from ..config import REFERENCES
 from . import overhead, plots
+from .arguments import count, fractions, names, positive_floats, setting
+from .cost import BUDGETS, CostPlan, run_cost
 from .problems import PROBLEMS
 from .report import compact, summary_text, write_json
 from .runner import ARMS, NONE, Options, Plan, run_benchmark, run_sweep
 
 Report = dict[str, Any]
 Plot = Callable[[Report, Path], Path]
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def _names(known: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-        if names == ("all",):
-            return tuple(known)
-        unknown = [n for n in names if n not in known]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(
-                f"unknown {unknown or text!r}; known: {', '.join(known)} (or 'all')"
-            )
-        return names
-
-    return parse
-
-
-def _positive_floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
-    return tuple(sorted(set(values)))
-
-
-def _setting(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key or not value:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value.strip()
 
 
 def _cases(text: str) -> tuple[str, ...]:
@@ -104,7 +61,7 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument(
         "--repeats",
-        type=_count(1),
+        type=count(1),
         default=None,
         help=(
             f"timed pairs per case, x{max(c.repeat_scale for c in overhead.CASES)} for the "
@@ -114,7 +71,7 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument(
         "--warmup",
-        type=_count(0),
+        type=count(0),
         default=None,
         help=(
             f"untimed calls of each copy of each arm first (default "
@@ -123,7 +80,7 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     parser.add_argument(
         "--copies",
-        type=_count(1),
+        type=count(1),
         default=None,
         help=(
             "copies of each arm, built from the same seed, that the timed pairs take in turn: "
@@ -137,7 +94,7 @@ def _add_overhead(commands: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
     parser.add_argument(
         "--threads",
-        type=_count(1),
+        type=count(1),
         default=None,
         help="torch.set_num_threads for the run (default: leave torch's setting)",
     )
@@ -205,34 +162,19 @@ def _training_parser(
     parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
     parser.add_argument(
         "--utilities",
-        type=_names([c for c in ARMS if c != NONE]),
+        type=names([c for c in ARMS if c != NONE]),
         default=tuple(c for c in ARMS if c != NONE),
         help="comma-separated criteria, or 'all' (default); 'none' always runs too",
     )
-    parser.add_argument("--seeds", type=_count(1), default=1, help="seeds 0..N-1 (default 1)")
-    parser.add_argument("--quick", action="store_true", help="a tiny scale that checks the command")
-    parser.add_argument(
-        "--set",
-        type=_setting,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change a problem setting (repeatable; tuples as 128-128); see 'list'",
-    )
+    parser.add_argument("--seeds", type=count(1), default=1, help="seeds 0..N-1 (default 1)")
     parser.add_argument("--selection", choices=("budget", "threshold"), default=None)
     parser.add_argument("--threshold", type=float, default=None, help="τ of threshold selection")
-    parser.add_argument("--interval", type=_count(1), default=None, help="F of threshold selection")
-    parser.add_argument("--maturity", type=_count(0), default=None, help="GXDReset maturity")
+    parser.add_argument("--interval", type=count(1), default=None, help="F of threshold selection")
+    parser.add_argument("--maturity", type=count(0), default=None, help="GXDReset maturity")
     parser.add_argument(
         "--reference", choices=REFERENCES, default=None, help="GXDReset reference (default mean)"
     )
-    parser.add_argument("--data-dir", type=Path, default=None, help="local MNIST / CIFAR-10 files")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
-    parser.add_argument(
-        "--threads", type=_count(1), default=1, help="torch.set_num_threads (default 1)"
-    )
-    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_common(parser)
     return parser
 
 
@@ -265,15 +207,71 @@ def _add_sweep(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--rates",
-        type=_positive_floats,
+        type=positive_floats,
         default=(1e-5, 1e-4, 1e-3),
         help="comma-separated replacement rates (default 1e-5,1e-4,1e-3)",
     )
     parser.set_defaults(handler=_sweep, parser=parser)
 
 
-def _plan(args: argparse.Namespace) -> Plan:
-    """What ``run`` or ``sweep`` trains, from the arguments (or a usage error)."""
+def _add_cost(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "cost",
+        help="the loss each criterion's choice of units costs, on the same network states",
+        description=(
+            "Train the bare optimizer on a problem; at evenly spaced states let every "
+            "criterion score the same batches and reset the same number of units per layer; "
+            "measure the held-out loss change of each choice. Write OUT/cost.json and "
+            "OUT/cost.png and print a Markdown table (mean and 95% interval over states and "
+            "seeds, and the difference from GXD's on the same states)."
+        ),
+    )
+    parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
+    parser.add_argument(
+        "--utilities",
+        type=names([c for c in ARMS if c != NONE]),
+        default=tuple(c for c in ARMS if c != NONE),
+        help="comma-separated criteria, or 'all' (default)",
+    )
+    parser.add_argument("--seeds", type=count(1), default=5, help="seeds 0..N-1 (default 5)")
+    parser.add_argument("--states", type=count(1), default=6, help="states per seed (default 6)")
+    parser.add_argument(
+        "--scoring", type=count(1), default=20, help="batches scored per state (default 20)"
+    )
+    parser.add_argument(
+        "--budgets",
+        type=fractions,
+        default=BUDGETS,
+        help="fractions of each layer's units (default "
+        + ",".join(f"{b:g}" for b in BUDGETS)
+        + ")",
+    )
+    _add_common(parser)
+    parser.set_defaults(handler=_cost, parser=parser)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    """The options every training command shares: scale, settings, device, output."""
+    parser.add_argument("--quick", action="store_true", help="a tiny scale that checks the command")
+    parser.add_argument(
+        "--set",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a problem setting (repeatable; tuples as 128-128); see 'list'",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="local MNIST / CIFAR-10 files")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="default cpu")
+    parser.add_argument(
+        "--threads", type=count(1), default=1, help="torch.set_num_threads (default 1)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    """The problem's settings from the arguments (or a usage error)."""
     _check_device(args)
     problem = PROBLEMS[args.problem]
     if problem.data == "required" and args.data_dir is None:
@@ -281,9 +279,32 @@ def _plan(args: argparse.Namespace) -> Plan:
     if args.data_dir is not None and not args.data_dir.is_dir():
         args.parser.error(f"--data-dir {args.data_dir}: not a directory")
     try:
-        settings = problem.settings(args.quick, dict(args.set))
+        return problem.settings(args.quick, dict(args.set))
     except ValueError as error:
         args.parser.error(f"--set: {error}")
+
+
+def _cost(args: argparse.Namespace) -> int:
+    plan = CostPlan(
+        PROBLEMS[args.problem],
+        _settings(args),
+        args.utilities,
+        args.seeds,
+        args.states,
+        args.scoring,
+        args.budgets,
+        Options(args.device, args.data_dir, args.threads, not args.no_progress),
+        args.quick,
+    )
+    return _report(
+        args, lambda: run_cost(plan), {"cost.json": dict}, {"cost.png": plots.comparison_plot}
+    )
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    """What ``run`` or ``sweep`` trains, from the arguments (or a usage error)."""
+    problem = PROBLEMS[args.problem]
+    settings = _settings(args)
     given = {
         "replacement_rate": getattr(args, "replacement_rate", None),
         "selection": args.selection,
@@ -356,6 +377,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], 
     _add_list,
     _add_run,
     _add_sweep,
+    _add_cost,
 )
 """Functions that each add one command's subparser."""
 

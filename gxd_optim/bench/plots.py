@@ -1,4 +1,5 @@
-"""Plots of a benchmark report: learning curves, reset costs, a sweep, the overhead pairs.
+"""Plots of a benchmark report: learning curves, reset costs, a sweep, the controlled cost
+comparison, the overhead pairs.
 
 Every function draws one figure with matplotlib's Agg backend, writes it to ``path`` and
 returns ``path``.
@@ -18,7 +19,7 @@ from .overhead.report import where_and_what
 from .runner import NONE
 from .tables import number
 
-__all__ = ["cost_plot", "curve_plot", "overhead_plot", "sweep_plot"]
+__all__ = ["comparison_plot", "cost_plot", "curve_plot", "overhead_plot", "sweep_plot"]
 
 _COLOURS = {
     "none": "tab:gray",
@@ -161,6 +162,44 @@ def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
         title=_title(report) + "\n(circle: degradation onset)",
     )
     ax.legend(fontsize=8)
+    return _save(plt, fig, path, tight=True)
+
+
+def comparison_plot(report: Mapping[str, Any], path: Path) -> Path:
+    """A ``cost`` report: per budget, each criterion's realised cost (left) and its difference
+    from GXD's on the same states (right), with 95% intervals."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    budgets = list(report["summary"])
+    criteria = report["criteria"]
+    width = 0.8 / max(len(criteria), 1)
+    for k, name in enumerate(criteria):
+        x = np.arange(len(budgets)) + (k - (len(criteria) - 1) / 2) * width
+        for ax, key in ((left, "realised"), (right, "minus_gxd")):
+            entries = [report["summary"][b][name].get(key) for b in budgets]
+            if any(e is None for e in entries):
+                continue
+            mean = np.array([e["mean"] for e in entries])
+            low, high = (np.array([e["ci95"][i] for e in entries]) for i in (0, 1))
+            errors = np.nan_to_num(np.vstack([mean - low, high - mean]))
+            colour = _COLOURS.get(name)
+            ax.errorbar(x, mean, yerr=errors, fmt="o", ms=4, capsize=3, color=colour, label=name)
+    labels = [f"{float(b):.0%}" for b in budgets]
+    right.axhline(0.0, color="black", lw=0.8)
+    for ax, ylabel in (
+        (left, "realised cost: held-out loss after − before"),
+        (right, "realised cost minus GXD's (same states)"),
+    ):
+        ax.set_xticks(np.arange(len(budgets)), labels)
+        ax.set(xlabel="units reset per layer", ylabel=ylabel)
+    problem = report["problem"]
+    fig.suptitle(
+        f"{problem['name']} ({problem['settings'].get('activation', 'relu')}): "
+        f"{report['seeds']} seed(s) × {report['states']} states, mean and 95% interval"
+        + (" (--quick)" if problem["quick"] else ""),
+        fontsize=10,
+    )
+    left.legend(fontsize=8)
     return _save(plt, fig, path, tight=True)
 
 

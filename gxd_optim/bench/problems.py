@@ -7,7 +7,8 @@ settings and a seed; nothing is downloaded (MNIST and CIFAR-10 are read from ``d
 
 The segments come from one of two recipes (`gxd_optim.bench.segments`).
 
-Problems (`PROBLEMS`):
+Problems (`PROBLEMS`); every one has an ``activation`` setting for its hidden units (a name
+in `gxd_optim.bench.models.ACTIVATIONS`, ``relu`` by default):
 
 * ``bitflip``: slowly-changing regression (Dohare et al. 2024): 20 binary inputs, 15 of
   which flip one at a time every 10,000 examples, the target a fixed net of 100 LTUs
@@ -48,7 +49,7 @@ from torch import Tensor, nn
 
 from .datasets import cifar10_class_pairs, load_digits, load_mnist
 from .metrics import accuracy
-from .models import conv_net, relu_mlp
+from .models import check_activation, conv_net, mlp
 from .segments import Segment, Task, online_segment, task_segments
 from .settings import apply_overrides, check_positive
 from .streams import BitFlipStream, LTUTarget, permutations, prototype_tasks, random_label_data
@@ -142,9 +143,11 @@ class _Tasks:
     """Settings whose segments are tasks; every number must be positive."""
 
     tasks: int
+    activation: str
 
     def __post_init__(self) -> None:
         check_positive(self, unchecked=("noise",))
+        check_activation(self.activation)
 
     @property
     def segments(self) -> int:
@@ -192,9 +195,11 @@ class BitFlipSettings:
     hidden: int = 5
     lr: float = 0.01
     batch: int = 1
+    activation: str = "relu"
 
     def __post_init__(self) -> None:
         check_positive(self, unchecked=("noise",))
+        check_activation(self.activation)
         if self.examples % self.bin or self.bin % self.batch:
             raise ValueError("examples must be a multiple of bin, and bin of batch")
 
@@ -212,7 +217,7 @@ class BitFlipSettings:
 def _bitflip(s: BitFlipSettings, seed: int, device: torch.device, _: Path | None) -> Instance:
     target = LTUTarget.draw(seed, s.inputs, s.target_features, s.beta)
     stream = BitFlipStream(seed + 1, s.inputs, s.flipping, s.flip_after)
-    model = relu_mlp((s.inputs, s.hidden, 1), seed=seed).to(device)
+    model = mlp((s.inputs, s.hidden, 1), seed, s.activation).to(device)
 
     def segments() -> Iterator[Segment]:
         for _ in range(s.segments):
@@ -238,6 +243,7 @@ class MNISTSettings(_Tasks):
     batch: int = 16
     hidden: tuple[int, ...] = (256, 256, 256)
     lr: float = 0.01
+    activation: str = "relu"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -256,7 +262,7 @@ def _mnist(s: MNISTSettings, seed: int, device: torch.device, data_dir: Path | N
     if s.examples > len(inputs):
         raise ValueError(f"examples={s.examples} but {data_dir} holds {len(inputs)} images")
     inputs, labels = inputs.to(device), labels.to(device)
-    model = relu_mlp((inputs.shape[1], *s.hidden, 10), seed=seed).to(device)
+    model = mlp((inputs.shape[1], *s.hidden, 10), seed, s.activation).to(device)
     perms = permutations(s.tasks, inputs.shape[1], seed + 2).to(device)
     order = torch.Generator().manual_seed(seed + 1)
 
@@ -288,6 +294,7 @@ class MemorisationSettings(_Tasks):
     epochs: int = 100
     batch: int = 100
     lr: float = 1e-3
+    activation: str = "relu"
 
     @property
     def steps_per_segment(self) -> int:
@@ -300,7 +307,7 @@ def _memorisation(
 ) -> Instance:
     inputs, labels = random_label_data(s.samples, s.input_dim, s.classes, s.tasks, seed)
     inputs, labels = inputs.to(device), labels.to(device)
-    model = relu_mlp((s.input_dim, *[s.width] * s.depth, s.classes), seed=seed).to(device)
+    model = mlp((s.input_dim, *[s.width] * s.depth, s.classes), seed, s.activation).to(device)
     return _adam_on_tasks(model, (Task((inputs, y), (inputs, y), inputs) for y in labels), s, seed)
 
 
@@ -315,6 +322,7 @@ class DigitsSettings(_Tasks):
     hidden: tuple[int, ...] = (128, 128)
     lr: float = 1e-3
     test_fraction: float = 0.2
+    activation: str = "relu"
 
     @property
     def steps_per_segment(self) -> int:
@@ -328,7 +336,7 @@ def _digits(s: DigitsSettings, seed: int, device: torch.device, _: Path | None) 
     test = int(len(inputs) * s.test_fraction)
     train_x, train_y = inputs[split[test:]].to(device), labels[split[test:]].to(device)
     test_x, test_y = inputs[split[:test]].to(device), labels[split[:test]].to(device)
-    model = relu_mlp((64, *s.hidden, 10), seed=seed).to(device)
+    model = mlp((64, *s.hidden, 10), seed, s.activation).to(device)
     perms = permutations(s.tasks, 64, seed + 2).to(device)
 
     def tasks() -> Iterator[Task]:
@@ -353,6 +361,7 @@ class CNNSettings(_Tasks):
     image_size: int = 16
     noise: float = 1.0
     lr: float = 1e-3
+    activation: str = "relu"
 
     @property
     def steps_per_segment(self) -> int:
@@ -362,7 +371,7 @@ class CNNSettings(_Tasks):
 
 def _cnn(s: CNNSettings, seed: int, device: torch.device, data_dir: Path | None) -> Instance:
     size = 32 if data_dir is not None else s.image_size
-    model = conv_net(s.channels, 2, seed=seed, image_size=size).to(device)
+    model = conv_net(s.channels, 2, seed, image_size=size, activation=s.activation).to(device)
     generator = torch.Generator().manual_seed(seed + 3)
     images = (
         cifar10_class_pairs(data_dir, s.tasks, (s.train, s.test), seed, generator)
@@ -384,7 +393,7 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType(
         for p in (
             Problem(
                 "bitflip",
-                "slowly-changing regression (Dohare et al. 2024): 20-5-1 ReLU net, SGD, batch 1",
+                "slowly-changing regression (Dohare et al. 2024): 20-5-1 net, SGD, batch 1",
                 "squared error",
                 False,
                 "examples",
@@ -394,7 +403,7 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType(
             ),
             Problem(
                 "memorisation",
-                "random-label memorisation: fixed inputs, new labels per task, ReLU MLP, Adam",
+                "random-label memorisation: fixed inputs, new labels per task, MLP, Adam",
                 "training accuracy",
                 True,
                 "task",
@@ -404,7 +413,7 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType(
             ),
             Problem(
                 "digits",
-                "permuted scikit-learn digits: new pixel permutation per task, ReLU MLP, Adam",
+                "permuted scikit-learn digits: new pixel permutation per task, MLP, Adam",
                 "held-out accuracy",
                 True,
                 "task",
@@ -414,7 +423,7 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType(
             ),
             Problem(
                 "mnist",
-                "online permuted MNIST from local IDX files (--data-dir), ReLU MLP, SGD",
+                "online permuted MNIST from local IDX files (--data-dir), MLP, SGD",
                 "online accuracy",
                 True,
                 "task",
@@ -425,7 +434,7 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType(
             ),
             Problem(
                 "cnn",
-                "binary image tasks (generated or CIFAR-10 in --data-dir), conv-BN-ReLU-pool CNN",
+                "binary image tasks (generated or CIFAR-10 in --data-dir), conv-BN-act-pool CNN",
                 "held-out accuracy",
                 True,
                 "task",

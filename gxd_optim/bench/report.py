@@ -1,5 +1,5 @@
-"""What a benchmark prints and writes: the summary of a ``run``, ``sweep`` or ``overhead``
-report, and the report as JSON.
+"""What a benchmark prints and writes: the summary of a ``run``, ``sweep``, ``cost`` or
+``overhead`` report, and the report as JSON.
 
 Examples:
     >>> summary = {"none": {"early": 0.5, "average": 0.6, "final": 0.7, "final_dormant": 0.25,
@@ -21,7 +21,7 @@ from .overhead.report import overhead_notes, overhead_table
 from .runner import NONE
 from .tables import markdown_table, number
 
-__all__ = ["compact", "run_table", "summary_text", "sweep_table", "write_json"]
+__all__ = ["compact", "cost_table", "run_table", "summary_text", "sweep_table", "write_json"]
 
 
 def run_table(summary: Mapping[str, Mapping[str, Any]], metric: str) -> str:
@@ -76,14 +76,59 @@ def sweep_table(report: Mapping[str, Any]) -> str:
     return caption + "\n\n" + markdown_table(["criterion", *rates, "degrades from"], rows)
 
 
+def cost_table(report: Mapping[str, Any]) -> str:
+    """A ``cost`` report as a Markdown table: per budget and criterion, the realised cost (mean
+    and 95% interval over states and seeds), its difference from GXD's on the same states
+    (and whether the interval excludes 0), the rank and Spearman's ρ of predicted against
+    realised.
+
+    Examples:
+        >>> entry = {"realised": {"mean": 0.25, "ci95": [0.125, 0.375], "n": 6},
+        ...          "rank": 1, "spearman": 0.5}
+        >>> print(cost_table({"summary": {"0.1": {"gxd": entry}}}).splitlines()[2])
+        | 10% | gxd | 1 | 0.25 | 0.125 – 0.375 | — | 0.5 |
+    """
+    header = ["budget", "criterion", "rank", "realised cost", "95% interval"]
+    header += ["minus GXD's (95% interval)", "Spearman ρ"]
+    rows = []
+    for budget, entries in report["summary"].items():
+        for name, e in sorted(entries.items(), key=lambda item: item[1]["rank"]):
+            low, high = e["realised"]["ci95"]
+            versus = e.get("minus_gxd")
+            difference = (
+                "—"
+                if versus is None
+                else f"{number(versus['mean'])} ({number(versus['ci95'][0])} – "
+                f"{number(versus['ci95'][1])}): {versus['verdict']}"
+            )
+            rows.append(
+                [
+                    f"{float(budget):.0%}",
+                    name,
+                    str(e["rank"]),
+                    number(e["realised"]["mean"]),
+                    f"{number(low)} – {number(high)}",
+                    difference,
+                    number(e["spearman"], 2),
+                ]
+            )
+    return markdown_table(header, rows)
+
+
 def _training_notes(report: Mapping[str, Any]) -> list[str]:
-    """The lines under a ``run`` or ``sweep`` table: the problem, the machine, the time."""
+    """The lines under a ``run``, ``sweep`` or ``cost`` table: the problem, the machine, the
+    time."""
     problem, machine, source = report["problem"], report["machine"], report["source"]
     quick = " (--quick: not a measurement)" if problem["quick"] else ""
+    what = (
+        f"{report['states']} state(s) per seed, {report['scoring']} scoring batches; realised "
+        "cost = held-out loss after − before the reset (lower is better)"
+        if report["benchmark"] == "cost"
+        else f"{'lower' if not problem['higher_is_better'] else 'higher'} {problem['metric']} "
+        "is better; early/final = mean over the first/last tenth of the segments"
+    )
     return [
-        f"{problem['name']}: {problem['summary']}; {report['seeds']} seed(s); "
-        f"{'lower' if not problem['higher_is_better'] else 'higher'} {problem['metric']} is "
-        f"better; early/final = mean over the first/last tenth of the segments",
+        f"{problem['name']}: {problem['summary']}; {report['seeds']} seed(s); {what}",
         f"device {machine['device']}, {machine['cpu']}, {machine['threads']} thread(s); "
         f"torch {machine['torch']}; gxd_optim {source['gxd_optim']} "
         f"({describe_source(source)}); {report['seconds']:.0f} s{quick}",
@@ -91,14 +136,16 @@ def _training_notes(report: Mapping[str, Any]) -> list[str]:
 
 
 def summary_text(report: Mapping[str, Any]) -> str:
-    """The table of a ``run``, ``sweep`` or ``overhead`` report and the lines that say what
-    was measured, where and how long."""
+    """The table of a ``run``, ``sweep``, ``cost`` or ``overhead`` report and the lines that
+    say what was measured, where and how long."""
     kind = report["benchmark"]
     if kind == "overhead":
         table, notes = overhead_table(report["cases"]), overhead_notes(report)
     elif kind == "run":
         table = run_table(report["summary"], report["problem"]["metric"])
         notes = _training_notes(report)
+    elif kind == "cost":
+        table, notes = cost_table(report), _training_notes(report)
     else:
         table, notes = sweep_table(report), _training_notes(report)
     return "\n".join([table, "", *notes])

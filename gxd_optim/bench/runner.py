@@ -45,6 +45,7 @@ __all__ = [
     "Job",
     "Options",
     "Plan",
+    "problem_record",
     "run_benchmark",
     "run_jobs",
     "run_sweep",
@@ -207,6 +208,19 @@ class Plan:
         return (NONE, *dict.fromkeys(c for c in self.criteria if c != NONE))
 
 
+def problem_record(problem: Problem, settings: Any, quick: bool) -> dict[str, Any]:
+    """What a report records of its problem: name, summary, metric, settings, scale."""
+    return {
+        "name": problem.name,
+        "summary": problem.summary,
+        "metric": problem.metric,
+        "higher_is_better": problem.higher_is_better,
+        "axis": problem.axis,
+        "settings": dataclasses.asdict(settings),
+        "quick": quick,
+    }
+
+
 def _measure(kind: str, plan: Plan, jobs: list[Job]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the jobs with ``plan.options.threads``: the report's header, machine, source, runs
     and timing; and the runs."""
@@ -216,15 +230,7 @@ def _measure(kind: str, plan: Plan, jobs: list[Job]) -> tuple[dict[str, Any], li
     report = {
         "benchmark": kind,
         "created": run.created,
-        "problem": {
-            "name": problem.name,
-            "summary": problem.summary,
-            "metric": problem.metric,
-            "higher_is_better": problem.higher_is_better,
-            "axis": problem.axis,
-            "settings": dataclasses.asdict(plan.settings),
-            "quick": plan.quick,
-        },
+        "problem": problem_record(problem, plan.settings, plan.quick),
         "options": {
             "device": options.device,
             "data_dir": None if options.data_dir is None else str(options.data_dir),

@@ -42,11 +42,15 @@ class Segment:
         evaluate: ``online -> performance``; ``online`` stacks the instance's online score of
             every batch (``None`` if the instance has none). Called after the last batch.
         probe: inputs on which dormant units are counted after the segment.
+        held_out: data of the segment's task that it does not train on (a task's held-out
+            set, or the first examples of an online segment, seen once), on which the
+            controlled comparison measures the cost of resets (`gxd_optim.bench.cost`).
     """
 
     batches: Iterable[Batch]
     evaluate: Callable[[Tensor | None], float]
     probe: Tensor
+    held_out: Batch
 
 
 def _mean_online(online: Tensor | None) -> float:
@@ -59,7 +63,9 @@ def online_segment(inputs: Tensor, targets: Tensor, batch: int) -> Segment:
     batches = (
         (inputs[i : i + batch], targets[i : i + batch]) for i in range(0, len(inputs), batch)
     )
-    return Segment(batches, _mean_online, inputs[:PROBE_SIZE])
+    return Segment(
+        batches, _mean_online, inputs[:PROBE_SIZE], (inputs[:PROBE_SIZE], targets[:PROBE_SIZE])
+    )
 
 
 @dataclass(frozen=True)
@@ -113,4 +119,5 @@ def task_segments(
             _epochs(task.train, epochs, batch, order),
             _accuracy_at_end(model, task.held_out),
             task.probe,
+            task.held_out,
         )

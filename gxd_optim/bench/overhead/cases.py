@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import conv_net, ffn_block, relu_mlp
-from .rl import NATURE_INPUT, nature_cnn, rl_mlp
+from ..models import NATURE_INPUT, conv_net, ffn_block, mlp, nature_cnn
 from .timing import DEFAULT_WARMUP
 
 __all__ = [
@@ -127,7 +126,7 @@ def _mlp_workload(batch: int, optimizer: OptimizerFactory, label: str) -> Worklo
     return Workload(
         f"MLP {'-'.join(map(str, MLP_SIZES))} (ReLU), batch {batch}, {label}, "
         "cross-entropy on random labels",
-        partial(relu_mlp, MLP_SIZES, seed=SEED),
+        partial(mlp, MLP_SIZES, seed=SEED),
         optimizer,
         (batch, MLP_SIZES[0]),
         (batch,),
@@ -160,11 +159,11 @@ FFN_T4096_ADAM = Workload(
 )
 
 
-def _rl_mlp_workload(width: int, batch: int, act: type[nn.Module], use: str) -> Workload:
+def _rl_mlp_workload(width: int, batch: int, activation: str, use: str) -> Workload:
     return Workload(
-        f"MLP {RL_FEATURES}-{width}-{width}-{RL_ACTIONS} ({act.__name__}), batch {batch} "
+        f"MLP {RL_FEATURES}-{width}-{width}-{RL_ACTIONS} ({activation}), batch {batch} "
         f"({use}), Adam(lr=3e-4), mean-squared error to a Gaussian target",
-        partial(rl_mlp, RL_FEATURES, (width, width), RL_ACTIONS, act, seed=SEED),
+        partial(mlp, (RL_FEATURES, width, width, RL_ACTIONS), SEED, activation),
         _adam_rl,
         (batch, RL_FEATURES),
         (batch, RL_ACTIONS),
@@ -172,8 +171,8 @@ def _rl_mlp_workload(width: int, batch: int, act: type[nn.Module], use: str) -> 
     )
 
 
-RL_MLP64_B64_ADAM = _rl_mlp_workload(64, 64, nn.Tanh, "stable-baselines3's PPO/DQN default")
-RL_MLP256_B256_ADAM = _rl_mlp_workload(256, 256, nn.ReLU, "stable-baselines3's SAC default")
+RL_MLP64_B64_ADAM = _rl_mlp_workload(64, 64, "tanh", "stable-baselines3's PPO/DQN default")
+RL_MLP256_B256_ADAM = _rl_mlp_workload(256, 256, "relu", "stable-baselines3's SAC default")
 RL_DQN_CNN_B32_ADAM = Workload(
     "Nature DQN CNN: Conv 32@8x8/4, 64@4x4/2, 64@3x3/1, Linear(3136, 512), Linear(512, "
     f"{RL_ACTIONS}) (ReLU); batch 32 of 4x84x84; Adam(lr=1e-4), mean-squared error to a "
