@@ -3,10 +3,12 @@ budgets, and the report says how their realised costs compare; the problems' ``a
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -53,6 +55,18 @@ def test_quick_cost_compares_the_criteria_on_identical_states(
         assert entries["gxd"]["realised"]["n"] == 4
     out = capsys.readouterr().out
     assert "| 50% | " in out and "minus GXD's" in out and "2 state(s) per seed" in out
+    table = _summary_script().summary([report], "0.5").splitlines()
+    assert table[0].startswith("| problem | activation | GXD's realised cost | activation − GXD")
+    assert table[2].startswith("| memorisation | tanh | ")
+
+
+def _summary_script() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "scripts" / "cost_summary.py"
+    spec = importlib.util.spec_from_file_location("cost_summary", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_a_small_reset_costs_about_what_gxd_predicts() -> None:
@@ -104,3 +118,46 @@ def test_every_problem_builds_the_activation_it_is_given(name: str, activation: 
     model = problem.build(settings, 0, torch.device("cpu"), None).model
     kinds = {type(m) for m in model.modules()}
     assert ACTIVATIONS[activation] in kinds and nn.ReLU not in kinds
+
+
+def test_cartpole_tasks_change_the_observation_map_and_fill_their_held_out_data() -> None:
+    """Each task sees CartPole through a new signed permutation; its held-out transitions and
+    probe are filled from its own buffer once its last batch is trained."""
+    from gxd_optim.bench.control import HELD_OUT, CartPoleSettings, _Agent, dqn_on_cartpole
+
+    settings = CartPoleSettings(tasks=2, steps=40, warmup=32, buffer=128, batch=8)
+    agent = _Agent(settings, nn.Linear(4, 2), seed=0)
+    maps = []
+    for _ in range(3):
+        agent.new_task()
+        maps.append(agent.map.clone())
+        assert sorted(agent.map.abs().sum(0).tolist()) == [1.0] * 4  # a signed permutation
+        assert torch.equal(agent.map.abs().sum(1), torch.ones(4))
+    assert not torch.equal(maps[0], maps[1]) or not torch.equal(maps[1], maps[2])
+    _, _, segments = dqn_on_cartpole(settings, 0, torch.device("cpu"))
+    for segment in segments:
+        held_states = segment.held_out[0]
+        assert not bool(held_states.any())  # nothing before the task has run
+        for states, targets in segment.batches:
+            assert states.shape == (8, 4) and targets.shape == (8, 2)
+            assert set(targets[:, 0].tolist()) <= {0.0, 1.0}
+        assert held_states.shape == (HELD_OUT, 4) and bool(held_states.any())
+        assert torch.equal(segment.probe, held_states)
+        assert math.isfinite(segment.evaluate(None))
+    with pytest.raises(ValueError, match="CPU"):
+        dqn_on_cartpole(settings, 0, torch.device("meta"))
+
+
+def test_the_td_loss_reads_the_action_taken() -> None:
+    from gxd_optim.bench.control import td_loss
+
+    q = torch.tensor([[1.0, 5.0], [2.0, -1.0]])
+    y = torch.tensor([[1.0, 5.0], [0.0, 2.5]])  # (action, target): errors 0 and 0.5
+    assert float(td_loss(q, y)) == pytest.approx((0.0 + 0.5 * 0.5**2) / 2)
+
+
+def test_cartpole_runs_from_the_command_line(tmp_path: Path) -> None:
+    argv = ["run", "cartpole", "--quick", "--utilities", "gxd", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert [len(r["performance"]) for r in report["runs"]] == [2, 2]

@@ -116,7 +116,7 @@ def cost_plot(report: Mapping[str, Any], path: Path) -> Path:
             label=f"{name} (ρ={number(rho, 2)}, n={len(records)})",
         )
         limits += [float(np.abs(predicted).max()), float(np.abs(realised).max())]
-    if limits:
+    if limits and max(limits) > 0:  # (all zero: dead units reset, linear axes)
         top = max(limits)
         ax.plot(
             [-top, top], [-top, top], color="black", lw=0.8, ls="--", label="realised = predicted"

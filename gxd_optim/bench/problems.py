@@ -7,23 +7,11 @@ settings and a seed; nothing is downloaded (MNIST and CIFAR-10 are read from ``d
 
 The segments come from one of two recipes (`gxd_optim.bench.segments`).
 
-Problems (`PROBLEMS`); every one has an ``activation`` setting for its hidden units (a name
-in `gxd_optim.bench.models.ACTIVATIONS`, ``relu`` by default):
-
-* ``bitflip``: slowly-changing regression (Dohare et al. 2024): 20 binary inputs, 15 of
-  which flip one at a time every 10,000 examples, the target a fixed net of 100 LTUs
-  (β = 0.7); a 20-5-1 ReLU learner, SGD 0.01, batch 1; online squared error per bin of
-  20,000 examples.
-* ``memorisation``: random-label memorisation (the demo's problem): 1,000 fixed Gaussian
-  inputs, new random labels each task, a 32-128-128-10 ReLU MLP, Adam 1e-3; training
-  accuracy at the end of each task.
-* ``digits``: scikit-learn's 8×8 digits with a new pixel permutation per task, a
-  64-128-128-10 ReLU MLP, Adam 1e-3; held-out accuracy at the end of each task.
-* ``mnist``: online permuted MNIST from local IDX files (``--data-dir``): each task a new
-  permutation of 784 pixels, every example seen once, SGD; online accuracy per task.
-* ``cnn``: continual binary image tasks for a small CNN (conv-BN-ReLU-pool blocks and a linear
-  head): each task two new classes of generated images (smooth random prototypes, shifted, plus
-  noise) or, with ``--data-dir``, two random CIFAR-10 classes; held-out accuracy per task.
+Problems (`PROBLEMS`; ``python -m gxd_optim.bench list`` describes each): ``bitflip``
+(Dohare et al. 2024), ``memorisation``, ``digits``, ``mnist`` (local IDX files), ``cnn``
+(generated images or local CIFAR-10) and ``cartpole`` (`gxd_optim.bench.control`). Every one
+has an ``activation`` setting for its hidden units (``relu`` by default; the names of
+`gxd_optim.bench.models.ACTIVATIONS`).
 
 Examples:
     >>> settings = PROBLEMS["bitflip"].settings(quick=True)
@@ -47,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .control import CartPoleSettings, dqn_on_cartpole, td_loss
 from .datasets import cifar10_class_pairs, load_digits, load_mnist
 from .metrics import accuracy
 from .models import check_activation, conv_net, mlp
@@ -138,7 +127,6 @@ class Problem:
         return self.builder(settings, seed, device, data_dir if self.data != "none" else None)
 
 
-# -- settings and the task recipe -------------------------------------------------------------
 class _Tasks:
     """Settings whose segments are tasks; every number must be positive."""
 
@@ -180,7 +168,6 @@ def _adam_on_tasks(
     )
 
 
-# -- bit-flipping ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BitFlipSettings:
     """Slowly-changing regression; defaults are the paper's (Dohare et al. 2024)."""
@@ -233,7 +220,6 @@ def _bitflip(s: BitFlipSettings, seed: int, device: torch.device, _: Path | None
     )
 
 
-# -- online permuted MNIST ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class MNISTSettings(_Tasks):
     """Online permuted MNIST (read from ``--data-dir``): every example seen once per task."""
@@ -280,7 +266,6 @@ def _mnist(s: MNISTSettings, seed: int, device: torch.device, data_dir: Path | N
     )
 
 
-# -- random-label memorisation -----------------------------------------------------------------
 @dataclass(frozen=True)
 class MemorisationSettings(_Tasks):
     """Random-label memorisation; ``examples/continual_demo.py`` runs it with 45 tasks."""
@@ -311,7 +296,6 @@ def _memorisation(
     return _adam_on_tasks(model, (Task((inputs, y), (inputs, y), inputs) for y in labels), s, seed)
 
 
-# -- permuted digits ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DigitsSettings(_Tasks):
     """Permuted scikit-learn digits."""
@@ -347,7 +331,6 @@ def _digits(s: DigitsSettings, seed: int, device: torch.device, _: Path | None) 
     return _adam_on_tasks(model, tasks(), s, seed)
 
 
-# -- continual convolutional tasks -------------------------------------------------------------
 @dataclass(frozen=True)
 class CNNSettings(_Tasks):
     """Binary image tasks for a small CNN (generated, or CIFAR-10 from ``--data-dir``)."""
@@ -385,6 +368,11 @@ def _cnn(s: CNNSettings, seed: int, device: torch.device, data_dir: Path | None)
             yield Task((x, y.to(device)), (xt.to(device), yt.to(device)), x[:256])
 
     return _adam_on_tasks(model, tasks(), s, seed)
+
+
+def _cartpole(s: CartPoleSettings, seed: int, device: torch.device, _: Path | None) -> Instance:
+    model, optimizer, segments = dqn_on_cartpole(s, seed, device)
+    return Instance(model, optimizer, td_loss, segments)
 
 
 PROBLEMS: Mapping[str, Problem] = MappingProxyType(
@@ -442,6 +430,16 @@ PROBLEMS: Mapping[str, Problem] = MappingProxyType(
                 {"tasks": 3, "train": 64, "test": 32, "epochs": 1, "channels": (4, 8)},
                 _cnn,
                 data="optional",
+            ),
+            Problem(
+                "cartpole",
+                "DQN on CartPole, a new observation map (permutation, signs) per task, MLP, Adam",
+                "return (last 10 episodes)",
+                True,
+                "task",
+                CartPoleSettings,
+                {"tasks": 2, "steps": 200, "warmup": 100, "buffer": 1000, "batch": 16},
+                _cartpole,
             ),
         )
     }
