@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gxd_optim.bench.models import ACTIVATIONS
+from gxd_optim.bench.problems import PROBLEMS
 from gxd_optim.bench.tables import markdown_table, number
 
 MARK = {"lower": " (lower)", "higher": " (higher)", "no difference": ""}
@@ -26,12 +28,18 @@ def _cell(entry: dict[str, Any]) -> str:
     return f"{number(versus['mean'], 2)} {interval}{MARK[versus['verdict']]}"
 
 
+def _order(report: dict[str, Any]) -> tuple[int, int]:
+    """Problems in the order `list` shows them, activations in the order of `ACTIVATIONS`."""
+    activation = report["problem"]["settings"].get("activation", "relu")
+    return list(PROBLEMS).index(report["problem"]["name"]), list(ACTIVATIONS).index(activation)
+
+
 def summary(reports: list[dict[str, Any]], budget: str) -> str:
     """The table at ``budget`` (a key of each report's summary, e.g. ``"0.1"``)."""
     others = [c for c in reports[0]["criteria"] if c != "gxd"]
     header = ["problem", "activation", "GXD's realised cost", *[f"{c} − GXD" for c in others]]
     rows = []
-    for report in reports:
+    for report in sorted(reports, key=_order):
         entries = report["summary"][budget]
         mean, (low, high) = entries["gxd"]["realised"]["mean"], entries["gxd"]["realised"]["ci95"]
         settings = report["problem"]["settings"]

@@ -73,4 +73,4 @@ def test_the_command_line_runs_as_a_module() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "{overhead,list,run,sweep}" in done.stdout
+    assert "{overhead,list,run,sweep,cost}" in done.stdout

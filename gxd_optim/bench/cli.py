@@ -159,14 +159,7 @@ def _training_parser(
 ) -> argparse.ArgumentParser:
     """The subparser of ``run`` or ``sweep``, with the options they share."""
     parser = commands.add_parser(name, help=help, description=description)
-    parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
-    parser.add_argument(
-        "--utilities",
-        type=names([c for c in ARMS if c != NONE]),
-        default=tuple(c for c in ARMS if c != NONE),
-        help="comma-separated criteria, or 'all' (default); 'none' always runs too",
-    )
-    parser.add_argument("--seeds", type=count(1), default=1, help="seeds 0..N-1 (default 1)")
+    _add_problem(parser, seeds=1, criteria="'none' always runs too")
     parser.add_argument("--selection", choices=("budget", "threshold"), default=None)
     parser.add_argument("--threshold", type=float, default=None, help="τ of threshold selection")
     parser.add_argument("--interval", type=count(1), default=None, help="F of threshold selection")
@@ -226,14 +219,7 @@ def _add_cost(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "seeds, and the difference from GXD's on the same states)."
         ),
     )
-    parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
-    parser.add_argument(
-        "--utilities",
-        type=names([c for c in ARMS if c != NONE]),
-        default=tuple(c for c in ARMS if c != NONE),
-        help="comma-separated criteria, or 'all' (default)",
-    )
-    parser.add_argument("--seeds", type=count(1), default=5, help="seeds 0..N-1 (default 5)")
+    _add_problem(parser, seeds=5, criteria="each chooses on the same states")
     parser.add_argument("--states", type=count(1), default=6, help="states per seed (default 6)")
     parser.add_argument(
         "--scoring", type=count(1), default=20, help="batches scored per state (default 20)"
@@ -248,6 +234,20 @@ def _add_cost(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     _add_common(parser)
     parser.set_defaults(handler=_cost, parser=parser)
+
+
+def _add_problem(parser: argparse.ArgumentParser, seeds: int, criteria: str) -> None:
+    """The problem, the criteria and the seeds of a training command."""
+    parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
+    parser.add_argument(
+        "--utilities",
+        type=names([c for c in ARMS if c != NONE]),
+        default=tuple(c for c in ARMS if c != NONE),
+        help=f"comma-separated criteria, or 'all' (default); {criteria}",
+    )
+    parser.add_argument(
+        "--seeds", type=count(1), default=seeds, help=f"seeds 0..N-1 (default {seeds})"
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
