@@ -18,7 +18,8 @@ from scipy import stats
 from torch import nn
 
 from gxd_optim.bench.cli import main
-from gxd_optim.bench.cost import interval, paired_difference, state_segments
+from gxd_optim.bench.cost import paired_difference, state_segments
+from gxd_optim.bench.metrics import interval
 from gxd_optim.bench.models import ACTIVATIONS
 from gxd_optim.bench.problems import PROBLEMS
 

@@ -25,22 +25,19 @@ Examples:
 from __future__ import annotations
 
 import copy
-import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import stats
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from .. import UTILITIES, GXDReset
 from ..selection import lowest
 from .environment import session, source_info
-from .metrics import spearman
+from .metrics import interval, spearman
 from .problems import Problem
 from .runner import Options, problem_record
 from .segments import Batch
@@ -48,7 +45,6 @@ from .segments import Batch
 __all__ = [
     "BUDGETS",
     "CostPlan",
-    "interval",
     "measure_state",
     "paired_difference",
     "run_cost",
@@ -108,22 +104,6 @@ def state_segments(segments: int, states: int) -> list[int]:
     return sorted({round((i + 1) * segments / count) - 1 for i in range(count)})
 
 
-def interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """Mean and `CONFIDENCE` interval of the mean (Student's t; NaN bounds below 2 values).
-
-    Examples:
-        >>> mean, low, high = interval([1.0, 2.0, 3.0])
-        >>> mean, round(low, 3), round(high, 3)
-        (2.0, -0.484, 4.484)
-    """
-    data = np.asarray(values, dtype=np.float64)
-    mean = float(data.mean()) if len(data) else math.nan
-    if len(data) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(data) - 1) * stats.sem(data))
-    return mean, mean - half, mean + half
-
-
 def paired_difference(values: Sequence[float], baseline: Sequence[float]) -> dict[str, Any]:
     """``values − baseline``, measured on the same states: mean, interval and the verdict.
 
@@ -134,7 +114,7 @@ def paired_difference(values: Sequence[float], baseline: Sequence[float]) -> dic
         >>> paired_difference([1.0, 2.0, 3.0], [1.5, 2.4, 3.6])["verdict"]
         'lower'
     """
-    mean, low, high = interval([v - b for v, b in zip(values, baseline, strict=True)])
+    mean, low, high = interval([v - b for v, b in zip(values, baseline, strict=True)], CONFIDENCE)
     verdict = "lower" if high < 0 else "higher" if low > 0 else "no difference"
     return {"mean": mean, "ci95": [low, high], "verdict": verdict}
 
@@ -239,7 +219,7 @@ def _summary(
         realised = {c: [m["realised"] for m in rows[c]] for c in criteria}
         entry: dict[str, Any] = {}
         for c in criteria:
-            mean, low, high = interval(realised[c])
+            mean, low, high = interval(realised[c], CONFIDENCE)
             entry[c] = {
                 "realised": {"mean": mean, "ci95": [low, high], "n": len(realised[c])},
                 "spearman": spearman([m["predicted"] for m in rows[c]], realised[c]),

@@ -27,6 +27,7 @@ __all__ = [
     "degradation_onset",
     "dormant_fraction",
     "evaluating",
+    "interval",
     "spearman",
     "summarise_criterion",
     "window",
@@ -108,6 +109,22 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return round(float(stats.spearmanr(a, b).statistic), 12)
 
 
+def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and ``confidence`` interval of the mean (Student's t; NaN bounds below 2 values).
+
+    Examples:
+        >>> mean, low, high = interval([1.0, 2.0, 3.0])
+        >>> mean, round(low, 3), round(high, 3)
+        (2.0, -0.484, 4.484)
+    """
+    data = np.asarray(values, dtype=np.float64)
+    mean = float(data.mean()) if len(data) else math.nan
+    if len(data) < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(data) - 1) * stats.sem(data))
+    return mean, mean - half, mean + half
+
+
 def window(segments: int) -> int:
     """How many segments "early" and "final" average: a tenth of the run, at least one."""
     return max(1, segments // 10)
@@ -127,7 +144,8 @@ def summarise_criterion(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
     Returns:
         ``early``/``average``/``final`` performance (mean over seeds of the first tenth, all,
-        and last tenth of the segments), ``final_dormant``, ``resets_per_run``,
+        and last tenth of the segments), ``average_ci95`` and ``final_ci95`` (95% intervals
+        of those means over the seeds; NaN below two seeds), ``final_dormant``, ``resets_per_run``,
         ``mean_abs_realised_per_unit`` and ``mean_abs_predicted_per_unit`` (``Σ|cost| / Σ
         units`` over the resets with a measured value), ``spearman`` between each reset's
         predicted and realised cost, and ``records``, the number of resets measured.
@@ -147,10 +165,14 @@ def summarise_criterion(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         if math.isfinite(r[3]) and math.isfinite(r[4]) and r[2] > 0
     ]
     units = sum(r[2] for r in measured)
+    averages = [_mean(run["performance"]) for run in runs]
+    finals = [_mean(run["performance"][-k:]) for run in runs]
     return {
         "early": _mean([_mean(run["performance"][:k]) for run in runs]),
-        "average": _mean([_mean(run["performance"]) for run in runs]),
-        "final": _mean([_mean(run["performance"][-k:]) for run in runs]),
+        "average": _mean(averages),
+        "average_ci95": list(interval(averages)[1:]),
+        "final": _mean(finals),
+        "final_ci95": list(interval(finals)[1:]),
         "final_dormant": _mean([_mean(run["dormant"][-k:]) for run in runs]),
         "resets_per_run": sum(sum(run["resets"]) for run in runs) / len(runs),
         "records": len(measured),

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import interval
 from .overhead.report import where_and_what
 from .runner import NONE
 from .tables import number
@@ -56,7 +57,7 @@ def _save(plt: Any, fig: Any, path: Path, *, tight: bool) -> Path:
 
 
 def curve_plot(report: Mapping[str, Any], path: Path) -> Path:
-    """Learning curves (mean over seeds, band from the lowest to the highest seed) and the
+    """Learning curves (mean over seeds, band: its 95% interval, from two seeds) and the
     fraction of dormant units, per criterion."""
     plt = _pyplot()
     problem = report["problem"]
@@ -69,16 +70,18 @@ def curve_plot(report: Mapping[str, Any], path: Path) -> Path:
             colour = _COLOURS.get(name)
             ax.plot(x, values.mean(0), label=name, color=colour, lw=1.5)
             if len(runs) > 1:
-                ax.fill_between(x, values.min(0), values.max(0), color=colour, alpha=0.15)
+                bounds = np.array([interval(column)[1:] for column in values.T])
+                ax.fill_between(x, bounds[:, 0], bounds[:, 1], color=colour, alpha=0.15)
     ax_perf.set(xlabel=problem["axis"], ylabel=problem["metric"], title="performance per segment")
     ax_dead.set(
         xlabel=problem["axis"],
-        ylabel="fraction of ReLU units dormant",
+        ylabel="fraction of units dormant",
         ylim=(-0.02, 1.02),
         title="dormant units (zero on every probe input)",
     )
     ax_perf.legend(fontsize=8)
-    fig.suptitle(_title(report), fontsize=10)
+    band = " (bands: 95% interval of the mean over seeds)" if report["seeds"] > 1 else ""
+    fig.suptitle(_title(report) + band, fontsize=10)
     return _save(plt, fig, path, tight=True)
 
 

@@ -4,14 +4,16 @@
 Examples:
     >>> summary = {"none": {"early": 0.5, "average": 0.6, "final": 0.7, "final_dormant": 0.25,
     ...     "resets_per_run": 0, "records": 0, "mean_abs_realised_per_unit": float("nan"),
-    ...     "mean_abs_predicted_per_unit": float("nan"), "spearman": float("nan")}}
+    ...     "mean_abs_predicted_per_unit": float("nan"), "spearman": float("nan"),
+    ...     "average_ci95": [0.5, 0.7], "final_ci95": [float("nan"), float("nan")]}}
     >>> print(run_table(summary, "squared error").splitlines()[2])
-    | none | 0.5 | 0.6 | 0.7 | 25.0% | 0 | — | — | — |
+    | none | 0.5 | 0.6 [0.5, 0.7] | 0.7 | 25.0% | 0 | — | — | — |
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +31,8 @@ def run_table(summary: Mapping[str, Mapping[str, Any]], metric: str) -> str:
     header = [
         "criterion",
         f"early {metric}",
-        "average",
-        "final",
+        "average [95% interval]",
+        "final [95% interval]",
         "dormant (final)",
         "resets / run",
         "mean abs realised / unit",
@@ -44,8 +46,8 @@ def run_table(summary: Mapping[str, Mapping[str, Any]], metric: str) -> str:
             [
                 name,
                 number(s["early"]),
-                number(s["average"]),
-                number(s["final"]),
+                _with_interval(s["average"], s.get("average_ci95")),
+                _with_interval(s["final"], s.get("final_ci95")),
                 f"{s['final_dormant']:.1%}",
                 f"{s['resets_per_run']:g}",
                 number(s["mean_abs_realised_per_unit"]),
@@ -54,6 +56,13 @@ def run_table(summary: Mapping[str, Mapping[str, Any]], metric: str) -> str:
             ]
         )
     return markdown_table(header, rows)
+
+
+def _with_interval(value: float, bounds: list[float] | None) -> str:
+    """``value [low, high]``, or ``value`` alone where there is no interval (one seed)."""
+    if not bounds or not all(math.isfinite(b) for b in bounds):
+        return number(value)
+    return f"{number(value)} [{number(bounds[0])}, {number(bounds[1])}]"
 
 
 def sweep_table(report: Mapping[str, Any]) -> str:
