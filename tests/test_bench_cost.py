@@ -162,3 +162,31 @@ def test_cartpole_runs_from_the_command_line(tmp_path: Path) -> None:
     assert main([*argv, "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "run.json").read_text())
     assert [len(r["performance"]) for r in report["runs"]] == [2, 2]
+
+
+def test_gxd_batch_ranks_by_the_batch_cost() -> None:
+    """With the zero reference, ``|mean_x a_i(x)|`` is proportional to ``|c_i|``, the first-
+    order change of the batch loss (`GXDReset.predicted_cost`)."""
+    from gxd_optim import GXDReset
+    from gxd_optim.bench.variants import VARIANTS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    inner = torch.optim.SGD(model.parameters(), lr=0.0)
+    opt = GXDReset(inner, model, utility=VARIANTS["gxd_batch"], reference="zero")
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    predicted = opt.predicted_cost("0").abs()
+    opt.step()
+    ratio = opt.utilities()["0"] / predicted
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
+
+
+def test_the_variants_of_gxd_run_in_the_cost_comparison(tmp_path: Path) -> None:
+    argv = ["cost", "memorisation", "--quick", "--seeds", "1", "--states", "1", "--scoring", "2"]
+    argv += ["--utilities", "gxd,gxd_batch,gxd_fisher", "--budgets", "0.25", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "cost.json").read_text())
+    assert sorted(report["summary"]["0.25"]) == ["gxd", "gxd_batch", "gxd_fisher"]
+    with pytest.raises(SystemExit):  # the variants are the benchmark's, not the library's
+        main(["run", "memorisation", "--quick", "--utilities", "gxd_batch"])

@@ -29,15 +29,18 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def names(known: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+def names(known: Sequence[str], extra: Sequence[str] = ()) -> Callable[[str], tuple[str, ...]]:
+    """Comma-separated names of ``known`` (``all``: every one of them) or of ``extra``."""
+
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
         if names == ("all",):
             return tuple(known)
-        unknown = [n for n in names if n not in known]
+        unknown = [n for n in names if n not in known and n not in extra]
         if unknown or not names:
+            listed = ", ".join([*known, *extra])
             raise argparse.ArgumentTypeError(
-                f"unknown {unknown or text!r}; known: {', '.join(known)} (or 'all')"
+                f"unknown {unknown or text!r}; known: {listed} (or 'all')"
             )
         return names
 

@@ -29,6 +29,7 @@ from .cost import BUDGETS, CostPlan, run_cost
 from .problems import PROBLEMS
 from .report import compact, summary_text, write_json
 from .runner import ARMS, NONE, Options, Plan, run_benchmark, run_sweep
+from .variants import VARIANTS
 
 Report = dict[str, Any]
 Plot = Callable[[Report, Path], Path]
@@ -219,7 +220,7 @@ def _add_cost(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "seeds, and the difference from GXD's on the same states)."
         ),
     )
-    _add_problem(parser, seeds=5, criteria="each chooses on the same states")
+    _add_problem(parser, seeds=5, criteria="each chooses on the same states", variants=True)
     parser.add_argument("--states", type=count(1), default=6, help="states per seed (default 6)")
     parser.add_argument(
         "--scoring", type=count(1), default=20, help="batches scored per state (default 20)"
@@ -236,14 +237,19 @@ def _add_cost(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(handler=_cost, parser=parser)
 
 
-def _add_problem(parser: argparse.ArgumentParser, seeds: int, criteria: str) -> None:
-    """The problem, the criteria and the seeds of a training command."""
+def _add_problem(
+    parser: argparse.ArgumentParser, seeds: int, criteria: str, variants: bool = False
+) -> None:
+    """The problem, the criteria (``variants``: also the variants of GXD, by name) and the
+    seeds of a training command."""
+    built_in = [c for c in ARMS if c != NONE]
+    also = f"; or the variants of GXD {', '.join(VARIANTS)}" if variants else ""
     parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
     parser.add_argument(
         "--utilities",
-        type=names([c for c in ARMS if c != NONE]),
-        default=tuple(c for c in ARMS if c != NONE),
-        help=f"comma-separated criteria, or 'all' (default); {criteria}",
+        type=names(built_in, extra=list(VARIANTS) if variants else []),
+        default=tuple(built_in),
+        help=f"comma-separated criteria, or 'all' (default: the library's){also}; {criteria}",
     )
     parser.add_argument(
         "--seeds", type=count(1), default=seeds, help=f"seeds 0..N-1 (default {seeds})"

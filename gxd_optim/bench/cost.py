@@ -41,6 +41,7 @@ from .metrics import interval, spearman
 from .problems import Problem
 from .runner import Options, problem_record
 from .segments import Batch
+from .variants import VARIANTS
 
 __all__ = [
     "BUDGETS",
@@ -64,7 +65,8 @@ class CostPlan:
     Attributes:
         problem: the problem the bare optimizer trains on.
         settings: its settings.
-        criteria: the criteria that choose (names in `gxd_optim.UTILITIES`).
+        criteria: the criteria that choose: names in `gxd_optim.UTILITIES`, or of the
+            variants of GXD in `gxd_optim.bench.variants.VARIANTS`.
         seeds: seeds ``0 .. seeds-1``; each trains its own network.
         states: states per seed, at evenly spaced segments (`state_segments`).
         scoring: batches each criterion scores at a state.
@@ -84,9 +86,10 @@ class CostPlan:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.criteria if c not in UTILITIES]
+        unknown = [c for c in self.criteria if c not in UTILITIES and c not in VARIANTS]
         if unknown:
-            raise ValueError(f"unknown criteria {unknown}; known: {', '.join(UTILITIES)}")
+            known = ", ".join([*UTILITIES, *VARIANTS])
+            raise ValueError(f"unknown criteria {unknown}; known: {known}")
         if min(self.seeds, self.states, self.scoring) < 1:
             raise ValueError("seeds, states and scoring must be at least 1")
         if not self.budgets or any(not 0 < b <= 1 for b in self.budgets):
@@ -149,7 +152,8 @@ def measure_state(
     for criterion in criteria:
         net = copy.deepcopy(model)
         inner = torch.optim.SGD(net.parameters(), lr=0.0)
-        opt = GXDReset(inner, net, utility=criterion, replacement_rate=0.0, maturity=0)
+        utility = VARIANTS.get(criterion, criterion)
+        opt = GXDReset(inner, net, utility=utility, replacement_rate=0.0, maturity=0)
         for batch in scoring:
             opt.zero_grad()
             _loss_on(net, loss, batch).backward()  # type: ignore[no-untyped-call]
