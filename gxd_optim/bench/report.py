@@ -48,7 +48,7 @@ def run_table(summary: Mapping[str, Mapping[str, Any]], metric: str) -> str:
                 number(s["early"]),
                 _with_interval(s["average"], s.get("average_ci95")),
                 _with_interval(s["final"], s.get("final_ci95")),
-                f"{s['final_dormant']:.1%}",
+                f"{s['final_dormant']:.1%}" if math.isfinite(s["final_dormant"]) else "—",
                 f"{s['resets_per_run']:g}",
                 number(s["mean_abs_realised_per_unit"]),
                 number(s["mean_abs_predicted_per_unit"]),
