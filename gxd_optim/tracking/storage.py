@@ -242,10 +242,9 @@ class Slab:
         self.split()
 
     def split(self) -> None:
-        """Views of the pairs' and the layers' halves, once every segment is taken."""
-        pairs, layers = slice(0, self.pair_units), slice(self.pair_units, self.size)
+        """Views of the pairs' references and masks, once every segment is taken."""
+        pairs = slice(0, self.pair_units)
         self.pair_reference, self.pair_mask = self.reference[pairs], self.mask[pairs]
-        self.pair_pending, self.layer_pending = self.pending[pairs], self.pending[layers]
         # only zero-reference pairs need their references masked (the layers' are unused)
         self.masked = not bool(self.pair_mask.all())
 
