@@ -64,6 +64,8 @@ class ModelBinding:
         layers: eligible producers (empty until the units are found).
         skipped: every other Linear/Conv layer, with the reason.
         closed: whether `close` was called.
+        phase: optimizer steps since the last one whose statistics were collected, modulo
+            ``track_every`` (0: the next step's are; see `advance`).
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class ModelBinding:
         self.layers: dict[str, LayerInfo] = {}
         self.skipped: dict[str, str] = {}
         self.closed = False
+        self.phase = 0
         self._lazy: LazyDiscovery | None = None
         self._late_handles: dict[str, RemovableHandle] = {}
         self._watch: ModelWatch | None = None
@@ -98,6 +101,26 @@ class ModelBinding:
         if self.tracker is not None:
             return self.tracker.steps
         return 0 if self._previous is None else self._previous[0].steps
+
+    @property
+    def collecting(self) -> bool:
+        """Whether the statistics of the coming step are collected (its phase is 0)."""
+        return self.phase == 0
+
+    def advance(self) -> None:
+        """An optimizer step went through: move the phase on, and pause the hooks for the
+        ``track_every − 1`` steps whose statistics are not collected (`Tracker.pause`)."""
+        if self.config.track_every > 1:
+            self.set_phase(self.phase + 1)
+
+    def set_phase(self, phase: int) -> None:
+        """Set the phase (modulo ``track_every``), with the hooks on or off to match."""
+        self.phase = phase % self.config.track_every
+        if self.tracker is not None and not self.closed:
+            if self.phase == 0:
+                self.tracker.resume()
+            else:
+                self.tracker.pause()
 
     def checks(self) -> Checks:
         """What the resets must never write, for the model as it is now."""
@@ -179,12 +202,14 @@ class ModelBinding:
         config = self.config
         if tracker is None:
             tracker = Tracker(
-                layers, named, config.criterion, config.decay, config.seed, config.maturity
-            )
+                layers, named, config.criterion, config.decay, config.seed, config.maturity,
+                config.track_every,
+            )  # fmt: skip
         if fresh:
             self._previous = None
         if self._previous is not None:
             self._carry_over(tracker, layers, named)
+        tracker.collecting = self.collecting
         tracker.attach()
         tracker.before_commit = distributed.reducer_for(self.model)
         if self._lazy is not None:
@@ -384,6 +409,7 @@ class ModelBinding:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """A copy starts between steps, with hooks of its own on its own model."""
+        state.setdefault("phase", 0)  # pickled before track_every
         self.__dict__.update(state)
         tracker = self.tracker
         if self.closed:

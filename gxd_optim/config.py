@@ -32,7 +32,8 @@ DEFAULT_INTERVAL = 1000
 """``F`` of ``selection="threshold"`` when none is given."""
 
 MAX_STEPS = 2**62
-"""The largest ``maturity`` and ``interval``: unit ages are counted in 64-bit integers."""
+"""The largest ``maturity``, ``interval`` and ``track_every``: unit ages are counted in 64-bit
+integers."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class Config:
     selection: str = "budget"
     threshold: float | None = None
     interval: int | None = None
+    track_every: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.utility, str):
@@ -101,6 +103,9 @@ class Config:
             self._set("interval", _integer("interval", self.interval))
             if not 1 <= self.interval <= MAX_STEPS:
                 raise ValueError(f"interval must be in [1, 2**62], got {self.interval}")
+        self._set("track_every", _integer("track_every", self.track_every))
+        if not 1 <= self.track_every <= MAX_STEPS:
+            raise ValueError(f"track_every must be in [1, 2**62], got {self.track_every}")
 
     def _set(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)
@@ -112,6 +117,7 @@ class Config:
             self.replacement_rate,
             DEFAULT_THRESHOLD if self.threshold is None else float(self.threshold),
             DEFAULT_INTERVAL if self.interval is None else self.interval,
+            self.track_every,
         )
 
     @property

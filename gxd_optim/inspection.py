@@ -84,11 +84,12 @@ class Inspection:
         costs add over a set of units. The sums are read from the consumers' gradients
         (see `gxd_optim.utilities.predicted_cost`), so the "latest batch" is whatever the
         gradients hold: call it after ``backward()`` and before the optimizer step (after the
-        step the parameters have moved) and before ``zero_grad()``.
+        step the parameters have moved) and before ``zero_grad()``; with ``track_every > 1``,
+        on a step that collects statistics (`collecting`).
 
         Raises:
             ValueError: ``name`` is not an eligible layer.
-            RuntimeError: a consumer has no gradient yet.
+            RuntimeError: a consumer has no gradient yet, or this step collects no statistics.
 
         Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -158,8 +159,23 @@ class Inspection:
         return {name: layer.resets for name, layer in tracker.layers.items()}
 
     @property
+    def collecting(self) -> bool:
+        """Whether the coming step collects statistics: always with ``track_every=1``, else
+        on one step in ``track_every`` (`predicted_cost` works after its backward pass).
+
+        Examples:
+            >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> opt = GXDReset(torch.optim.SGD(model.parameters(), lr=0.1), model, track_every=2)
+            >>> model(torch.randn(16, 4)).pow(2).mean().backward()
+            >>> opt.collecting, opt.step(), opt.collecting
+            (True, None, False)
+        """
+        return self._binding.collecting
+
+    @property
     def steps(self) -> int:
-        """Committed steps: optimizer steps that followed at least one backward pass.
+        """Committed steps: optimizer steps that followed at least one backward pass (with
+        ``track_every=k``, the steps whose statistics were collected, each counted ``k`` times).
 
         Examples:
             >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -247,13 +263,15 @@ class Inspection:
         self._binding.check_name(name)
         return self._plan(name)
 
-    def _plan(self, name: str) -> ResetPlan:
+    def _plan(self, name: str, snapshot: bool = True) -> ResetPlan:
+        """The plan of a reset of ``name``; its references are copies with ``snapshot``, else
+        the live ones (for a reset applied at once, before its statistics restart)."""
         stats = self._binding.require_tracker().layers[name]
         folds = tuple(
             ConsumerFold(
                 e.edge.consumer,
                 e.edge.columns_per_unit,
-                e.reference.clone() if e.mean else None,
+                (e.reference.clone() if snapshot else e.reference) if e.mean else None,
                 e.edge.norm,
             )
             for e in stats.edges

@@ -80,6 +80,14 @@ class GXDReset(Inspection, Checkpointing):
             ``replacement_rate`` is then not used.
         threshold: ``τ`` of ``selection="threshold"``; ``None`` means 0.1.
         interval: ``F`` of ``selection="threshold"``, in steps; ``None`` means 1000.
+        track_every: collect statistics on one step in this many, and choose and reset
+            only on those steps; the hooks are off the model in between, so those steps
+            cost what a bare step costs. Each such step stands for ``track_every`` steps:
+            the EMAs decay by ``decay ** track_every``, units age by ``track_every`` steps
+            and the budget grows by ``track_every × replacement_rate × eligible`` (a step
+            resets at most every eligible unit). For small networks (reinforcement-learning
+            policies), where the hooks cost more than the arithmetic; the running means rest
+            on fewer batches. 1 (default) collects on every step.
         grad_scaler: the ``torch.amp.GradScaler`` of the training loop; needed only when you
             call ``scaler.unscale_(opt)`` yourself (e.g. to clip gradients), so that the
             statistics can be unscaled too (see `gxd_optim.amp`).
@@ -113,6 +121,7 @@ class GXDReset(Inspection, Checkpointing):
         selection: str = "budget",
         threshold: float | None = None,
         interval: int | None = None,
+        track_every: int = 1,
         grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         if isinstance(optimizer, GXDReset):
@@ -120,7 +129,7 @@ class GXDReset(Inspection, Checkpointing):
         excluded = check_wrap(optimizer, model, exclude)
         config = Config(
             utility, reference, replacement_rate, maturity, decay, seed, state_policy,
-            selection, threshold, interval,
+            selection, threshold, interval, track_every,
         )  # fmt: skip
         super().__init__(optimizer)
         self.model, self.config = model, config
@@ -187,6 +196,11 @@ class GXDReset(Inspection, Checkpointing):
         the inner optimizer moves the weights; they are reset after it. If the inner step
         raises, the commit is undone: nothing is committed, spent or reset. With a
         ``closure`` (which runs backward inside the inner step) everything happens after it.
+        With ``track_every=k``, this happens on one step in ``k``; the steps in between
+        step the inner optimizer alone. The cycle moves on with each step, except a step
+        that was to collect but saw no backward pass, and a step with every learning rate
+        and every gradient at 0 (the state-initialising step of
+        ``torch.distributed.checkpoint``).
 
         Raises:
             RuntimeError: the model's units are not known yet but the optimizer has
@@ -202,15 +216,17 @@ class GXDReset(Inspection, Checkpointing):
             >>> opt.steps
             1
         """
-        binding, tracker, due = self._binding, None, []
+        binding, tracker, due, committed = self._binding, None, [], []
         try:
             if getattr(self, "found_inf", None) is not None and not self._amp_ready():
                 return None  # GradScaler found inf/NaN gradients: skip, reset nothing
             binding.settle(stepping=True)
             binding.refuse_unseen_gradients()
-            tracker = None if binding.closed else binding.current_tracker()
-            if closure is None:
-                due = self._choose(self._commit(tracker))
+            counted = binding.collecting  # else a step between those whose statistics count
+            tracker = binding.current_tracker() if counted and not binding.closed else None
+            if closure is None and counted:
+                committed = self._commit(tracker)
+                due = self._choose(committed)
             loss = self.optimizer.step() if closure is None else self.optimizer.step(closure)
         except BaseException:
             if tracker is not None:
@@ -219,21 +235,29 @@ class GXDReset(Inspection, Checkpointing):
             for attr in ("found_inf", "grad_scale"):  # GradScaler deletes them only after
                 self.__dict__.pop(attr, None)
             raise
+        if not counted:
+            if not _state_initialising(self.optimizer):
+                binding.advance()
+            return loss
         if closure is not None:
             binding.settle(stepping=True)
-            due = self._choose(self._commit(binding.tracker))
+            committed = self._commit(binding.tracker)
+            due = self._choose(committed)
         if binding.tracker is not None:
             binding.tracker.finish()
             self._selector.finish()
         self._apply(due)
+        if committed:  # a step that saw no backward pass leaves the collection to the next
+            binding.advance()
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the inner optimizer's gradients and drop statistics no step has committed."""
         self.optimizer.zero_grad(set_to_none=set_to_none)
         self._binding.settle(stepping=False)
-        if self._binding.tracker is not None:
-            self._binding.tracker.discard()
+        tracker = self._binding.tracker
+        if tracker is not None and tracker.collecting:
+            tracker.discard()
 
     def _commit(self, tracker: Tracker | None) -> list[str]:
         """Commit the pending statistics; the layers that had any. A layer that saw no data
@@ -281,7 +305,9 @@ class GXDReset(Inspection, Checkpointing):
         policy = self.config.state_policy
         state = optimizer_state(self.optimizer)  # ZeroRedundancyOptimizer: this rank's
         with torch.no_grad():  # one switch for every write below
-            apply_reset_(named, self._plan(name), index, self._generator, state, policy)
+            apply_reset_(
+                named, self._plan(name, snapshot=False), index, self._generator, state, policy
+            )
             tracker.restart(name, index, eligible=chosen)
         tracker.layers[name].resets += int(index.numel())
         self._reset_log.append(ResetRecord(tracker.steps, name, int(index.numel()), predicted))
@@ -291,7 +317,8 @@ class GXDReset(Inspection, Checkpointing):
     def _amp_ready(self) -> bool:
         found_inf: Tensor = self.found_inf  # type: ignore[attr-defined]
         grad_scale = getattr(self, "grad_scale", None)
-        tracker = self._binding.tracker
+        binding = self._binding
+        tracker = binding.tracker if binding.collecting else None  # else nothing to unscale
         return amp.prepare_step(self.optimizer, found_inf, grad_scale, self._grad_scaler, tracker)
 
     # -- manual resets -----------------------------------------------------------------------
@@ -320,3 +347,20 @@ class GXDReset(Inspection, Checkpointing):
         if why:
             raise ValueError(f"cannot reset units of {name!r}: {why}")
         self._reset(name, index, self._binding.require_tracker().predicted_total(name, index))
+
+
+def _state_initialising(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether this is a step that ``torch.distributed.checkpoint`` takes to create the
+    optimizer's state: every learning rate 0 and every gradient zero. (A learning rate in a
+    tensor off the CPU is not read, and the gradients only at learning rate 0: reading them
+    waits for the device.)"""
+    for group in optimizer.param_groups:
+        lr = group.get("lr")
+        if isinstance(lr, Tensor):
+            if lr.device.type != "cpu" or lr.numel() != 1:
+                return False
+            lr = float(lr)
+        if not isinstance(lr, (int, float)) or lr != 0:
+            return False
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    return not any(bool(g.any()) for g in grads if g is not None)

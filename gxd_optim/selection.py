@@ -87,6 +87,8 @@ class BudgetSelector:
 
     Attributes:
         rate: the replacement rate; 0 never resets.
+        stride: optimizer steps per call of `choose` (``track_every``): each call accrues
+            ``stride × rate × eligible``.
         budgets: the fractional budget per layer (absent: 0).
 
     Examples:
@@ -100,8 +102,8 @@ class BudgetSelector:
         (tensor([1]), 0.5)
     """
 
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
+    def __init__(self, rate: float, stride: int = 1) -> None:
+        self.rate, self.stride = rate, stride
         self.budgets: dict[str, float] = {}
         self._saved: dict[str, float] | None = None
 
@@ -110,7 +112,7 @@ class BudgetSelector:
         if self.rate == 0:
             return None
         eligible = layers.eligible(name)
-        budget = accrue(self.budgets.get(name, 0.0), eligible, self.rate)
+        budget = accrue(self.budgets.get(name, 0.0), eligible, self.rate * self.stride)
         self.budgets[name] = budget
         count = int(budget)
         if count < 1 or bad_step():
@@ -140,15 +142,20 @@ class BudgetSelector:
 
 class ThresholdSelector(BudgetSelector):
     """Every ``interval`` steps, every eligible unit whose utility divided by its layer's
-    mean is ``<= threshold`` (as ReDo and GraMa do; `below`). It keeps no budget."""
+    mean is ``<= threshold`` (as ReDo and GraMa do; `below`). It keeps no budget.
 
-    def __init__(self, threshold: float, interval: int) -> None:
-        super().__init__(rate=0.0)
+    With a ``stride`` of ``k`` (``track_every``) it chooses when a multiple of ``interval``
+    lies among the ``k`` steps that the latest commit stands for.
+    """
+
+    def __init__(self, threshold: float, interval: int, stride: int = 1) -> None:
+        super().__init__(rate=0.0, stride=stride)
         self.threshold, self.interval = threshold, interval
 
     def choose(self, name: str, layers: Candidates, bad_step: Callable[[], bool]) -> Tensor | None:
         """The units at or below the threshold, on the steps that are due."""
-        eligible = 0 if layers.steps % self.interval else layers.eligible(name)
+        due = layers.steps % self.interval < self.stride
+        eligible = layers.eligible(name) if due else 0
         if not eligible or bad_step():
             return None
         utility = layers.utilities(name)
@@ -163,8 +170,10 @@ def _mask(layers: Candidates, name: str, eligible: int, utility: Tensor) -> Tens
     return layers.eligible_units(name).to(utility.device)
 
 
-def selector_for(selection: str, rate: float, threshold: float, interval: int) -> BudgetSelector:
-    """The selector that ``GXDReset(selection=...)`` names."""
+def selector_for(
+    selection: str, rate: float, threshold: float, interval: int, stride: int = 1
+) -> BudgetSelector:
+    """The selector that ``GXDReset(selection=...)`` names (``stride``: ``track_every``)."""
     if selection == "threshold":
-        return ThresholdSelector(threshold, interval)
-    return BudgetSelector(rate)
+        return ThresholdSelector(threshold, interval, stride)
+    return BudgetSelector(rate, stride)

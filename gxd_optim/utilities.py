@@ -329,7 +329,10 @@ def predicted_sum(
 
     $$
     \\sum_i c_i = \\sum_i r_i \\sum_o W[o,i]\\,\\nabla b[o] - \\sum_{o,i} W[o,i]\\,\\nabla W[o,i]
+    = -\\sum_{o,i} W[o,i]\\,\\big(\\nabla W[o,i] - \\nabla b[o]\\,r_i\\big)
     $$
+
+    (the last form in two kernels).
 
     Args:
         weight: the consumer's weight columns ``[out, m]``.
@@ -345,11 +348,11 @@ def predicted_sum(
         >>> torch.allclose(predicted_sum(w, g, b, r), predicted_cost(w, g, b, r, 1).sum())
         True
     """
-    total = (weight * weight_grad).sum().neg()
     if reference is None:
-        return total
+        return torch.dot(weight.flatten(), weight_grad.flatten()).neg()
     assert bias_grad is not None, "a mean reference needs the consumer's bias gradient"
-    return total + torch.dot(bias_grad @ weight, reference)
+    shifted = torch.addcmul(weight_grad, bias_grad[:, None], reference, value=-1)  # ∇W − ∇b·rᵀ
+    return torch.dot(weight.flatten().to(shifted.dtype), shifted.flatten()).neg()
 
 
 def predicted_cost(

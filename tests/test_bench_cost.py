@@ -159,9 +159,10 @@ def test_the_td_loss_reads_the_action_taken() -> None:
 
 def test_cartpole_runs_from_the_command_line(tmp_path: Path) -> None:
     argv = ["run", "cartpole", "--quick", "--utilities", "gxd", "--no-progress"]
-    assert main([*argv, "--out", str(tmp_path)]) == 0
+    assert main([*argv, "--track-every", "4", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "run.json").read_text())
     assert [len(r["performance"]) for r in report["runs"]] == [2, 2]
+    assert report["reset"] == {"track_every": 4}
 
 
 def test_gxd_batch_ranks_by_the_batch_cost() -> None:
@@ -184,9 +185,11 @@ def test_gxd_batch_ranks_by_the_batch_cost() -> None:
 
 def test_the_variants_of_gxd_run_in_the_cost_comparison(tmp_path: Path) -> None:
     argv = ["cost", "memorisation", "--quick", "--seeds", "1", "--states", "1", "--scoring", "2"]
-    argv += ["--utilities", "gxd,gxd_batch,gxd_fisher", "--budgets", "0.25", "--no-progress"]
-    assert main([*argv, "--out", str(tmp_path)]) == 0
+    argv += ["--utilities", "gxd,gxd_batch,gxd_fisher,gxd_every4", "--budgets", "0.25"]
+    assert main([*argv, "--no-progress", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "cost.json").read_text())
-    assert sorted(report["summary"]["0.25"]) == ["gxd", "gxd_batch", "gxd_fisher"]
+    assert sorted(report["summary"]["0.25"]) == ["gxd", "gxd_batch", "gxd_every4", "gxd_fisher"]
+    predicted = [r["predicted"] for r in report["measurements"] if r["criterion"] == "gxd_every4"]
+    assert predicted and all(math.isfinite(p) for p in predicted)  # read on a collecting step
     with pytest.raises(SystemExit):  # the variants are the benchmark's, not the library's
         main(["run", "memorisation", "--quick", "--utilities", "gxd_batch"])

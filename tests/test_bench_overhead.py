@@ -92,7 +92,7 @@ def test_quick_overhead_writes_the_report(
 def test_case_selection_and_goals() -> None:
     assert select_cases("a,mlp-b1-sgd,a") == ("mlp-b256-adam", "mlp-b1-sgd")
     assert select_cases("all") == tuple(case.name for case in CASES)
-    assert [case.key for case in CASES] == list("abcdefghijklmnop")
+    assert [case.key for case in CASES] == list("abcdefghijklmnopqrs")
     assert set(GOALS) <= {case.name for case in CASES}
     with pytest.raises(ValueError, match="unknown case"):
         select_cases("a,nonsense")
@@ -325,3 +325,26 @@ def test_the_reinforcement_learning_cases() -> None:
         report = arm.report()
         assert report["layers"] == layers
         assert all(count >= 3 for count in report["resets"].values())  # every step, every layer
+
+
+def test_the_sampled_cases_time_whole_cycles_of_track_every_steps() -> None:
+    """``q`` … ``s`` are ``k`` … ``m`` with ``track_every`` steps per call on both sides; the
+    wrapped side collects statistics on the first step of each call only."""
+    from gxd_optim.bench.overhead.arms import Arm
+    from gxd_optim.bench.overhead.cases import RL_TRACK_EVERY
+
+    by_key = {case.key: case for case in CASES}
+    for sampled, plain in zip("qrs", "klm", strict=True):
+        case = by_key[sampled]
+        assert case.compares == "sampled / bare" and case.goal == by_key[plain].goal
+        assert case.workload.steps == RL_TRACK_EVERY
+    cpu = torch.device("cpu")
+    workload = by_key["q"].workload
+    bare = Arm("bare", workload, workload.batches(cpu, count=2), cpu)
+    arm = Arm("sampled", workload, workload.batches(cpu, count=2), cpu)
+    for i in range(2):
+        bare(i)
+        arm(i)
+    assert bare.steps == arm.steps == 2 * RL_TRACK_EVERY
+    assert arm.wrapper is not None and arm.wrapper.config.track_every == RL_TRACK_EVERY
+    assert arm.wrapper.steps == 2 * RL_TRACK_EVERY  # two commits, one per call

@@ -22,13 +22,13 @@ STEPS = 24
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 
-def make(seed: int = 0) -> tuple[nn.Module, GXDReset]:
+def make(seed: int = 0, track_every: int = 1) -> tuple[nn.Module, GXDReset]:
     torch.manual_seed(seed)
     model = nn.Sequential(
         nn.Linear(6, 24), nn.ReLU(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 3)
     )
     inner = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    return model, GXDReset(inner, model, replacement_rate=0.1, maturity=3)
+    return model, GXDReset(inner, model, replacement_rate=0.1, maturity=3, track_every=track_every)
 
 
 def train(model: nn.Module, opt: GXDReset, steps: range) -> None:
@@ -44,20 +44,24 @@ def final(model: nn.Module, opt: GXDReset) -> list[Tensor]:
     return [p.detach().clone() for p in model.parameters()] + list(opt.utilities().values())
 
 
-def test_round_trip_through_dcp_resumes_bit_for_bit(tmp_path: Path) -> None:
-    model, opt = make()
+@pytest.mark.parametrize("track_every", [1, 5])
+def test_round_trip_through_dcp_resumes_bit_for_bit(tmp_path: Path, track_every: int) -> None:
+    """With ``track_every=5`` the save falls between two collections, and the loader's
+    zero-gradient step must not move the cycle on."""
+    model, opt = make(track_every=track_every)
     train(model, opt, range(STEPS))
     expected = final(model, opt)
     assert sum(opt.reset_counts.values()) > 0
 
-    model, opt = make()
+    model, opt = make(track_every=track_every)
     train(model, opt, range(STEPS // 2))
+    steps = opt.steps  # STEPS // 2, or 15 with track_every=5: commits at 0, 5, 10, each 5 steps
     state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
     assert set(state["optim"]) == {"state", "param_groups"}  # DCP drops the wrapper's entry
     dcp.save(state, checkpoint_id=tmp_path / "ckpt")
     torch.save(opt.reset_state_dict(), tmp_path / "gxd_reset.pt")
 
-    model, opt = make(seed=1)  # another initialisation, nothing discovered yet
+    model, opt = make(seed=1, track_every=track_every)  # nothing discovered yet
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         opt.load_reset_state_dict(torch.load(tmp_path / "gxd_reset.pt"))
@@ -69,7 +73,7 @@ def test_round_trip_through_dcp_resumes_bit_for_bit(tmp_path: Path) -> None:
         set_model_state_dict(model, state["model"])
         set_optimizer_state_dict(model, opt, state["optim"])
     assert not [w for w in caught if "GXDReset" in str(w.message)]  # the documented order
-    assert opt.steps == STEPS // 2
+    assert opt.steps == steps
     train(model, opt, range(STEPS // 2, STEPS))
     resumed = final(model, opt)
     for i, (a, b) in enumerate(zip(resumed, expected, strict=True)):
@@ -112,3 +116,29 @@ def test_a_foreign_entry_is_refused_and_changes_nothing() -> None:
     after = other_opt.reset_state_dict()
     assert torch.equal(before["stats"]["0"]["utility_ema"], after["stats"]["0"]["utility_ema"])
     assert torch.equal(before["generator"], after["generator"])
+
+
+@pytest.mark.parametrize("collecting_first", [True, False])
+def test_saving_with_dcp_leaves_the_cycle_of_track_every_as_it_was(
+    collecting_first: bool,
+) -> None:
+    """Plain SGD keeps no state, so every ``get_optimizer_state_dict`` runs its zero-gradient
+    step (after ``zero_grad()``): it moves no weight, and must not move the cycle either."""
+
+    def run(save_at: int | None) -> list[Tensor]:
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+        )
+        inner = torch.optim.SGD(model.parameters(), lr=0.05)
+        opt = GXDReset(inner, model, replacement_rate=0.2, maturity=2, track_every=4)
+        for step in range(14):
+            if step == save_at:
+                opt.zero_grad()
+                get_optimizer_state_dict(model, opt)
+            train(model, opt, range(step, step + 1))
+        return final(model, opt)
+
+    save_at = 8 if collecting_first else 6  # the cycle's first step, or its third
+    for a, b in zip(run(save_at), run(None), strict=True):
+        assert torch.equal(a, b)

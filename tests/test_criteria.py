@@ -322,3 +322,15 @@ def test_the_predicted_sum_of_a_linear_consumer_is_the_sum_of_the_predicted_cost
     assert total.dim() == 0
     expected = predicted_cost(weight, grad, bias_grad, reference, 1).sum()
     torch.testing.assert_close(total, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_the_predicted_sum_of_a_bfloat16_consumer_is_computed_in_the_references_dtype() -> None:
+    """A bf16 model keeps its statistics in float32: the sum mixes both without an error."""
+    generator = torch.Generator().manual_seed(0)
+    weight, grad = (torch.randn(5, 3, generator=generator) for _ in "wg")
+    bias_grad, reference = torch.randn(5, generator=generator), torch.randn(3, generator=generator)
+    low = [t.bfloat16() for t in (weight, grad, bias_grad)]
+    total = predicted_sum(*low, reference)
+    assert total.dtype == torch.float32
+    expected = predicted_cost(*(t.float() for t in low), reference, 1).sum()
+    torch.testing.assert_close(total, expected)

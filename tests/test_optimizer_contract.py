@@ -310,21 +310,28 @@ def test_learning_rate_changes_act_on_the_inner_optimizer(info: OptimizerInfo, c
 
 
 @pytest.mark.parametrize(("info", "case"), _combos())
-def test_checkpoint_resume_is_bit_identical(info: OptimizerInfo, case: Case) -> None:
-    settings: dict[str, Any] = {"replacement_rate": 0.2, "maturity": 1}
+@pytest.mark.parametrize("track_every", [1, 3])
+def test_checkpoint_resume_is_bit_identical(
+    info: OptimizerInfo, case: Case, track_every: int
+) -> None:
+    settings: dict[str, Any] = {
+        "replacement_rate": 0.2,
+        "maturity": 1,
+        "track_every": track_every,
+    }
     model, opt = _setup(info, case, **settings)
     assert isinstance(opt, GXDReset)
-    _train(model, opt, info, case, range(3))
+    _train(model, opt, info, case, range(4))  # with track_every=3: saved between collections
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     at_save = sum(opt.reset_counts.values())
-    _train(model, opt, info, case, range(3, 7))
+    _train(model, opt, info, case, range(4, 10))
     assert sum(opt.reset_counts.values()) > at_save  # the resumed run must reproduce resets
 
     fresh, resumed = _setup(info, case, seed=99, **settings)
     assert isinstance(resumed, GXDReset)
     fresh.load_state_dict(saved_model)
     resumed.load_state_dict(saved_opt)
-    _train(fresh, resumed, info, case, range(3, 7))
+    _train(fresh, resumed, info, case, range(4, 10))
     _assert_same_params(model, fresh)
     assert resumed.reset_counts == opt.reset_counts
     assert resumed.steps == opt.steps

@@ -29,7 +29,7 @@ from .cost import BUDGETS, CostPlan, run_cost
 from .problems import PROBLEMS
 from .report import compact, summary_text, write_json
 from .runner import ARMS, NONE, Options, Plan, run_benchmark, run_sweep
-from .variants import VARIANTS
+from .variants import NAMES
 
 Report = dict[str, Any]
 Plot = Callable[[Report, Path], Path]
@@ -168,6 +168,12 @@ def _training_parser(
     parser.add_argument(
         "--reference", choices=REFERENCES, default=None, help="GXDReset reference (default mean)"
     )
+    parser.add_argument(
+        "--track-every",
+        type=count(1),
+        default=None,
+        help="GXDReset track_every: statistics on one step in this many (default 1)",
+    )
     _add_common(parser)
     return parser
 
@@ -243,11 +249,11 @@ def _add_problem(
     """The problem, the criteria (``variants``: also the variants of GXD, by name) and the
     seeds of a training command."""
     built_in = [c for c in ARMS if c != NONE]
-    also = f"; or the variants of GXD {', '.join(VARIANTS)}" if variants else ""
+    also = f"; or the variants of GXD {', '.join(NAMES)}" if variants else ""
     parser.add_argument("problem", choices=sorted(PROBLEMS), help="the problem (see 'list')")
     parser.add_argument(
         "--utilities",
-        type=names(built_in, extra=list(VARIANTS) if variants else []),
+        type=names(built_in, extra=list(NAMES) if variants else []),
         default=tuple(built_in),
         help=f"comma-separated criteria, or 'all' (default: the library's){also}; {criteria}",
     )
@@ -318,6 +324,7 @@ def _plan(args: argparse.Namespace) -> Plan:
         "interval": args.interval,
         "maturity": args.maturity,
         "reference": args.reference,
+        "track_every": args.track_every,
     }
     return Plan(
         problem,

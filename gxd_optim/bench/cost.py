@@ -41,7 +41,7 @@ from .metrics import interval, spearman
 from .problems import Problem
 from .runner import Options, problem_record
 from .segments import Batch
-from .variants import VARIANTS
+from .variants import NAMES, wrapper_options
 
 __all__ = [
     "BUDGETS",
@@ -66,7 +66,7 @@ class CostPlan:
         problem: the problem the bare optimizer trains on.
         settings: its settings.
         criteria: the criteria that choose: names in `gxd_optim.UTILITIES`, or of the
-            variants of GXD in `gxd_optim.bench.variants.VARIANTS`.
+            variants of GXD in `gxd_optim.bench.variants.NAMES`.
         seeds: seeds ``0 .. seeds-1``; each trains its own network.
         states: states per seed, at evenly spaced segments (`state_segments`).
         scoring: batches each criterion scores at a state.
@@ -86,9 +86,9 @@ class CostPlan:
     quick: bool = False
 
     def __post_init__(self) -> None:
-        unknown = [c for c in self.criteria if c not in UTILITIES and c not in VARIANTS]
+        unknown = [c for c in self.criteria if c not in UTILITIES and c not in NAMES]
         if unknown:
-            known = ", ".join([*UTILITIES, *VARIANTS])
+            known = ", ".join([*UTILITIES, *NAMES])
             raise ValueError(f"unknown criteria {unknown}; known: {known}")
         if min(self.seeds, self.states, self.scoring) < 1:
             raise ValueError("seeds, states and scoring must be at least 1")
@@ -152,9 +152,13 @@ def measure_state(
     for criterion in criteria:
         net = copy.deepcopy(model)
         inner = torch.optim.SGD(net.parameters(), lr=0.0)
-        utility = VARIANTS.get(criterion, criterion)
-        opt = GXDReset(inner, net, utility=utility, replacement_rate=0.0, maturity=0)
-        for batch in scoring:
+        options = wrapper_options(criterion)
+        opt = GXDReset(inner, net, **options, replacement_rate=0.0, maturity=0)
+        every = options.get("track_every", 1)
+        # every k-th batch is scored; the steps pad the last cycle so that the next step (the
+        # held-out pass below) collects again, as each state's first did
+        for i in range(-(-len(scoring) // every) * every):
+            batch = scoring[i % len(scoring)]
             opt.zero_grad()
             _loss_on(net, loss, batch).backward()  # type: ignore[no-untyped-call]
             opt.step()  # the weights stay: only the statistics move

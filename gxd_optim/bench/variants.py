@@ -45,12 +45,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from torch import Tensor
 
 from ..utilities import UtilityFn, gxd
 
-__all__ = ["VARIANTS", "gxd_batch", "gxd_fisher"]
+__all__ = ["NAMES", "SAMPLED", "VARIANTS", "gxd_batch", "gxd_fisher", "wrapper_options"]
 
 
 def gxd_batch(h: Tensor, grad: Tensor, reference: Tensor) -> Tensor:
@@ -78,3 +79,21 @@ VARIANTS: Mapping[str, UtilityFn] = MappingProxyType(
     {"gxd_batch": gxd_batch, "gxd_fisher": gxd_fisher}
 )
 """The variants by the name the benchmark reports them under."""
+
+SAMPLED: Mapping[str, int] = MappingProxyType({"gxd_every4": 4, "gxd_every16": 16})
+"""GXD with ``track_every=k`` by name: the statistics of one scored batch in ``k``."""
+
+NAMES: tuple[str, ...] = (*VARIANTS, *SAMPLED)
+"""Every name the cost benchmark runs besides the library's criteria."""
+
+
+def wrapper_options(name: str) -> dict[str, Any]:
+    """The ``GXDReset`` options that run a criterion, a variant or a sampled GXD by name.
+
+    Examples:
+        >>> wrapper_options("gxd_every4"), wrapper_options("contribution")
+        ({'utility': 'gxd', 'track_every': 4}, {'utility': 'contribution'})
+    """
+    if name in SAMPLED:
+        return {"utility": "gxd", "track_every": SAMPLED[name]}
+    return {"utility": VARIANTS.get(name, name)}

@@ -32,7 +32,8 @@ __all__ = ["Checkpointing", "build", "read", "restore"]
 def build(
     config: Config, binding: ModelBinding, selector: BudgetSelector, generator: torch.Generator
 ) -> dict[str, Any]:
-    """The entry of a wrapper: its settings, layers, statistics, budgets, steps, generator."""
+    """The entry of a wrapper: its settings, layers, statistics, budgets, steps, phase and
+    generator."""
     tracker = binding.tracker
     stats = None
     if tracker is not None:
@@ -46,6 +47,7 @@ def build(
         "skipped": dict(binding.skipped) if tracker is not None else {},
         "stats": stats,
         "steps": binding.steps,
+        "phase": binding.phase,
         "generator": generator.get_state(),
     }
 
@@ -73,7 +75,8 @@ def read(entry: object, binding: ModelBinding) -> Entry:
 def restore(
     entry: Entry, binding: ModelBinding, selector: BudgetSelector, generator: torch.Generator
 ) -> None:
-    """Apply an entry that `read` checked: layers, statistics, budgets, steps and generator.
+    """Apply an entry that `read` checked: layers, statistics, budgets, steps, phase and
+    generator.
 
     Settings saved with other values than the wrapper's are reported, not applied.
     """
@@ -86,7 +89,9 @@ def restore(
             f"checkpoint was saved with other GXDReset settings; keeping this wrapper's: {changed}",
             stacklevel=4,
         )
-    if entry.layers is None:  # saved before discovery: back to that state
+    if binding.closed:
+        pass  # a closed wrapper tracks nothing and hooks nothing: no statistics to restore
+    elif entry.layers is None:  # saved before discovery: back to that state
         binding.forget()
     else:
         if binding.tracker is None:
@@ -96,6 +101,7 @@ def restore(
         tracker.load_stats_dict(entry.stats)
         selector.budgets = {name: float(s["budget"]) for name, s in entry.stats.items()}
         tracker.steps = entry.steps
+    binding.set_phase(entry.phase)
     generator.set_state(entry.generator)
 
 

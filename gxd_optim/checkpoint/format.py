@@ -84,6 +84,8 @@ class Entry:
         stats: per-layer statistics (`pack_stats`), ``None`` with ``layers``.
         steps: committed steps.
         generator: the state of the wrapper's generator.
+        phase: steps since the last whose statistics were collected (``track_every``; 0 in
+            entries saved before it existed).
     """
 
     config: Mapping[str, Any]
@@ -92,6 +94,7 @@ class Entry:
     stats: Mapping[str, Any] | None
     steps: int
     generator: Tensor
+    phase: int = 0
 
 
 def parse(entry: object) -> Entry:
@@ -141,7 +144,8 @@ def parse(entry: object) -> Entry:
             _check_layer_stats(name, info, stats[name], version == FORMAT_VERSION)
     elif stats is not None:
         raise ValueError("the GXDReset checkpoint has statistics but no layers")
-    return Entry(config, layers, dict(skipped), stats, steps, generator)
+    phase = _count("phase", entry.get("phase", 0))
+    return Entry(config, layers, dict(skipped), stats, steps, generator, phase)
 
 
 def _count(what: str, value: object) -> int:

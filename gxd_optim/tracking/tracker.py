@@ -35,12 +35,17 @@ class Tracker:
         layers: eligible producers.
         modules: the model's modules by qualified name.
         criterion: how units are scored (`gxd_optim.utilities.Criterion`).
-        decay: EMA decay ``η`` of utilities and running means.
+        decay: EMA decay ``η`` of utilities and running means, per optimizer step.
         seed: seed of the random criterion's scores.
-        maturity: a unit is eligible for a reset once older than this many committed steps.
+        maturity: a unit is eligible for a reset once older than this many steps.
+        stride: optimizer steps per commit (``track_every``): the statistics are collected on
+            one step in ``stride``, and each commit folds them with decay ``η^stride`` and
+            ages every unit by ``stride`` steps.
 
     Attributes:
-        steps: committed steps (steps that saw at least one backward pass).
+        steps: committed steps (steps that saw at least one backward pass), each counted
+            ``stride`` times.
+        collecting: whether the hooks are attached (`pause`, `resume`).
         finite: whether the latest commit's batch means were finite and sane (a 0-d bool
             tensor, or a bool where it was read on the host); if not, it left every
             statistic as it was (``None`` before the first).
@@ -56,9 +61,11 @@ class Tracker:
         decay: float,
         seed: int = 0,
         maturity: int = 0,
+        stride: int = 1,
     ) -> None:
-        self.decay = decay
-        self.maturity = maturity
+        self.decay = decay**stride  # per commit
+        self.maturity, self.stride = maturity, stride
+        self.collecting = True
         self.criterion = criterion
         self.seed = seed
         self.steps = 0
@@ -74,16 +81,30 @@ class Tracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """Unpickle with every statistic a view of its buffer again (`Statistics.relink`)."""
+        state.setdefault("stride", 1)  # pickled before track_every
+        state.setdefault("collecting", True)
         self.__dict__.update(state)
         self.stats.relink()
 
     def attach(self) -> None:
-        """Register the hooks that collect the statistics (`Collector.attach`)."""
-        self.collector.attach()
+        """Register the hooks that collect the statistics (`Collector.attach`), unless paused."""
+        if self.collecting:
+            self.collector.attach()
 
     def detach(self) -> None:
         """Remove the hooks."""
         self.collector.detach()
+
+    def pause(self) -> None:
+        """Collect nothing until `resume`: the hooks are removed, the model runs as if bare."""
+        self.collecting = False
+        self.detach()
+
+    def resume(self) -> None:
+        """Collect again from the next forward pass."""
+        if not self.collecting:
+            self.collecting = True
+            self.attach()
 
     def flush(self) -> None:
         """Reduce the inputs that wait for the commit (`Collector.flush`)."""
@@ -109,7 +130,7 @@ class Tracker:
         self._committed = layers
         if not layers:
             return []
-        self.steps += 1
+        self.steps += self.stride
         for slab in slabs:
             slab.saved.copy_(slab.emas)
         if flat:  # whole buffers at once (no statistic requires grad: no `no_grad` needed)
@@ -118,7 +139,7 @@ class Tracker:
             with no_grad():
                 self._commit_segments(layers)
         for layer in layers:
-            layer.commits += 1
+            layer.commits += self.stride
         return [layer.info.name for layer in layers]
 
     def finish(self) -> None:
@@ -144,13 +165,13 @@ class Tracker:
         layers, self._committed, self._undo = self._committed, [], None
         if not layers:
             return
-        self.steps -= 1
+        self.steps -= self.stride
         with no_grad():
             for slab in self.stats.slabs.values():
                 slab.emas.copy_(slab.saved)
                 slab.refresh()
         for layer in layers:
-            layer.commits -= 1  # and with it every unit's age
+            layer.commits -= self.stride  # and with it every unit's age
             layer.counted = False  # the eligible count was for the later ages
 
     def settle(self) -> None:
@@ -267,12 +288,23 @@ class Tracker:
         With ``index``, only for those units (in that order), reading only their columns.
 
         Raises:
-            RuntimeError: no consumer has a gradient (before ``backward()``/after ``zero_grad()``).
+            RuntimeError: no consumer has a gradient (before ``backward()``/after ``zero_grad()``),
+                or the statistics are paused (`pause`): whether the gradients are those of
+                the latest backward pass is known only while the hooks see it.
         """
+        if not self.collecting:
+            raise RuntimeError(
+                f"predicted_cost({name!r}): with track_every={self.stride}, the gradients are "
+                "checked only on the steps that collect statistics; call it after the "
+                "backward pass of such a step (GXDReset.collecting is True before it)"
+            )
         return layer_cost(self.layers[name], self.modules, index, total=False)
 
     def predicted_total(self, name: str, index: Tensor) -> float:
-        """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale."""
+        """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale (or
+        not known to be fresh: the statistics are paused)."""
+        if not self.collecting:
+            return math.nan
         try:
             layer = self.layers[name]
             cost = layer_cost(layer, self.modules, index.to(layer.utility_ema.device), total=True)

@@ -2,7 +2,7 @@
 
 Examples:
     >>> sorted(ARMS)
-    ['bare', 'contribution', 'predicted-cost', 'resetting', 'wrapped']
+    ['bare', 'contribution', 'predicted-cost', 'resetting', 'sampled', 'wrapped']
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ ARMS: Mapping[str, str] = MappingProxyType(
             "continual backprop's criterion |h|·Σ|w_out| through the same wrapper, one training "
             "step per call"
         ),
+        "sampled": (
+            f"GXDReset(optimizer, model, track_every=k, maturity={NO_RESET_MATURITY}) with k "
+            "the workload's steps per call: statistics collected on the first step of each call"
+        ),
     }
 )
 """What each kind of arm does per call."""
@@ -54,6 +58,7 @@ _WRAPPER_SETTINGS: Mapping[str, dict[str, Any]] = MappingProxyType(
         "resetting": {"maturity": 0},  # and the workload's reset_rate
         "predicted-cost": {"maturity": NO_RESET_MATURITY},
         "contribution": {"maturity": NO_RESET_MATURITY, "utility": "contribution"},
+        "sampled": {"maturity": NO_RESET_MATURITY},  # and the workload's steps per call
     }
 )
 
@@ -81,6 +86,8 @@ class Arm:
         settings = dict(_WRAPPER_SETTINGS.get(kind, {}))
         if kind == "resetting":
             settings["replacement_rate"] = workload.reset_rate
+        if kind == "sampled":
+            settings["track_every"] = workload.steps
         self.wrapper = GXDReset(inner, self.model, **settings) if kind != "bare" else None
         self.optimizer: torch.optim.Optimizer = inner if self.wrapper is None else self.wrapper
         self.steps = 0
@@ -114,11 +121,14 @@ class Arm:
         return [wrapper.predicted_cost(name) for name in self._names]
 
     def __call__(self, i: int) -> None:
-        """The arm's unit of work: a training step, or the predicted-cost queries."""
+        """The arm's unit of work: the workload's training steps per call (from batch
+        ``i × steps`` on), or the predicted-cost queries."""
         if self.kind == "predicted-cost":
             self.predicted_costs()
-        else:
-            self.train_step(i)
+            return
+        steps = self.workload.steps
+        for j in range(i * steps, (i + 1) * steps):
+            self.train_step(j)
 
     def report(self) -> dict[str, Any]:
         """What the arm is and what its wrapper saw: layers, skipped layers, resets."""

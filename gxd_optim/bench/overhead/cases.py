@@ -10,7 +10,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from types import MappingProxyType
 
@@ -50,6 +50,8 @@ CNN_CHANNELS = (32, 32, 64, 64, 128)
 """Output channels of the CNN's blocks, pooled after the 2nd, 4th and 5th (3×32×32 inputs)."""
 RL_FEATURES, RL_ACTIONS = 8, 4
 """Observation features and actions of the reinforcement-learning MLPs."""
+RL_TRACK_EVERY = 16
+"""``track_every`` of the cases that collect statistics on one step in several."""
 
 DEFAULT_REPEATS = 150
 """Timed pairs per case (times the case's ``repeat_scale``)."""
@@ -76,6 +78,8 @@ class Workload:
             for a mean-squared error against a Gaussian target.
         reset_rate: ``replacement_rate`` of the resetting arm: whole units on every step in
             every layer (one unit per step in the narrowest tracked layer).
+        steps: training steps per call of an arm; the ``"sampled"`` arm collects statistics
+            on the first of them (``track_every=steps``), so that each call is one cycle.
     """
 
     description: str
@@ -85,6 +89,7 @@ class Workload:
     target_shape: tuple[int, ...]
     classes: int | None = None
     reset_rate: float = 1.0 / MLP_SIZES[1]
+    steps: int = 1
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         """The training loss of a batch."""
@@ -185,6 +190,20 @@ RL_DQN_CNN_B32_ADAM = Workload(
 )
 
 
+def _cycles(workload: Workload) -> Workload:
+    """``workload`` with `RL_TRACK_EVERY` training steps per call."""
+    return replace(
+        workload,
+        description=f"{workload.description}; {RL_TRACK_EVERY} training steps per call",
+        steps=RL_TRACK_EVERY,
+    )
+
+
+RL_MLP64_B64_CYCLES, RL_MLP256_B256_CYCLES, RL_DQN_CNN_B32_CYCLES = map(
+    _cycles, (RL_MLP64_B64_ADAM, RL_MLP256_B256_ADAM, RL_DQN_CNN_B32_ADAM)
+)
+
+
 @dataclass(frozen=True)
 class Goal:
     """The most a case may cost: a step-time ratio and a peak-memory increase.
@@ -225,6 +244,9 @@ GOALS: Mapping[str, Goal] = MappingProxyType(
         "reset-step-rl-mlp64-b64-adam": Goal(1.5, None),
         "reset-step-rl-mlp256-b256-adam": Goal(1.5, None),
         "reset-step-rl-dqn-cnn-b32-adam": Goal(1.5),
+        f"rl-mlp64-b64-adam-every{RL_TRACK_EVERY}": Goal(1.10, None),
+        f"rl-mlp256-b256-adam-every{RL_TRACK_EVERY}": Goal(1.05, None),
+        f"rl-dqn-cnn-b32-adam-every{RL_TRACK_EVERY}": Goal(1.05),
     }
 )
 """The cost each case must stay within; cases without an entry are reported for information.
@@ -262,7 +284,7 @@ class Case:
     """One comparison of the benchmark.
 
     Attributes:
-        key: one-letter alias, ``a`` … ``p``.
+        key: one-letter alias, ``a`` … ``s``.
         name: readable name, e.g. ``mlp-b256-adam``.
         workload: what both arms train.
         baseline: the arm the candidate is measured against (a key of `ARMS`).
@@ -305,11 +327,19 @@ CASES: tuple[Case, ...] = (
     Case("n", "reset-step-rl-mlp64-b64-adam", RL_MLP64_B64_ADAM, "wrapped", "resetting", 4),
     Case("o", "reset-step-rl-mlp256-b256-adam", RL_MLP256_B256_ADAM, "wrapped", "resetting", 4),
     Case("p", "reset-step-rl-dqn-cnn-b32-adam", RL_DQN_CNN_B32_ADAM, "wrapped", "resetting"),
+    Case("q", f"rl-mlp64-b64-adam-every{RL_TRACK_EVERY}", RL_MLP64_B64_CYCLES, "bare", "sampled"),
+    Case(
+        "r", f"rl-mlp256-b256-adam-every{RL_TRACK_EVERY}", RL_MLP256_B256_CYCLES, "bare", "sampled"
+    ),
+    Case(
+        "s", f"rl-dqn-cnn-b32-adam-every{RL_TRACK_EVERY}", RL_DQN_CNN_B32_CYCLES, "bare", "sampled"
+    ),
 )
 """Every case: the wrapper's cost on each workload (``a`` … ``f``), a step that resets (``g``),
 `GXDReset.predicted_cost` (``h``), continual backprop's criterion through the same wrapper
-(``i``, ``j``), and reinforcement-learning-sized networks: the wrapper's cost (``k`` … ``m``)
-and a step that resets against a wrapped step without (``n`` … ``p``)."""
+(``i``, ``j``), and reinforcement-learning-sized networks: the wrapper's cost (``k`` … ``m``),
+a step that resets against a wrapped step without (``n`` … ``p``), and the wrapper's cost
+with ``track_every=16``, per cycle of 16 steps (``q`` … ``s``)."""
 
 CASES_BY_NAME: Mapping[str, Case] = MappingProxyType({case.name: case for case in CASES})
 _BY_KEY = {case.key: case for case in CASES}
