@@ -97,8 +97,9 @@ class Tracker:
 
     def pause(self) -> None:
         """Collect nothing until `resume`: the hooks are removed, the model runs as if bare."""
-        self.collecting = False
-        self.detach()
+        if self.collecting:  # each step between collections pauses: only the first detaches
+            self.collecting = False
+            self.detach()
 
     def resume(self) -> None:
         """Collect again from the next forward pass."""
