@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import torch
+from repo_scripts import load_script
 from torch import nn
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "architectures_table.py"
-
-
-def _script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("architectures_table", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Residual(nn.Module):
@@ -31,7 +18,7 @@ class Residual(nn.Module):
 
 
 def test_the_survey_counts_layers_references_and_reasons() -> None:
-    script = _script()
+    script = load_script("architectures_table")
     row = script.survey(Residual(), lambda: (torch.randn(2, 3),))
     assert (row["layers"], row["eligible"], row["units"]) == (3, 1, 6)
     assert row["references"] == {"mean": 1}
@@ -39,7 +26,7 @@ def test_the_survey_counts_layers_references_and_reasons() -> None:
 
 
 def test_the_table_compares_with_an_earlier_version() -> None:
-    script = _script()
+    script = load_script("architectures_table")
     row = {"config": "tiny", "layers": 3, "eligible": 1, "references": {"mean": 1}, "skipped": {}}
     text = script.table({"Net": row}, {"Net": {**row, "eligible": 0}})
     assert "| Net | 3 | 0 → 1 | 1 / 0 |  |" in text and "Net: tiny" in text

@@ -3,17 +3,16 @@ budgets, and the report says how their realised costs compare; the problems' ``a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from repo_scripts import load_script
 from scipy import stats
 from torch import nn
 
@@ -56,18 +55,9 @@ def test_quick_cost_compares_the_criteria_on_identical_states(
         assert entries["gxd"]["realised"]["n"] == 4
     out = capsys.readouterr().out
     assert "| 50% | " in out and "minus GXD's" in out and "2 state(s) per seed" in out
-    table = _summary_script().summary([report], "0.5").splitlines()
+    table = load_script("cost_summary").summary([report], "0.5").splitlines()
     assert table[0].startswith("| problem | activation | GXD's realised cost | activation − GXD")
     assert table[2].startswith("| memorisation | tanh | ")
-
-
-def _summary_script() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "scripts" / "cost_summary.py"
-    spec = importlib.util.spec_from_file_location("cost_summary", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_small_reset_costs_about_what_gxd_predicts() -> None:

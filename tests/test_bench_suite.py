@@ -82,6 +82,43 @@ def test_sweep_writes_table_plot_and_onsets(
     assert "degrades from" in out and "| gxd |" in out
 
 
+def _sweep_report(seeds: int) -> dict[str, object]:
+    """A ``sweep`` report of two criteria at two rates, as `run_sweep` summarises it."""
+
+    def cell(average: float, low: float, high: float) -> dict[str, object]:
+        bounds = [low, high] if seeds > 1 else [math.nan, math.nan]
+        return {"average": average, "average_ci95": bounds}
+
+    return {
+        "rates": [1e-4, 1e-2],
+        "seeds": seeds,
+        "tolerance": 0.05,
+        "problem": {"name": "memorisation", "metric": "training accuracy", "quick": False},
+        "reset": {},
+        "summary": {
+            "none": {"any": cell(0.2, 0.19, 0.21)},
+            "gxd": {"0.0001": cell(0.98, 0.97, 0.99), "0.01": cell(0.8, 0.7, 0.9)},
+        },
+        "onset": {"gxd": 0.01},
+        "runs": [],
+    }
+
+
+def test_sweep_table_shows_intervals_over_seeds_and_plots_them(tmp_path: Path) -> None:
+    from gxd_optim.bench.plots import sweep_plot
+    from gxd_optim.bench.report import sweep_table
+
+    table = sweep_table(_sweep_report(5))
+    assert "mean over 5 seeds [95% interval]" in table
+    assert "| gxd | 0.98 [0.97, 0.99] | 0.8 [0.7, 0.9] | 0.01 |" in table
+    assert "| none | 0.2 [0.19, 0.21] | 0.2 [0.19, 0.21] | (no resets) |" in table
+    single = sweep_table(_sweep_report(1))
+    assert "interval" not in single and "| gxd | 0.98 | 0.8 | 0.01 |" in single
+    for seeds in (1, 5):
+        path = sweep_plot(_sweep_report(seeds), tmp_path / f"sweep{seeds}.png")
+        assert path.read_bytes()[:8] == PNG
+
+
 def test_threshold_selection_and_file_problems_run(tmp_path: Path) -> None:
     from test_bench_data import write_mnist
 

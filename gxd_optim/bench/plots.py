@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +135,33 @@ def cost_plot(report: Mapping[str, Any], path: Path) -> Path:
     return _save(plt, fig, path, tight=True)
 
 
+def _bounds(cells: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """``[2, len(cells)]``: each summary's ``average_ci95`` (NaN where it has none)."""
+    nan = [math.nan, math.nan]
+    return np.array([c.get("average_ci95") or nan for c in cells], dtype=float).T
+
+
 def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
-    """Average performance against replacement rate per criterion (log x); the plain run as a
-    horizontal line, each criterion's degradation onset marked."""
+    """Average performance against replacement rate per criterion (log x), with 95% intervals
+    over the seeds as error bars (a band for the plain run's horizontal line); each
+    criterion's degradation onset marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 5))
     rates = report["rates"]
     for name, by_rate in report["summary"].items():
         colour = _COLOURS.get(name)
         if name == NONE:
-            ax.axhline(by_rate["any"]["average"], color=colour, ls="--", label="none (no reset)")
+            plain = by_rate["any"]
+            ax.axhline(plain["average"], color=colour, ls="--", label="none (no reset)")
+            low, high = _bounds([plain])[:, 0]
+            if math.isfinite(low) and math.isfinite(high):
+                ax.axhspan(low, high, color=colour, alpha=0.12, lw=0)
             continue
-        values = [by_rate[f"{r:g}"]["average"] for r in rates]
-        ax.plot(rates, values, marker="o", color=colour, label=name)
+        cells = [by_rate[f"{r:g}"] for r in rates]
+        values = np.array([c["average"] for c in cells])
+        bounds = _bounds(cells)
+        errors = np.where(np.isfinite(bounds), np.abs(bounds - values), 0.0)
+        ax.errorbar(rates, values, yerr=errors, marker="o", color=colour, label=name, capsize=3)
         onset = report["onset"][name]
         if onset is not None:
             ax.scatter(
@@ -159,10 +173,11 @@ def sweep_plot(report: Mapping[str, Any], path: Path) -> Path:
                 linewidths=2,
             )
     ax.set_xscale("log")
+    bars = "; bars: 95% interval of the mean over seeds" if report["seeds"] > 1 else ""
     ax.set(
         xlabel="replacement rate",
         ylabel=f"average {report['problem']['metric']}",
-        title=_title(report) + "\n(circle: degradation onset)",
+        title=_title(report) + f"\n(circle: degradation onset{bars})",
     )
     ax.legend(fontsize=8)
     return _save(plt, fig, path, tight=True)

@@ -66,21 +66,27 @@ def _with_interval(value: float, bounds: list[float] | None) -> str:
 
 
 def sweep_table(report: Mapping[str, Any]) -> str:
-    """A ``sweep`` report as a Markdown table: average performance per rate, and the onset."""
+    """A ``sweep`` report as a Markdown table: average performance per rate, with its 95%
+    interval over the seeds where there are two or more, and the onset."""
     rates = [f"{r:g}" for r in report["rates"]]
     rows = []
     for name, by_rate in report["summary"].items():
         if name == NONE:
-            cells = [number(by_rate["any"]["average"])] * len(rates)
+            plain = by_rate["any"]
+            cells = [_with_interval(plain["average"], plain.get("average_ci95"))] * len(rates)
             onset = "(no resets)"
         else:
-            cells = [number(by_rate[r]["average"]) for r in rates]
+            cells = [
+                _with_interval(by_rate[r]["average"], by_rate[r].get("average_ci95")) for r in rates
+            ]
             value = report["onset"][name]
             onset = "not within the rates" if value is None else f"{value:g}"
         rows.append([name, *cells, onset])
+    seeds = report.get("seeds", 1)
+    spread = f", mean over {seeds} seeds [95% interval]" if seeds > 1 else ""
     caption = (
-        f"Average {report['problem']['metric']} per replacement rate (degrades from: the "
-        f"smallest rate from which it stays {report['tolerance']:.0%} worse than its best)"
+        f"Average {report['problem']['metric']} per replacement rate{spread} (degrades from: "
+        f"the smallest rate from which it stays {report['tolerance']:.0%} worse than its best)"
     )
     return caption + "\n\n" + markdown_table(["criterion", *rates, "degrades from"], rows)
 
