@@ -293,25 +293,27 @@ class Tracker:
                 or the statistics are paused (`pause`): whether the gradients are those of
                 the latest backward pass is known only while the hooks see it.
         """
+        return self._cost(name, index, total=False)
+
+    def predicted_total(self, name: str, index: Tensor) -> float:
+        """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale (or
+        not known to be fresh: the statistics are paused)."""
+        try:
+            layer = self.layers[name]
+            cost = self._cost(name, index.to(layer.utility_ema.device), total=True)
+        except RuntimeError:
+            return math.nan
+        return float(cost.sum() if cost.dim() else cost)
+
+    def _cost(self, name: str, index: Tensor | None, total: bool) -> Tensor:
+        """`layer_cost` of layer ``name``, refused while the statistics are paused."""
         if not self.collecting:
             raise RuntimeError(
                 f"predicted_cost({name!r}): with track_every={self.stride}, the gradients are "
                 "checked only on the steps that collect statistics; call it after the "
                 "backward pass of such a step (GXDReset.collecting is True before it)"
             )
-        return layer_cost(self.layers[name], self.modules, index, total=False)
-
-    def predicted_total(self, name: str, index: Tensor) -> float:
-        """``Σ_{i∈index} c_i`` (`predicted_cost`), or NaN where the gradients are stale (or
-        not known to be fresh: the statistics are paused)."""
-        if not self.collecting:
-            return math.nan
-        try:
-            layer = self.layers[name]
-            cost = layer_cost(layer, self.modules, index.to(layer.utility_ema.device), total=True)
-        except RuntimeError:
-            return math.nan
-        return float(cost.sum() if cost.dim() else cost)
+        return layer_cost(self.layers[name], self.modules, index, total)
 
     def overflowed(self) -> bool:
         """Whether the latest commit's statistics were not finite (read only when a reset is
