@@ -49,7 +49,8 @@ def load(
 # --8<-- [end:resume]
 
 
-def ppo(steps: int = 2048, seed: int = 0) -> PPO:
+def ppo(steps: int = 2048, seed: int = 0, **settings: Any) -> PPO:
+    """PPO on CartPole, its optimizer wrapped with `SETTINGS` (``settings`` override them)."""
     env = gym.make("CartPole-v1")
     model = PPO(
         "MlpPolicy",
@@ -60,12 +61,13 @@ def ppo(steps: int = 2048, seed: int = 0) -> PPO:
         seed=seed,
         device="cpu",
     )
-    wrap(model, **SETTINGS)
+    wrap(model, **(SETTINGS | settings))
     model.learn(total_timesteps=steps)
     return model
 
 
-def dqn(steps: int = 2048, seed: int = 0) -> DQN:
+def dqn(steps: int = 2048, seed: int = 0, **settings: Any) -> DQN:
+    """DQN on CartPole, its optimizer wrapped with `SETTINGS` (``settings`` override them)."""
     env = gym.make("CartPole-v1")
     model = DQN(
         "MlpPolicy",
@@ -76,7 +78,7 @@ def dqn(steps: int = 2048, seed: int = 0) -> DQN:
         seed=seed,
         device="cpu",
     )
-    wrap(model, **SETTINGS)
+    wrap(model, **(SETTINGS | settings))
     model.learn(total_timesteps=steps)
     return model
 

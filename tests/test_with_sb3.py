@@ -69,3 +69,22 @@ def test_dqn_trains_the_q_network_with_resets() -> None:
     assert opt.skipped["q_net_target.q_net.0"] == "not in the optimizer"
     assert opt.steps == 127  # (768 - 256) / 4 gradient steps, the first recorded
     assert all(count > 0 for count in opt.reset_counts.values())
+
+
+def test_ppo_collecting_on_one_step_in_four_resets_and_resumes_where_it_was(
+    tmp_path: Path,
+) -> None:
+    model = sb3_policy.ppo(steps=1024, track_every=4)
+    opt = _opt(model)
+    assert opt.steps == 64  # 16 of the 64 inner steps collected, each standing for 4
+    assert sorted(opt.layers) == sorted(HIDDEN)
+    assert all(opt.reset_counts[name] > 0 for name in HIDDEN)
+    hooked = [m for m in model.policy.modules() if m._forward_hooks or m._forward_pre_hooks]
+    assert not opt.collecting and not hooked  # the rollouts run on a bare policy
+    model.save(tmp_path / "ppo")
+    env = gym.make("CartPole-v1")
+    settings = sb3_policy.SETTINGS | {"track_every": 4}
+    resumed = _opt(sb3_policy.load(tmp_path / "ppo", PPO, env, **settings))
+    assert (resumed.steps, resumed.collecting) == (opt.steps, opt.collecting)
+    for name, utility in opt.utilities().items():
+        assert torch.equal(resumed.utilities()[name], utility)
